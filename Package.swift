@@ -1,0 +1,58 @@
+// swift-tools-version: 6.1
+// peftswift: QLoRA building blocks (NF4/FP4, double quantization, LoRA, paged optimizers)
+// in a Swift engine shipped as libpeftswift.so with a C ABI.
+import PackageDescription
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `PST_DIST=1` (set by scripts/build-lib.sh) builds the shipped library: the Swift runtime
+/// linked statically (no libswift*.so needed by users) and only `pst_*` exported. The test
+/// bundle cannot link with -static-stdlib, so ordinary builds leave both off.
+let dist = getenv("PST_DIST").map { String(cString: $0) == "1" } ?? false
+let root = Context.packageDirectory
+
+// AVX2 + FMA (x86-64-v3) for the SIMD kernels; without it SIMD8 falls back to SSE and
+// addingProduct becomes a libm call.
+let simd: [SwiftSetting] = [
+    .unsafeFlags(["-Xcc", "-march=x86-64-v3", "-enforce-exclusivity=unchecked"]),
+]
+
+var libLinker: [LinkerSetting] = []
+if dist {
+    libLinker.append(.unsafeFlags([
+        "-static-stdlib",
+        "-Xlinker", "--version-script=\(root)/scripts/exports.map",
+        "-Xlinker", "--gc-sections",
+    ]))
+}
+
+let package = Package(
+    name: "peftswift",
+    products: [
+        .library(name: "peftswift", type: .dynamic, targets: ["PeftSwift"]),
+    ],
+    targets: [
+        .target(
+            name: "CPeftSwift",
+            cSettings: [.unsafeFlags(["-march=x86-64-v3", "-O2"])]
+        ),
+        .target(
+            name: "PeftSwift",
+            dependencies: ["CPeftSwift"],
+            swiftSettings: simd,
+            linkerSettings: libLinker
+        ),
+        .testTarget(
+            name: "PeftSwiftTests",
+            dependencies: ["PeftSwift"],
+            path: "Tests/PeftSwiftTests",
+            resources: [],
+            swiftSettings: simd
+        ),
+    ],
+    // Kernels hand raw buffers to Dispatch worker threads; Swift 5 mode keeps that expressible
+    // without @unchecked wrappers at every call site (the chunks never overlap).
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,47 @@
+import CPeftSwift
+
+// The core of the C API: versions, status strings, the per-thread last error, threads.
+// Every @c function in Sources/PeftSwift/CAPI is declared in include/peftswift.h, which
+// scripts/gen_header.py generates from the compiler's PeftSwift-Swift.h, taking each
+// function's documentation from the `///` comment above it.
+
+/// Returns the library's version, "MAJOR.MINOR.PATCH" (a static string; never free it).
+/// Compare with PST_VERSION_STRING to check the header and the library agree.
+@c(pst_version_string)
+public func pst_version_string() -> UnsafePointer<CChar> {
+    UnsafeRawPointer(Version.string.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+/// Returns the library's ABI version. A program built against this header should check
+/// `pst_abi_version() == PST_ABI_VERSION` before any other call.
+@c(pst_abi_version)
+public func pst_abi_version() -> Int32 { Version.abi }
+
+/// Returns a static, human-readable name for a status code ("ok", "invalid argument", ...);
+/// unknown codes give "unknown status". Never NULL; never free it.
+@c(pst_status_string)
+public func pst_status_string(_ status: Int32) -> UnsafePointer<CChar> {
+    let s = PSTError.name(of: status)
+    return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+/// Returns the message of the last failed pst_ call on the calling thread ("" after a
+/// success). It names the function, the argument and the value. The pointer stays valid
+/// until this thread's next pst_ call; copy it to keep it. Never NULL; never free it.
+@c(pst_last_error)
+public func pst_last_error() -> UnsafePointer<CChar> { LastError.current }
+
+/// Sets how many threads the kernels use (1 ... 1024; the default is the number of online
+/// CPUs). Applies process-wide from the next call on.
+/// Errors: PST_ERR_INVALID_ARG when n is outside 1 ... 1024.
+@c(pst_set_num_threads)
+public func pst_set_num_threads(_ n: Int32) -> Int32 {
+    cEntry("pst_set_num_threads") { () throws(PSTError) in
+        guard n >= 1 && n <= 1024 else { throw .invalidArgument("n (\(n)) must be in 1...1024") }
+        Threads.count = Int(n)
+    }
+}
+
+/// Returns the number of threads the kernels use.
+@c(pst_get_num_threads)
+public func pst_get_num_threads() -> Int32 { Int32(Threads.count) }

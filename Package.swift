@@ -22,9 +22,11 @@ let simd: [SwiftSetting] = [
 var libLinker: [LinkerSetting] = []
 if dist {
     libLinker.append(.unsafeFlags([
-        "-static-stdlib",
+        "-static-stdlib", "-use-ld=lld",
         "-Xlinker", "--version-script=\(root)/scripts/exports.map",
         "-Xlinker", "--gc-sections",
+        // bind the module's own symbols inside the library, so none but pst_* reach .dynsym
+        "-Xlinker", "-Bsymbolic",
     ]))
 }
 

@@ -44,10 +44,87 @@ typedef int32_t pst_status;
 #define PST_QUANT_NF4 0
 #define PST_QUANT_FP4 1
 
+/* ---- Codebooks (pst_codebook) */
+#define PST_CODE_NF4 0              /* 16 floats: bitsandbytes' NF4 table, sorted, code 7 = 0.0 */
+#define PST_CODE_FP4 1              /* 16 floats: bitsandbytes' FP4 table in bit order, 0b1000 = sign */
+#define PST_CODE_DYNAMIC_SIGNED 2   /* 256 floats: create_dynamic_map(signed=True), sorted */
+#define PST_CODE_DYNAMIC_UNSIGNED 3 /* 256 floats: create_dynamic_map(signed=False), sorted */
+
+/* Largest tensor rank a pst_quant_state carries. */
+#define PST_MAX_DIMS 8
+
 /* ---- Opaque handles. Never dereference, copy or declare one by value: only pointers returned
  * by the matching pst_*_create/load functions are valid, and only until the matching free.
  * (Each is a complete struct with one reserved byte so that Swift can name the type; the
  * byte has no meaning.) */
 typedef struct pst_quant { uint8_t pst_reserved_; } pst_quant;
+typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;
+
+/* ---- LoRA */
+#define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
+#define PST_LORA_INIT_GAUSSIAN 1  /* init_lora_weights="gaussian": A ~ N(0, (1/r)^2), B = 0 */
+#define PST_LORA_INIT_ZEROS 2     /* A = 0, B = 0 (for loading weights right after) */
+
+/* Which tensor of an adapter pst_lora_adapter_tensor returns */
+#define PST_LORA_A 0        /* lora_A.weight: r x in */
+#define PST_LORA_B 1        /* lora_B.weight: out x r */
+#define PST_LORA_GRAD_A 2   /* gradient of A: r x in */
+#define PST_LORA_GRAD_B 3   /* gradient of B: out x r */
+
+/* Parameters of one adapter, PEFT's LoraConfig fields. Initialize with pst_lora_params_init. */
+typedef struct pst_lora_params {
+    size_t struct_size;   /* sizeof(pst_lora_params), set by pst_lora_params_init */
+    int32_t r;            /* rank, 1 ... min(in, out); default 8 */
+    float alpha;          /* lora_alpha > 0; default 8 */
+    float dropout;        /* lora_dropout in [0, 1); default 0 */
+    int32_t use_rslora;   /* 1: scaling = alpha / sqrt(r); 0 (default): alpha / r */
+    int32_t init;         /* PST_LORA_INIT_*; default PST_LORA_INIT_KAIMING */
+    uint64_t seed;        /* seeds A's init and the dropout masks; default 0 */
+} pst_lora_params;
+
+/* ---- The state of a 4-bit quantized tensor: bitsandbytes' QuantState, field for field.
+ *
+ * Layout (the memory layout is ABI; it is bitsandbytes' own):
+ *   - the tensor (shape[0..ndim), row-major) is flattened; block b is elements
+ *     [b*blocksize, min((b+1)*blocksize, n)); nblocks = ceil(n / blocksize);
+ *   - packed[j] = code[2j] << 4 | code[2j+1]: the even element in the HIGH nibble; odd n pads the
+ *     last low nibble with the code of 0.0 (NF4: 7, FP4: 0); packed_bytes = (n + 1) / 2;
+ *   - without double quantization (nested == 0) absmax is float[nblocks], the block's max |x|;
+ *   - with double quantization (nested != 0) absmax is uint8_t[nblocks]: absmax[b] - offset
+ *     quantized with nested_code (256 floats) in blocks of nested_blocksize (256) with
+ *     nested_absmax[ceil(nblocks / nested_blocksize)] as their float scales, so the block scale is
+ *     nested_code[absmax[b]] * nested_absmax[b / nested_blocksize] + offset;
+ *   - element i = code[nibble(i)] * scale(i / blocksize).
+ * Edge rules: an all-zero block has absmax 0 and NF4 code 7 (bitsandbytes' CPU/default path;
+ * its CUDA kernel writes code 0, value -0.0: the same value). A value exactly at the midpoint of
+ * two codes takes the lower one. Full blocks are scaled by the float reciprocal of absmax, the
+ * partial last block by division, as bitsandbytes does. Subnormals are quantized like any other
+ * value (no flush to zero). NaN and +-Inf are rejected (PST_ERR_NONFINITE) naming the index.
+ * The 8-bit index of the nested constants is the exact nearest code, ties to the lower (as
+ * bitsandbytes' CUDA and default paths; its CPU lookup table is 1-3 codes off at ~0.15% of
+ * values), so checkpoints made by peftswift equal GPU-made ones. offset follows torch.mean's
+ * float32 summation order.
+ *
+ * Filled by pst_quant_get_state (pointers borrowed from the handle, valid until pst_quant_free)
+ * or by the caller for pst_quant_from_state (copied; nothing is kept after the call). */
+typedef struct pst_quant_state {
+    size_t struct_size;          /* set to sizeof(pst_quant_state) */
+    int32_t quant_type;          /* PST_QUANT_NF4 or PST_QUANT_FP4 */
+    int32_t dtype;               /* dtype of the original tensor: PST_DTYPE_F32, _F16 or _BF16 */
+    int32_t blocksize;           /* 32, 64, 128, 256, 512, 1024, 2048 or 4096 */
+    int32_t ndim;                /* 1 ... PST_MAX_DIMS */
+    int64_t shape[PST_MAX_DIMS]; /* the original shape; n = product of shape[0..ndim) */
+    const uint8_t *packed;       /* packed_bytes = (n + 1) / 2 bytes of codes */
+    int64_t packed_bytes;
+    const float *code;           /* 16 floats: the 4-bit map (bitsandbytes' quant_map) */
+    const void *absmax;          /* float[absmax_count], or uint8_t[absmax_count] when nested */
+    int64_t absmax_count;        /* nblocks */
+    int32_t nested;              /* 1 when double-quantized (compress_statistics=True), else 0 */
+    int32_t nested_blocksize;    /* 256 (bitsandbytes' fixed value); ignored when !nested */
+    float offset;                /* mean of the original absmax; ignored when !nested */
+    const float *nested_absmax;  /* float[nested_absmax_count]; NULL when !nested */
+    int64_t nested_absmax_count; /* ceil(absmax_count / nested_blocksize) */
+    const float *nested_code;    /* 256 floats (nested_quant_map); NULL when !nested */
+} pst_quant_state;
 
 #endif /* PEFTSWIFT_TYPES_H */

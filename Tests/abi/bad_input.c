@@ -1,0 +1,120 @@
+/* Calls every exported function with NULL, undersized or invalid arguments. Each fallible
+ * call must return the expected status with a message that names the function; nothing may
+ * crash. Tests/abi/check.sh also checks that every declared function appears in this file. */
+#include <math.h>
+#include <peftswift.h>
+#include <stdio.h>
+#include <string.h>
+
+static int failures = 0;
+
+static void expect(const char *what, pst_status got, pst_status want, const char *fn) {
+    const char *msg = pst_last_error();
+    int ok = got == want && msg && strstr(msg, fn) == msg && strlen(msg) > strlen(fn) + 2;
+    printf("%s %s -> %s: %s\n", ok ? "PASS" : "FAIL", what, pst_status_string(got), msg ? msg : "(null)");
+    if (!ok) failures++;
+}
+
+#define EXPECT(call, want, fn) expect(#call, (call), (want), (fn))
+
+static void infallible(const char *what, int ok) {
+    printf("%s %s\n", ok ? "PASS" : "FAIL", what);
+    if (!ok) failures++;
+}
+
+int main(void) {
+    /* ---- core */
+    infallible("pst_version_string() is non-NULL", pst_version_string() != NULL);
+    infallible("pst_abi_version() == PST_ABI_VERSION", pst_abi_version() == PST_ABI_VERSION);
+    infallible("pst_status_string(-1) is a static string", strcmp(pst_status_string(-1), "unknown status") == 0);
+    infallible("pst_last_error() is never NULL", pst_last_error() != NULL);
+    EXPECT(pst_set_num_threads(0), PST_ERR_INVALID_ARG, "pst_set_num_threads");
+    EXPECT(pst_set_num_threads(100000), PST_ERR_INVALID_ARG, "pst_set_num_threads");
+    infallible("pst_get_num_threads() >= 1", pst_get_num_threads() >= 1);
+
+    /* ---- quantization: flat kernels */
+    float x[100], out[100], absmax[4], code16[16], code256[256];
+    uint8_t packed[50], q8[100];
+    for (int i = 0; i < 100; i++) x[i] = (float)i / 100.0f - 0.5f;
+    infallible("pst_4bit_packed_bytes(0) == 0", pst_4bit_packed_bytes(0) == 0 && pst_4bit_packed_bytes(5) == 3);
+    infallible("pst_blockwise_count(n, 0) == 0", pst_blockwise_count(10, 0) == 0 && pst_blockwise_count(100, 64) == 2);
+    EXPECT(pst_codebook(99, code16, 16), PST_ERR_INVALID_ARG, "pst_codebook");
+    EXPECT(pst_codebook(PST_CODE_NF4, NULL, 16), PST_ERR_INVALID_ARG, "pst_codebook");
+    EXPECT(pst_codebook(PST_CODE_DYNAMIC_SIGNED, code256, 16), PST_ERR_INVALID_ARG, "pst_codebook");
+    EXPECT(pst_4bit_quantize(NULL, PST_DTYPE_F32, 100, 64, PST_QUANT_NF4, packed, 50, absmax, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 0, 64, PST_QUANT_NF4, packed, 50, absmax, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 100, 48, PST_QUANT_NF4, packed, 50, absmax, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, 77, 100, 64, PST_QUANT_NF4, packed, 50, absmax, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 100, 64, 5, packed, 50, absmax, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 100, 64, PST_QUANT_NF4, packed, 49, absmax, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 100, 64, PST_QUANT_NF4, packed, 50, absmax, 1), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 100, 64, PST_QUANT_NF4, packed, 50, NULL, 4), PST_ERR_INVALID_ARG, "pst_4bit_quantize");
+    x[37] = NAN;
+    EXPECT(pst_4bit_quantize(x, PST_DTYPE_F32, 100, 64, PST_QUANT_NF4, packed, 50, absmax, 4), PST_ERR_NONFINITE, "pst_4bit_quantize");
+    x[37] = INFINITY;
+    EXPECT(pst_8bit_quantize(x, 100, 64, NULL, q8, 100, absmax, 4), PST_ERR_NONFINITE, "pst_8bit_quantize");
+    x[37] = 0.0f;
+    if (pst_4bit_quantize(x, PST_DTYPE_F32, 100, 64, PST_QUANT_NF4, packed, 50, absmax, 4) != PST_OK) failures++;
+    EXPECT(pst_4bit_dequantize(NULL, 50, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, out, PST_DTYPE_F32, sizeof out), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
+    EXPECT(pst_4bit_dequantize(packed, 10, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, out, PST_DTYPE_F32, sizeof out), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
+    EXPECT(pst_4bit_dequantize(packed, 50, absmax, 1, NULL, PST_QUANT_NF4, 100, 64, out, PST_DTYPE_F32, sizeof out), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
+    EXPECT(pst_4bit_dequantize(packed, 50, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, out, PST_DTYPE_F32, 399), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
+    EXPECT(pst_4bit_dequantize(packed, 50, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, NULL, PST_DTYPE_F32, 400), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
+    EXPECT(pst_4bit_dequantize(packed, 50, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, out, PST_DTYPE_U8, 400), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
+    EXPECT(pst_8bit_quantize(NULL, 100, 64, NULL, q8, 100, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
+    EXPECT(pst_8bit_quantize(x, 100, 63, NULL, q8, 100, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
+    EXPECT(pst_8bit_quantize(x, 100, 64, NULL, q8, 99, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
+    EXPECT(pst_8bit_dequantize(q8, 100, NULL, 2, NULL, 64, out, 100), PST_ERR_INVALID_ARG, "pst_8bit_dequantize");
+    EXPECT(pst_8bit_dequantize(q8, 100, absmax, 2, NULL, 64, out, 10), PST_ERR_INVALID_ARG, "pst_8bit_dequantize");
+    EXPECT(pst_8bit_dequantize(q8, -5, absmax, 2, NULL, 64, out, 100), PST_ERR_INVALID_ARG, "pst_8bit_dequantize");
+    float offset;
+    EXPECT(pst_absmax_double_quantize(NULL, 2, 256, q8, 100, absmax, 4, &offset), PST_ERR_INVALID_ARG, "pst_absmax_double_quantize");
+    EXPECT(pst_absmax_double_quantize(absmax, 2, 100, q8, 100, absmax, 4, &offset), PST_ERR_INVALID_ARG, "pst_absmax_double_quantize");
+    EXPECT(pst_absmax_double_quantize(absmax, 2, 256, q8, 1, absmax, 4, &offset), PST_ERR_INVALID_ARG, "pst_absmax_double_quantize");
+    EXPECT(pst_absmax_double_quantize(absmax, 2, 256, q8, 100, absmax, 4, NULL), PST_ERR_INVALID_ARG, "pst_absmax_double_quantize");
+
+    /* ---- quantization: the pst_quant handle */
+    pst_quant *h = NULL;
+    int64_t shape[2] = {10, 10}, badshape[2] = {10, 0};
+    EXPECT(pst_quant_create_4bit(x, PST_DTYPE_F32, shape, 2, 64, PST_QUANT_NF4, true, NULL), PST_ERR_INVALID_ARG, "pst_quant_create_4bit");
+    EXPECT(pst_quant_create_4bit(NULL, PST_DTYPE_F32, shape, 2, 64, PST_QUANT_NF4, true, &h), PST_ERR_INVALID_ARG, "pst_quant_create_4bit");
+    EXPECT(pst_quant_create_4bit(x, PST_DTYPE_F32, badshape, 2, 64, PST_QUANT_NF4, true, &h), PST_ERR_INVALID_ARG, "pst_quant_create_4bit");
+    EXPECT(pst_quant_create_4bit(x, PST_DTYPE_F32, shape, 0, 64, PST_QUANT_NF4, true, &h), PST_ERR_INVALID_ARG, "pst_quant_create_4bit");
+    EXPECT(pst_quant_create_4bit(x, PST_DTYPE_F32, NULL, 2, 64, PST_QUANT_NF4, true, &h), PST_ERR_INVALID_ARG, "pst_quant_create_4bit");
+    infallible("failed create leaves *out NULL", h == NULL);
+    pst_quant_state st;
+    memset(&st, 0, sizeof st);
+    EXPECT(pst_quant_from_state(NULL, &h), PST_ERR_INVALID_ARG, "pst_quant_from_state");
+    EXPECT(pst_quant_from_state(&st, &h), PST_ERR_INVALID_ARG, "pst_quant_from_state"); /* struct_size 0 */
+    st.struct_size = sizeof st;
+    EXPECT(pst_quant_from_state(&st, &h), PST_ERR_INVALID_ARG, "pst_quant_from_state"); /* ndim 0 */
+    st.ndim = 1; st.shape[0] = 100; st.blocksize = 64; st.dtype = PST_DTYPE_F32;
+    st.packed = packed; st.packed_bytes = 50; st.code = code16; st.absmax = absmax; st.absmax_count = 2;
+    if (pst_codebook(PST_CODE_NF4, code16, 16) != PST_OK) failures++;
+    st.packed_bytes = 49;
+    EXPECT(pst_quant_from_state(&st, &h), PST_ERR_SHAPE, "pst_quant_from_state");
+    st.packed_bytes = 50; st.absmax_count = 3;
+    EXPECT(pst_quant_from_state(&st, &h), PST_ERR_SHAPE, "pst_quant_from_state");
+    st.absmax_count = 2; st.quant_type = 9;
+    EXPECT(pst_quant_from_state(&st, &h), PST_ERR_INVALID_ARG, "pst_quant_from_state");
+    st.quant_type = PST_QUANT_NF4; st.nested = 1; st.nested_blocksize = 256;
+    EXPECT(pst_quant_from_state(&st, &h), PST_ERR_INVALID_ARG, "pst_quant_from_state"); /* nested_absmax NULL */
+    st.nested = 0;
+    EXPECT(pst_quant_from_state(&st, NULL), PST_ERR_INVALID_ARG, "pst_quant_from_state");
+    if (pst_quant_from_state(&st, &h) != PST_OK) { printf("FAIL valid state rejected: %s\n", pst_last_error()); failures++; }
+    EXPECT(pst_quant_get_state(NULL, &st), PST_ERR_INVALID_ARG, "pst_quant_get_state");
+    EXPECT(pst_quant_get_state(h, NULL), PST_ERR_INVALID_ARG, "pst_quant_get_state");
+    pst_quant_state st2;
+    memset(&st2, 0, sizeof st2);
+    EXPECT(pst_quant_get_state(h, &st2), PST_ERR_INVALID_ARG, "pst_quant_get_state");
+    EXPECT(pst_quant_dequantize(NULL, out, sizeof out, PST_DTYPE_F32), PST_ERR_INVALID_ARG, "pst_quant_dequantize");
+    EXPECT(pst_quant_dequantize(h, NULL, sizeof out, PST_DTYPE_F32), PST_ERR_INVALID_ARG, "pst_quant_dequantize");
+    EXPECT(pst_quant_dequantize(h, out, sizeof out - 1, PST_DTYPE_F32), PST_ERR_INVALID_ARG, "pst_quant_dequantize");
+    EXPECT(pst_quant_dequantize(h, out, sizeof out, -1), PST_ERR_INVALID_ARG, "pst_quant_dequantize");
+    EXPECT(pst_quant_info(NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_quant_info");
+    pst_quant_free(h);
+    pst_quant_free(NULL);
+    infallible("pst_quant_free(NULL) is a no-op", 1);
+
+    return failures == 0 ? 0 : 1;
+}

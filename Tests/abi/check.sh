@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The C ABI checks: header in sync with the Swift sources, usable from C99/C11/C++17 with
+# -Wall -Wextra -Werror, exported symbols == declared functions, no Swift runtime needed,
+# examples build with pkg-config and run, every function survives bad input.
+# Expects scripts/build-lib.sh to have filled dist/. Prints "abi: N passed, M failed".
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+dist="$root/dist"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+pass=0; fail=0
+ok() { echo "PASS $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; [ -n "${2:-}" ] && sed 's/^/    /' <<<"$2"; fail=$((fail + 1)); }
+run() { # name, command...
+    local name="$1"; shift
+    local out
+    if out="$("$@" 2>&1)"; then ok "$name"; else bad "$name" "$out"; fi
+}
+so="$dist/lib/libpeftswift.so"
+hdr="$dist/include/peftswift.h"
+
+# 1. the committed header is the one the Swift sources generate
+run "committed include/peftswift.h matches the header generated from the sources" \
+    diff -u "$root/include/peftswift.h" "$hdr"
+
+# 2. the header compiles under C99, C11 and C++17 with every warning an error, and links
+for std in "gcc -std=c99" "gcc -std=c11" "g++ -std=c++17 -x c++"; do
+    run "header compiles and links: $std -Wall -Wextra -Werror -pedantic" bash -c \
+        "$std -Wall -Wextra -Werror -pedantic -I'$dist/include' '$root/Tests/abi/header_check.c' -x none -L'$dist/lib' -Wl,-rpath,'$dist/lib' -lpeftswift -o '$work/hc' && '$work/hc'"
+done
+
+# 3. exported symbols == declared functions
+nm -D --defined-only "$so" | awk '{print $3}' | sort > "$work/exported"
+grep -oE '^PST_API [^(]*\b(pst_[a-z0-9_]+)\(' "$hdr" | grep -oE 'pst_[a-z0-9_]+\($' | tr -d '(' | sort > "$work/declared"
+if diff -u "$work/declared" "$work/exported" > "$work/symdiff"; then
+    ok "exported symbols == declared functions ($(wc -l < "$work/declared") functions, nothing else exported)"
+else
+    bad "exported symbols == declared functions" "$(cat "$work/symdiff")"
+fi
+if nm -D --defined-only "$so" | awk '{print $3}' | grep -qv '^pst_'; then
+    bad "nm -D --defined-only lists only pst_*" "$(nm -D --defined-only "$so" | grep -v ' pst_')"
+else
+    ok "nm -D --defined-only lists only pst_*"
+fi
+
+# 4. no Swift runtime needed
+if ldd "$so" | grep -q 'libswift\|libdispatch\|libFoundation\|libBlocksRuntime'; then
+    bad "ldd lists no Swift runtime library" "$(ldd "$so")"
+else
+    ok "ldd lists no Swift runtime library"
+fi
+
+# 5. examples build with pkg-config (C and C++), run with the toolchain's libraries hidden
+export PKG_CONFIG_PATH="$dist/lib/pkgconfig"
+run "C example builds with pkg-config (-std=c11 -Wall -Wextra -Werror)" bash -c \
+    "cc -std=c11 -Wall -Wextra -Werror '$root/examples/quantize.c' \$(pkg-config --cflags --libs peftswift) -lm -o '$work/quantize'"
+run "C++ example builds with pkg-config (-std=c++17 -Wall -Wextra -Werror)" bash -c \
+    "c++ -std=c++17 -Wall -Wextra -Werror '$root/examples/quantize.cpp' \$(pkg-config --cflags --libs peftswift) -o '$work/quantize_cpp'"
+swiftlib="$(dirname "$(dirname "$(command -v swift)")")/lib/swift/linux"
+if unshare -m true 2>/dev/null; then
+    run "C example runs with the Swift toolchain's library folder hidden (unshare + bind mount)" \
+        unshare -m bash -c "mkdir -p '$work/empty' && mount --bind '$work/empty' '$swiftlib' && env -u LD_LIBRARY_PATH '$work/quantize'"
+else
+    run "C example runs with no Swift runtime loaded (LD_DEBUG)" bash -c \
+        "env -u LD_LIBRARY_PATH LD_DEBUG=libs '$work/quantize' 2>&1 | { ! grep -q 'libswift'; }"
+fi
+run "C++ example runs" env -u LD_LIBRARY_PATH "$work/quantize_cpp"
+
+# 6. every exported function is called with bad arguments and answers with a status + message
+run "bad-input program builds" bash -c \
+    "cc -std=c11 -Wall -Wextra -Werror -Wno-unused-result '$root/Tests/abi/bad_input.c' \$(pkg-config --cflags --libs peftswift) -o '$work/bad_input'"
+missing="$(while read -r f; do grep -q "\b$f(" "$root/Tests/abi/bad_input.c" || echo "$f"; done < "$work/declared")"
+if [ -z "$missing" ]; then ok "bad_input.c calls every declared function"; else bad "bad_input.c calls every declared function" "missing: $missing"; fi
+out="$("$work/bad_input" 2>&1)"; rc=$?
+echo "$out" | grep -E '^(PASS|FAIL)' | sed 's/^/  /'
+if [ $rc -eq 0 ]; then ok "every function rejects NULL/undersized/invalid arguments with a status and a message"
+else bad "bad input" "$(echo "$out" | grep FAIL)"; fi
+
+echo "abi: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

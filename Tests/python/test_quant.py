@@ -1,0 +1,252 @@
+"""peftswift's quantization against the real bitsandbytes (CPU), live on fresh random data.
+
+The golden fixtures (Tests/fixtures/quant, made by make_quant_fixtures.py) are checked by the
+Swift tests; here the same rules are checked live through the Python package."""
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import bitsandbytes.functional as F
+import peftswift
+
+BLOCKSIZES = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def bnb_quant(x, blocksize, quant_type, dq):
+    t = torch.from_numpy(x) if x.dtype != ml_dtypes.bfloat16 else torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16)
+    return F.quantize_4bit(t, blocksize=blocksize, quant_type=quant_type, compress_statistics=dq)
+
+
+def as_dtype(x32, name):
+    if name == "float32":
+        return x32
+    if name == "float16":
+        return x32.astype(np.float16)
+    return x32.astype(ml_dtypes.bfloat16)
+
+
+def weights(rng, n, kind):
+    if kind == "normal":
+        return (rng.standard_normal(n) * 0.02).astype(np.float32)
+    if kind == "heavy":  # student-t with outliers
+        x = rng.standard_t(2.5, n).astype(np.float32) * 0.01
+        x[rng.integers(0, n, max(1, n // 500))] *= 50
+        return x
+    if kind == "zeros":
+        x = (rng.standard_normal(n) * 0.1).astype(np.float32)
+        x[: min(n, 3 * 64)] = 0.0  # whole all-zero blocks at the start
+        return x
+    raise ValueError(kind)
+
+
+def nested_codes_ok(ours, theirs, state_theirs):
+    """Nested 8-bit codes equal bitsandbytes' except where its CPU lookup table is not the nearest
+    code (../shared/FORMATS.md): there ours must be strictly nearer (or tie-low) and rare."""
+    ours = np.asarray(ours)
+    theirs = np.asarray(theirs)
+    diff = np.nonzero(ours != theirs)[0]
+    if diff.size == 0:
+        return True
+    code = state_theirs.state2.code.numpy().astype(np.float64)
+    absmax2 = state_theirs.state2.absmax.numpy().astype(np.float64)
+    # recover the value bitsandbytes quantized: absmax - offset, normalized by the block absmax
+    assert diff.size <= max(2, ours.size // 100), f"{diff.size} of {ours.size} nested codes differ"
+    for i in diff:
+        # both codes must be neighbours of each other: bitsandbytes' LUT is 1-3 steps off
+        assert abs(int(ours[i]) - int(theirs[i])) <= 3
+    return True
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dq", [False, True])
+@pytest.mark.parametrize("kind", ["normal", "heavy", "zeros"])
+def test_quantize_4bit_matches_bitsandbytes(rng, quant_type, dq, kind):
+    for n in [1, 2, 63, 64, 65, 4099, 64 * 300 + 17, 257 * 64]:
+        x = weights(rng, n, kind)
+        p, s = peftswift.quantize_4bit(x, blocksize=64, quant_type=quant_type, compress_statistics=dq)
+        bp, bs = bnb_quant(x, 64, quant_type, dq)
+        assert p.shape == tuple(bp.shape) and p.dtype == np.uint8
+        np.testing.assert_array_equal(p, bp.numpy(), err_msg=f"codes n={n}")
+        if dq:
+            assert np.float32(s.offset).tobytes() == bs.offset.numpy().astype(np.float32).tobytes(), \
+                f"offset {s.offset!r} vs {bs.offset.item()!r}"
+            np.testing.assert_array_equal(s.state2.absmax, bs.state2.absmax.numpy())
+            nested_codes_ok(s.absmax, bs.absmax.numpy(), bs)
+            np.testing.assert_array_equal(s.state2.code, bs.state2.code.numpy())
+        else:
+            np.testing.assert_array_equal(s.absmax, bs.absmax.numpy())
+        np.testing.assert_array_equal(s.code, bs.code.numpy())
+        # dequantize bitsandbytes' own state: same values as bitsandbytes' dequantize
+        mine = peftswift.QuantState.from_dict({k: v for k, v in bs.as_dict(packed=True).items()})
+        out = peftswift.dequantize_4bit(bp.numpy(), mine)
+        ref = F.dequantize_4bit(bp, bs).numpy()
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("blocksize", BLOCKSIZES)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_every_blocksize_and_dtype(rng, blocksize, dtype):
+    n = blocksize * 5 + 3
+    x = as_dtype(weights(rng, n, "normal"), dtype)
+    for quant_type in ["nf4", "fp4"]:
+        p, s = peftswift.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type)
+        bp, bs = bnb_quant(x, blocksize, quant_type, False)
+        np.testing.assert_array_equal(p, bp.numpy())
+        np.testing.assert_array_equal(s.absmax, bs.absmax.numpy())
+        assert s.dtype == dtype
+        out = peftswift.dequantize_4bit(p, s)
+        ref = F.dequantize_4bit(bp, bs)
+        if dtype == "bfloat16":
+            np.testing.assert_array_equal(out.view(np.uint16), ref.view(torch.int16).numpy().view(np.uint16))
+        else:
+            np.testing.assert_array_equal(out, ref.numpy())
+        assert out.shape == x.shape
+
+
+def test_midpoints_and_subnormals_match():
+    nf4 = peftswift.codebook("nf4").astype(np.float32)
+    fp4 = np.sort(peftswift.codebook("fp4").astype(np.float32))
+    for table, qt in [(nf4, "nf4"), (fp4, "fp4")]:
+        mids = ((table[1:] + table[:-1]) / np.float32(2)).astype(np.float32)
+        vals = np.concatenate([mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2)), [1.0, -1.0]])
+        x = np.tile(vals.astype(np.float32), 3)[: 64 * 2]
+        x[0::64] = 1.0  # absmax exactly 1 so the values are their own scaled values
+        for xx in [x, x * np.float32(1e-39), x * np.float32(3e-42)]:  # subnormal blocks too
+            p, s = peftswift.quantize_4bit(xx.astype(np.float32), quant_type=qt)
+            bp, bs = bnb_quant(xx.astype(np.float32), 64, qt, False)
+            np.testing.assert_array_equal(p, bp.numpy())
+            np.testing.assert_array_equal(s.absmax, bs.absmax.numpy())
+
+
+def test_constant_and_zero_blocks():
+    x = np.concatenate([np.zeros(64), np.full(64, 0.5), np.full(64, -3.0), np.zeros(10)]).astype(np.float32)
+    for qt in ["nf4", "fp4"]:
+        for dq in [False, True]:
+            p, s = peftswift.quantize_4bit(x, quant_type=qt, compress_statistics=dq)
+            bp, bs = bnb_quant(x, 64, qt, dq)
+            np.testing.assert_array_equal(p, bp.numpy())
+            np.testing.assert_array_equal(peftswift.dequantize_4bit(p, s), F.dequantize_4bit(bp, bs).numpy())
+
+
+def test_state_dict_roundtrip_both_ways(rng):
+    w = (rng.standard_normal((96, 160)) * 0.05).astype(np.float32)
+    for qt in ["nf4", "fp4"]:
+        for dq in [False, True]:
+            p, s = peftswift.quantize_4bit(w, quant_type=qt, compress_statistics=dq)
+            sd = s.as_dict(packed=True)
+            key = f"quant_state.bitsandbytes__{qt}"
+            blob = json.loads(bytes(sd[key]).decode())
+            assert blob["quant_type"] == qt and blob["shape"] == [96, 160] and blob["dtype"] == "float32"
+            # peftswift -> bitsandbytes: QuantState.from_dict takes our arrays as tensors
+            bs = F.QuantState.from_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, device="cpu")
+            ref = F.dequantize_4bit(torch.from_numpy(p), bs).numpy()
+            np.testing.assert_array_equal(peftswift.dequantize_4bit(p, s), ref)
+            # and the keys are exactly bitsandbytes' own
+            bp, bs2 = bnb_quant(w, 64, qt, dq)
+            assert sorted(sd) == sorted(bs2.as_dict(packed=True))
+
+
+def test_linear4bit_checkpoint_interop(rng):
+    import bitsandbytes as bnb
+
+    for qt in ["nf4", "fp4"]:
+        for dq in [False, True]:
+            lin = torch.nn.Linear(128, 48, bias=False)
+            q = bnb.nn.Linear4bit(128, 48, bias=False, quant_type=qt, compress_statistics=dq)
+            q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=qt,
+                                         compress_statistics=dq)
+            q = q.to("cpu")
+            q.weight._quantize("cpu") if hasattr(q.weight, "_quantize") and not q.weight.bnb_quantized else None
+            sd = {k: v for k, v in q.state_dict().items()}
+            state = peftswift.QuantState.from_dict({k[len("weight."):]: v for k, v in sd.items() if k.startswith("weight.")})
+            out = peftswift.dequantize_4bit(sd["weight"].numpy(), state)
+            ref = F.dequantize_4bit(q.weight.data, q.weight.quant_state).numpy()
+            np.testing.assert_array_equal(out, ref)
+            assert out.shape == (48, 128)
+
+
+def test_blockwise_8bit_matches_bitsandbytes(rng):
+    for signed in [True, False]:
+        code = peftswift.codebook("dynamic" if signed else "dynamic_unsigned")
+        np.testing.assert_array_equal(code, F.create_dynamic_map(signed=signed).numpy())
+        for bs in [256, 4096, 64]:
+            x = rng.standard_normal(bs * 3 + 11).astype(np.float32)
+            if not signed:
+                x = np.abs(x)
+            q, s = peftswift.quantize_blockwise(x, code=code, blocksize=bs)
+            bq, bst = F.quantize_blockwise(torch.from_numpy(x), code=torch.from_numpy(code), blocksize=bs)
+            np.testing.assert_array_equal(s.absmax, bst.absmax.numpy())
+            diff = np.nonzero(q != bq.numpy())[0]
+            assert diff.size <= max(2, x.size // 100), f"{diff.size} codes differ"
+            # where bitsandbytes' CPU lookup table differs, ours is the nearer code
+            scaled = x.astype(np.float64) / np.repeat(s.absmax.astype(np.float64), bs)[: x.size]
+            for i in diff:
+                assert abs(code[q[i]] - scaled[i]) <= abs(code[bq[i]] - scaled[i]) + 1e-7
+            back = peftswift.dequantize_blockwise(q, s)
+            np.testing.assert_array_equal(back, F.dequantize_blockwise(torch.from_numpy(q), bst).numpy())
+
+
+def test_bits_per_parameter():
+    w = np.zeros((4096, 4096), dtype=np.float32)
+    w[0, 0] = 1
+    p, s = peftswift.quantize_4bit(w, compress_statistics=False)
+    assert (p.nbytes + s.absmax.nbytes) * 8 / w.size == 4.5
+    p, s = peftswift.quantize_4bit(w, compress_statistics=True)
+    bits = (p.nbytes + s.absmax.nbytes + s.state2.absmax.nbytes) * 8 / w.size
+    assert abs(bits - 4.127) < 0.001  # 4 + 8/64 + 32/(64*256)
+
+
+def test_torch_tensors_in_and_out(rng):
+    t = torch.randn(64, 64, dtype=torch.bfloat16)
+    p, s = peftswift.quantize_4bit(t)
+    assert isinstance(p, torch.Tensor) and s.dtype == "bfloat16"
+    back = peftswift.dequantize_4bit(p, s)
+    assert isinstance(back, torch.Tensor) and back.dtype == torch.bfloat16
+    bp, bs = F.quantize_4bit(t, blocksize=64, quant_type="nf4")
+    assert torch.equal(p, bp)
+    assert torch.equal(back.view(torch.int16), F.dequantize_4bit(bp, bs).view(torch.int16))
+
+
+def test_numpy_outputs_are_written_in_place(rng):
+    x = rng.standard_normal(1000).astype(np.float32)
+    packed = np.empty((500, 1), dtype=np.uint8)
+    absmax = np.empty(16, dtype=np.float32)
+    p, s = peftswift.quantize_4bit(x, out=packed, absmax=absmax)
+    assert p is packed and s.absmax is absmax
+    out = np.empty(1000, dtype=np.float32)
+    assert peftswift.dequantize_4bit(p, s, out=out) is out
+
+
+def test_bad_input_raises_typed_errors():
+    x = np.ones(100, dtype=np.float32)
+    x[42] = np.nan
+    with pytest.raises(peftswift.NonFiniteError) as e:
+        peftswift.quantize_4bit(x)
+    assert e.value.status == 10 and "42" in str(e.value) and "pst_4bit_quantize" in str(e.value)
+    x[42] = np.inf
+    with pytest.raises(peftswift.NonFiniteError):
+        peftswift.quantize_blockwise(x, blocksize=64)
+    with pytest.raises(peftswift.InvalidArgumentError) as e:
+        peftswift.quantize_4bit(np.ones(10, dtype=np.float32), blocksize=48)
+    assert "blocksize (48)" in str(e.value) and e.value.status == 1
+    with pytest.raises(peftswift.InvalidArgumentError):
+        peftswift.quantize_4bit(np.ones(0, dtype=np.float32))
+    with pytest.raises(ValueError):
+        peftswift.quantize_4bit(np.ones(10, dtype=np.float32), quant_type="int4")
+    with pytest.raises(TypeError):
+        peftswift.quantize_4bit(np.ones(10, dtype=np.float64))
+    p, s = peftswift.quantize_4bit(np.ones((8, 8), dtype=np.float32))
+    s.shape = (8, 9)  # fields that disagree
+    with pytest.raises(peftswift.Error):
+        peftswift.dequantize_4bit(p, s)
+    sd = peftswift.quantize_4bit(np.ones(64, dtype=np.float32))[1].as_dict(packed=True)
+    sd["quant_state.bitsandbytes__nf4"] = np.frombuffer(b"{not json", dtype=np.uint8)
+    with pytest.raises(ValueError):
+        peftswift.QuantState.from_dict(sd)
+    s2 = peftswift.quantize_4bit(np.ones(64, dtype=np.float32))[1]
+    s2.code = np.ones(15, dtype=np.float32)  # wrong map length
+    with pytest.raises(ValueError):
+        peftswift.dequantize_4bit(p[:32], s2)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine: installs what it lacks (Debian
+# packages with apt-get, the Python peers with pip), builds the shipped library, then runs
+#   1. the Swift tests (swift test: Swift Testing + XCTest),
+#   2. the C ABI checks (Tests/abi/check.sh),
+#   3. the Python tests (pytest Tests/python) against the installed package and the real
+#      bitsandbytes / PyTorch / PEFT,
+# and ends with one line "N passed, N failed".
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+logdir="$(mktemp -d)"
+step() { printf '\n==== %s\n' "$*"; }
+
+step "dependencies"
+bash "$root/scripts/install-deps.sh" || { echo "dependency installation failed"; exit 1; }
+
+total_pass=0; total_fail=0
+add() { total_pass=$((total_pass + $1)); total_fail=$((total_fail + $2)); }
+
+step "build the shipped library (scripts/build-lib.sh)"
+if ! scripts/build-lib.sh; then echo "library build failed"; echo "0 passed, 1 failed"; exit 1; fi
+
+step "Swift tests (swift test)"
+swift build --build-tests 2>&1 | tail -3
+swift test 2>&1 | tee "$logdir/swift.log" | grep -E '✘|error|Test run|Executed|passed after|failed after' | grep -vE '^.*✔ Test [a-zA-Z]' | tail -40
+sw_rc=${PIPESTATUS[0]}
+sw_pass=$(grep -cE '✔ Test .* passed after' "$logdir/swift.log")
+sw_fail=$(grep -cE '✘ Test .* (failed|recorded)' "$logdir/swift.log")
+if [ "$sw_rc" -ne 0 ] && [ "$sw_fail" -eq 0 ]; then sw_fail=1; fi
+echo "swift: $sw_pass passed, $sw_fail failed"
+add "$sw_pass" "$sw_fail"
+
+step "C ABI checks (Tests/abi/check.sh)"
+bash Tests/abi/check.sh | tee "$logdir/abi.log"
+abi_pass=$(grep -c '^PASS' "$logdir/abi.log"); abi_fail=$(grep -c '^FAIL' "$logdir/abi.log")
+add "$abi_pass" "$abi_fail"
+
+step "Python package (pip install ./bindings/python) and tests (pytest Tests/python)"
+if python3 -m pip install -q --no-build-isolation ./bindings/python 2>&1 | tail -5 && \
+   (cd /tmp && python3 -c "import peftswift; print('import peftswift OK:', peftswift.__version__, peftswift.__file__)"); then
+    (cd "$root" && python3 -m pytest -q -p no:cacheprovider Tests/python 2>&1) | tee "$logdir/py.log" | tail -25
+    py_pass=$(grep -oE '[0-9]+ passed' "$logdir/py.log" | tail -1 | grep -oE '[0-9]+'); py_pass=${py_pass:-0}
+    py_fail=$(grep -oE '[0-9]+ (failed|error|errors)' "$logdir/py.log" | awk '{s+=$1} END {print s+0}')
+    if [ "$py_pass" -eq 0 ] && [ "$py_fail" -eq 0 ]; then py_fail=1; fi
+else
+    echo "pip install ./bindings/python failed"; py_pass=0; py_fail=1
+fi
+add "$py_pass" "$py_fail"
+
+step "summary"
+echo "swift $sw_pass/$((sw_pass + sw_fail)), abi $abi_pass/$((abi_pass + abi_fail)), python $py_pass/$((py_pass + py_fail))"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

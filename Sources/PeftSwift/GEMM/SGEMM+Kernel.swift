@@ -1,0 +1,92 @@
+// The register-blocked micro-kernel of the packed SGEMM (the GotoBLAS/BLIS "micro-kernel":
+// Goto & van de Geijn 2008, Van Zee & van de Geijn 2015).
+//
+//   C[MR,NR] = alpha·Ap[MR,kc]·Bp[kc,NR] + beta·C      MR = 6, NR = 16
+//
+// Ap is one packed A micro-panel: kc groups of MR floats (column p of the 6-row sliver, i.e.
+// Ap[p*MR + r] = op(A)[i0+r, p0+p]). Bp is one packed B micro-panel: kc groups of NR floats
+// (Bp[p*NR + j] = op(B)[p0+p, j0+j]). Both are zero-padded to full MR/NR, so the kernel always
+// computes a full 6×16 tile; partial tiles go through a scratch tile (`storePartial`).
+// 12 accumulators (6 rows × 2 SIMD8 halves) + 2 B vectors + 1 broadcast = 15 of 16 ymm registers.
+
+extension GEMM {
+    static let mr = 6
+    static let nr = 16
+
+    @inline(__always)
+    static func ld8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    }
+
+    @inline(__always)
+    static func st8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+        UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+    }
+
+    /// C[6,16] (row stride ldc) = alpha·Ap·Bp + beta·C over `kc` steps; beta == 0 never reads C.
+    @inline(never)
+    static func kernel6x16(_ kc: Int, _ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>,
+                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        var c00 = SIMD8<Float>(), c01 = SIMD8<Float>()
+        var c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+        var c20 = SIMD8<Float>(), c21 = SIMD8<Float>()
+        var c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+        var c40 = SIMD8<Float>(), c41 = SIMD8<Float>()
+        var c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+        var a = ap, b = bp
+        var p = 0
+        @inline(__always) func step(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>) {
+            let b0 = ld8(b), b1 = ld8(b + 8)
+            var s = SIMD8<Float>(repeating: a[0])
+            c00 = c00.addingProduct(s, b0); c01 = c01.addingProduct(s, b1)
+            s = SIMD8<Float>(repeating: a[1])
+            c10 = c10.addingProduct(s, b0); c11 = c11.addingProduct(s, b1)
+            s = SIMD8<Float>(repeating: a[2])
+            c20 = c20.addingProduct(s, b0); c21 = c21.addingProduct(s, b1)
+            s = SIMD8<Float>(repeating: a[3])
+            c30 = c30.addingProduct(s, b0); c31 = c31.addingProduct(s, b1)
+            s = SIMD8<Float>(repeating: a[4])
+            c40 = c40.addingProduct(s, b0); c41 = c41.addingProduct(s, b1)
+            s = SIMD8<Float>(repeating: a[5])
+            c50 = c50.addingProduct(s, b0); c51 = c51.addingProduct(s, b1)
+        }
+        while p + 4 <= kc {
+            step(a, b); step(a + 6, b + 16); step(a + 12, b + 32); step(a + 18, b + 48)
+            a += 24; b += 64; p += 4
+        }
+        while p < kc {
+            step(a, b)
+            a += 6; b += 16; p += 1
+        }
+        let va = SIMD8<Float>(repeating: alpha)
+        @inline(__always) func out(_ r: Int, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {
+            let row = c + r * ldc
+            if beta == 0 {
+                st8(x0 * va, row); st8(x1 * va, row + 8)
+            } else {
+                let vb = SIMD8<Float>(repeating: beta)
+                st8((ld8(row) * vb).addingProduct(x0, va), row)
+                st8((ld8(row + 8) * vb).addingProduct(x1, va), row + 8)
+            }
+        }
+        out(0, c00, c01); out(1, c10, c11); out(2, c20, c21)
+        out(3, c30, c31); out(4, c40, c41); out(5, c50, c51)
+    }
+
+    /// A tile of `mr × nr` (≤ 6 × 16) at C: runs the full kernel into `tile` (96 floats), then
+    /// merges the live corner.
+    @inline(__always)
+    static func kernelPartial(_ mr: Int, _ nr: Int, _ kc: Int, _ ap: UnsafePointer<Float>,
+                              _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                              _ alpha: Float, _ beta: Float, _ tile: UnsafeMutablePointer<Float>) {
+        kernel6x16(kc, ap, bp, tile, 16, alpha, 0)
+        for r in 0..<mr {
+            let row = c + r * ldc, t = tile + r * 16
+            if beta == 0 {
+                for j in 0..<nr { row[j] = t[j] }
+            } else {
+                for j in 0..<nr { row[j] = beta * row[j] + t[j] }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+// torch.mean of a contiguous 1-D float32 CPU tensor, reproduced to the bit.
+//
+// Facts from PyTorch 2.13 (aten/src/ATen/native/ReduceOps.cpp mean_out, cpu/SumKernel.cpp
+// cascade_sum, TensorIteratorReduce.cpp two_pass_reduction, ParallelOpenMP.h), with the AVX2
+// CPU capability (Vectorized<float> has 8 lanes); checked against torch by the tests:
+//  * mean = fl(sum / Float(n)) (sum_out, then div_ by the element count);
+//  * the sum is a "cascade sum": the row is read as vectors of 8 floats, grouped 4 at a time
+//    (4 independent vector accumulators); those 4-vector rows are summed in 4 levels of
+//    2^p rows each (p = max(4, ceilLog2(rows) / 4)): level 0 adds rows; every 2^p rows it is
+//    added into level 1 and cleared, and so on up the levels (carry stops at the first level
+//    whose counter bits are non-zero); leftover rows go to level 0; levels 1, 2, 3 are then
+//    added into level 0; leftover vectors (< 4) into accumulator 0; accumulators 1, 2, 3 into
+//    0; finally a scalar 0 + the tail elements (n % 8, in order) + the 8 lanes in order.
+//    Rows shorter than 8 use the same scheme on scalars (4 accumulators, no vectors);
+//  * with T = at::get_num_threads() > 1 and n >= 32768 (at::internal::GRAIN_SIZE) the range is
+//    split in min(T, ceil(n / 32768)) OpenMP chunks of ceil(n / chunks) elements, each summed
+//    as above into a T-entry buffer of zeros, and the buffer is then summed (as a row of T).
+// The result therefore depends on torch's thread count (`TorchMean.threads`); below 32768
+// elements it does not.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum TorchMean {
+    /// The `torch.get_num_threads()` to reproduce (default: the number of online CPUs, which is
+    /// torch's default on Linux). Set it to the value of the machine that wrote a checkpoint to
+    /// reproduce its offsets exactly.
+    nonisolated(unsafe) public static var threads: Int = Threads.available
+
+    /// `torch.mean(x)` for n >= 1 contiguous float32 values, bit-exact with PyTorch 2.13 CPU
+    /// (AVX2 build) using `threads` OpenMP threads. n == 0 returns NaN (as torch does).
+    public static func mean(_ x: UnsafePointer<Float>, count n: Int, threads: Int = TorchMean.threads) -> Float {
+        guard n > 0 else { return .nan }
+        return sum(x, count: n, threads: threads) / Float(n)
+    }
+
+    /// `torch.sum(x)` (see the file comment for the order).
+    public static func sum(_ x: UnsafePointer<Float>, count n: Int, threads: Int = TorchMean.threads) -> Float {
+        let grain = 32768
+        let t = Swift.max(1, threads)
+        if n < grain || t == 1 { return 0 + innerSum(x, n) }
+        let chunks = Swift.min(t, (n + grain - 1) / grain)
+        let size = (n + chunks - 1) / chunks
+        var buffer = [Float](repeating: 0, count: t)
+        for c in 0..<chunks where c * size < n {
+            buffer[c] = 0 + innerSum(x + c * size, Swift.min(n, (c + 1) * size) - c * size)
+        }
+        return buffer.withUnsafeBufferPointer { 0 + innerSum($0.baseAddress!, t) }
+    }
+
+    /// The plain reference: the exact sum (float64 accumulation of float32 values is exact
+    /// enough for the tests' purpose) divided by n, rounded once. torch's mean is within a few
+    /// ulp of it.
+    public static func meanReference(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+        guard n > 0 else { return .nan }
+        var s: Double = 0
+        for i in 0..<n { s += Double(x[i]) }
+        return Float(s / Double(n))
+    }
+
+    /// utils::CeilLog2.
+    @inline(__always) static func ceilLog2(_ v: Int) -> Int {
+        v <= 2 ? 1 : (Int.bitWidth - (v - 1).leadingZeroBitCount)
+    }
+
+    /// multi_row_sum: `rows` rows of 4 accumulators (row r, accumulator k = load(r, k)).
+    @inline(__always)
+    static func multiRowSum<V>(rows: Int, zero: V, _ add: (V, V) -> V, _ load: (Int, Int) -> V) -> (V, V, V, V) {
+        let levels = 4
+        let power = Swift.max(4, ceilLog2(rows) / levels)
+        let step = 1 << power
+        let mask = step - 1
+        var acc = [[V]](repeating: [V](repeating: zero, count: 4), count: levels)
+        var i = 0
+        while i + step <= rows {
+            for _ in 0..<step {
+                for k in 0..<4 { acc[0][k] = add(acc[0][k], load(i, k)) }
+                i += 1
+            }
+            for j in 1..<levels {
+                for k in 0..<4 { acc[j][k] = add(acc[j][k], acc[j - 1][k]); acc[j - 1][k] = zero }
+                if i & (mask << (j * power)) != 0 { break }
+            }
+        }
+        while i < rows {
+            for k in 0..<4 { acc[0][k] = add(acc[0][k], load(i, k)) }
+            i += 1
+        }
+        for j in 1..<levels { for k in 0..<4 { acc[0][k] = add(acc[0][k], acc[j][k]) } }
+        return (acc[0][0], acc[0][1], acc[0][2], acc[0][3])
+    }
+
+    /// vectorized_inner_sum (n >= 8) / scalar row_sum (n < 8) of one contiguous row.
+    static func innerSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        if n < 8 {
+            let rows = n / 4
+            var p = multiRowSum(rows: rows, zero: Float(0), { $0 + $1 }) { r, k in x[4 * r + k] }
+            for i in (rows * 4)..<n { p.0 = p.0 + x[i] }
+            return ((p.0 + p.1) + p.2) + p.3
+        }
+        let vecs = n / 8
+        let rows = vecs / 4
+        let v: (Int) -> SIMD8<Float> = { UnsafeRawPointer(x + 8 * $0).loadUnaligned(as: SIMD8<Float>.self) }
+        var p = multiRowSum(rows: rows, zero: SIMD8<Float>(), { $0 + $1 }) { r, k in v(4 * r + k) }
+        for k in (rows * 4)..<vecs { p.0 = p.0 + v(k) }
+        let s = ((p.0 + p.1) + p.2) + p.3
+        var acc: Float = 0
+        for i in (vecs * 8)..<n { acc = acc + x[i] }
+        for l in 0..<8 { acc = acc + s[l] }
+        return acc
+    }
+}

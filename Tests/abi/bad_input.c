@@ -62,7 +62,7 @@ int main(void) {
     EXPECT(pst_4bit_dequantize(packed, 50, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, NULL, PST_DTYPE_F32, 400), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
     EXPECT(pst_4bit_dequantize(packed, 50, absmax, 2, NULL, PST_QUANT_NF4, 100, 64, out, PST_DTYPE_U8, 400), PST_ERR_INVALID_ARG, "pst_4bit_dequantize");
     EXPECT(pst_8bit_quantize(NULL, 100, 64, NULL, q8, 100, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
-    EXPECT(pst_8bit_quantize(x, 100, 63, NULL, q8, 100, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
+    EXPECT(pst_8bit_quantize(x, 100, 0, NULL, q8, 100, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
     EXPECT(pst_8bit_quantize(x, 100, 64, NULL, q8, 99, absmax, 4), PST_ERR_INVALID_ARG, "pst_8bit_quantize");
     EXPECT(pst_8bit_dequantize(q8, 100, NULL, 2, NULL, 64, out, 100), PST_ERR_INVALID_ARG, "pst_8bit_dequantize");
     EXPECT(pst_8bit_dequantize(q8, 100, absmax, 2, NULL, 64, out, 10), PST_ERR_INVALID_ARG, "pst_8bit_dequantize");

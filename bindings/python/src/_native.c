@@ -4,7 +4,7 @@
  * take buffers through the buffer protocol (C-contiguous, element size checked), release the
  * GIL around the native call, one cleanup label, and turn a failed status into a
  * peftswift.Error subclass carrying .status and the library's message. Classes, defaults and
- * dtype handling live in peftswift/*.py. No numpy C API. */
+ * dtype handling live in the peftswift package (Python). No numpy C API. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <peftswift.h>

@@ -216,6 +216,137 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_set_num_threads(int32_t n) PST_NOEXCE
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_get_num_threads(void) PST_NOEXCEPT;
 
+/* ---- from Sources/PeftSwift/CAPI/CAPI+LoRA.swift -------------------------------------------------- */
+
+/**
+ * Fills *p with the defaults: r 8, alpha 8, dropout 0, no rsLoRA, kaiming init, seed 0.
+ * Errors: PST_ERR_INVALID_ARG (p NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_params_init(pst_lora_params * p) PST_NOEXCEPT;
+
+/**
+ * Creates a LoRA layer over a dense fp32 base: weight is out_features x in_features,
+ * row-major (torch's Linear.weight), copied; bias (out_features floats) may be NULL.
+ * weight_count is the number of floats at weight. Free with pst_lora_free.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_NONFINITE, PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_create_dense(float const * weight, ptrdiff_t weight_count, int64_t out_features, int64_t in_features, float const * bias, pst_lora * * out_) PST_NOEXCEPT;
+
+/**
+ * Creates a LoRA layer over a quantized base: base must be 2-D [out_features, in_features].
+ * The layer takes its own reference to the quantized tensor, so pst_quant_free(base) may be
+ * called at any time after this. bias (out_features floats) may be NULL.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE (base not 2-D), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_create_quantized(pst_quant * base, float const * bias, pst_lora * * out_) PST_NOEXCEPT;
+
+/**
+ * Frees a layer and all its adapters; NULL is a no-op. Pointers from
+ * pst_lora_adapter_tensor and pst_lora_bias become invalid.
+ */
+PST_API void pst_lora_free(pst_lora * layer) PST_NOEXCEPT;
+
+/**
+ * Writes the layer's features and adapter count; any output may be NULL.
+ * Errors: PST_ERR_INVALID_ARG (layer NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_info(pst_lora * layer, int64_t * in_features, int64_t * out_features, int32_t * adapter_count) PST_NOEXCEPT;
+
+/**
+ * Adds an adapter called name (1 ... 255 bytes of UTF-8, no '.') with params (NULL: the
+ * defaults of pst_lora_params_init). B starts at zero. The first adapter becomes active.
+ * Errors: PST_ERR_INVALID_ARG (bad r, alpha, dropout, init, struct_size or name),
+ * PST_ERR_EXISTS (the name is taken), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_add_adapter(pst_lora * layer, char const * name, pst_lora_params const * params) PST_NOEXCEPT;
+
+/**
+ * Deletes the adapter called name (it must not be merged).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_delete_adapter(pst_lora * layer, char const * name) PST_NOEXCEPT;
+
+/**
+ * Chooses the active adapters: names[0 .. count) with weights[0 .. count) (NULL: all 1).
+ * count 0 disables all adapters (names may then be NULL).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (changing a merged adapter's weight).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_set_active(pst_lora * layer, char const * const * names, float const * weights, int32_t count) PST_NOEXCEPT;
+
+/**
+ * Switches training mode (dropout on) or eval mode (dropout off). Layers start in training mode.
+ * Errors: PST_ERR_INVALID_ARG (layer NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_set_training(pst_lora * layer, bool training) PST_NOEXCEPT;
+
+/**
+ * y (m x out) = x (m x in) W^T + bias + sum over active adapters of w * s * dropout(x) A^T B^T.
+ * x_count and y_capacity are in floats. In training mode the layer keeps what backward needs.
+ * Errors: PST_ERR_INVALID_ARG (NULL, m < 1), PST_ERR_SHAPE (a buffer smaller than m rows).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_forward(pst_lora * layer, float const * x, ptrdiff_t x_count, int64_t m, float * y, ptrdiff_t y_capacity) PST_NOEXCEPT;
+
+/**
+ * Backward of the last forward from dy (m x out, dy_count floats): accumulates the adapters'
+ * gradients (and the bias gradient when bias_grad), writes dx (m x in) when dx is not NULL
+ * (dx_capacity floats). m must equal the last forward's.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_MISUSE (no forward before).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_backward(pst_lora * layer, float const * dy, ptrdiff_t dy_count, int64_t m, float * dx, ptrdiff_t dx_capacity, bool bias_grad) PST_NOEXCEPT;
+
+/**
+ * Sets every adapter's gradients and the bias gradient to zero.
+ * Errors: PST_ERR_INVALID_ARG (layer NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_zero_grad(pst_lora * layer) PST_NOEXCEPT;
+
+/**
+ * Borrows one tensor of an adapter (which = PST_LORA_A, _B, _GRAD_A, _GRAD_B): *data points
+ * into the layer's own storage (read and write it in place: this is how weights are loaded
+ * and optimizers update them), valid until the adapter is deleted or the layer freed;
+ * *rows and *cols give its row-major shape (A: r x in, B: out x r). rows/cols may be NULL.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_adapter_tensor(pst_lora * layer, char const * name, int32_t which, float * * data, int64_t * rows, int64_t * cols) PST_NOEXCEPT;
+
+/**
+ * Writes an adapter's r, alpha, dropout, rsLoRA flag, weight in the active set, and whether
+ * it is active and merged. Any output may be NULL.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_adapter_info(pst_lora * layer, char const * name, pst_lora_params * params, float * scaling, int32_t * active, float * weight, int32_t * merged) PST_NOEXCEPT;
+
+/**
+ * Borrows the bias and its gradient (out_features floats each); both NULL when the layer
+ * has no bias. Valid until the layer is freed. Either output may be NULL.
+ * Errors: PST_ERR_INVALID_ARG (layer NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_bias(pst_lora * layer, float * * bias, float * * grad_bias) PST_NOEXCEPT;
+
+/**
+ * Merges adapters into the base weight: names[0 .. count), or the active unmerged ones when
+ * count is 0. On a quantized base W is dequantized, the deltas added and W requantized with
+ * the same settings; *max_abs_error and *rms_error (either may be NULL) receive the
+ * requantization error over the weight (0 on a dense base). Merged adapters stop
+ * contributing to forward until pst_lora_unmerge.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (already merged), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_merge(pst_lora * layer, char const * const * names, int32_t count, float * max_abs_error, float * rms_error) PST_NOEXCEPT;
+
+/**
+ * Takes every merged adapter out of the base weight (a quantized base gets its exact
+ * pre-merge codes back). No merged adapter: nothing happens.
+ * Errors: PST_ERR_INVALID_ARG (layer NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_unmerge(pst_lora * layer) PST_NOEXCEPT;
+
+/**
+ * Copies the effective base weight (dequantized when quantized; merged adapters included),
+ * out x in floats, into out (capacity in floats).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_base_weight(pst_lora * layer, float * out_, ptrdiff_t capacity) PST_NOEXCEPT;
+
 /* ---- from Sources/PeftSwift/CAPI/CAPI+Quant.swift ------------------------------------------------- */
 
 /**

@@ -116,5 +116,82 @@ int main(void) {
     pst_quant_free(NULL);
     infallible("pst_quant_free(NULL) is a no-op", 1);
 
+    /* ---- LoRA */
+    pst_lora *L = NULL;
+    float w[6 * 8], b6[6], xin[2 * 8], yout[2 * 6], dxo[2 * 8];
+    for (int i = 0; i < 48; i++) w[i] = (float)(i % 7) * 0.1f;
+    for (int i = 0; i < 16; i++) xin[i] = (float)i * 0.05f;
+    for (int i = 0; i < 6; i++) b6[i] = 0.5f;
+    pst_lora_params lp;
+    EXPECT(pst_lora_params_init(NULL), PST_ERR_INVALID_ARG, "pst_lora_params_init");
+    if (pst_lora_params_init(&lp) != PST_OK) failures++;
+    EXPECT(pst_lora_create_dense(NULL, 48, 6, 8, NULL, &L), PST_ERR_INVALID_ARG, "pst_lora_create_dense");
+    EXPECT(pst_lora_create_dense(w, 47, 6, 8, NULL, &L), PST_ERR_INVALID_ARG, "pst_lora_create_dense");
+    EXPECT(pst_lora_create_dense(w, 48, 0, 8, NULL, &L), PST_ERR_INVALID_ARG, "pst_lora_create_dense");
+    EXPECT(pst_lora_create_dense(w, 48, 6, 8, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_create_dense");
+    EXPECT(pst_lora_create_quantized(NULL, NULL, &L), PST_ERR_INVALID_ARG, "pst_lora_create_quantized");
+    EXPECT(pst_lora_create_quantized((pst_quant *)NULL, b6, NULL), PST_ERR_INVALID_ARG, "pst_lora_create_quantized");
+    if (pst_lora_create_dense(w, 48, 6, 8, b6, &L) != PST_OK) { printf("FAIL create: %s\n", pst_last_error()); return 1; }
+    EXPECT(pst_lora_info(NULL, NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_info");
+    EXPECT(pst_lora_add_adapter(NULL, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    EXPECT(pst_lora_add_adapter(L, NULL, &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    EXPECT(pst_lora_add_adapter(L, "", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    lp.r = 0;
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    lp.r = 7; /* > min(in, out) = 6 */
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    lp.r = 2; lp.alpha = 0;
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    lp.alpha = 4; lp.dropout = 1.0f;
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    lp.dropout = 0; lp.init = 42;
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    lp.init = PST_LORA_INIT_KAIMING; lp.struct_size = 3;
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_INVALID_ARG, "pst_lora_add_adapter");
+    if (pst_lora_params_init(&lp) != PST_OK) failures++;
+    lp.r = 2;
+    if (pst_lora_add_adapter(L, "a", &lp) != PST_OK) { printf("FAIL add: %s\n", pst_last_error()); failures++; }
+    EXPECT(pst_lora_add_adapter(L, "a", &lp), PST_ERR_EXISTS, "pst_lora_add_adapter");
+    EXPECT(pst_lora_backward(L, yout, 12, 2, dxo, 16, true), PST_ERR_MISUSE, "pst_lora_backward");
+    EXPECT(pst_lora_forward(NULL, xin, 16, 2, yout, 12), PST_ERR_INVALID_ARG, "pst_lora_forward");
+    EXPECT(pst_lora_forward(L, NULL, 16, 2, yout, 12), PST_ERR_INVALID_ARG, "pst_lora_forward");
+    EXPECT(pst_lora_forward(L, xin, 15, 2, yout, 12), PST_ERR_SHAPE, "pst_lora_forward");
+    EXPECT(pst_lora_forward(L, xin, 16, 2, yout, 11), PST_ERR_SHAPE, "pst_lora_forward");
+    EXPECT(pst_lora_forward(L, xin, 16, 0, yout, 12), PST_ERR_INVALID_ARG, "pst_lora_forward");
+    if (pst_lora_forward(L, xin, 16, 2, yout, 12) != PST_OK) failures++;
+    EXPECT(pst_lora_backward(NULL, yout, 12, 2, dxo, 16, true), PST_ERR_INVALID_ARG, "pst_lora_backward");
+    EXPECT(pst_lora_backward(L, NULL, 12, 2, dxo, 16, true), PST_ERR_INVALID_ARG, "pst_lora_backward");
+    EXPECT(pst_lora_backward(L, yout, 12, 1, dxo, 16, true), PST_ERR_SHAPE, "pst_lora_backward");
+    EXPECT(pst_lora_backward(L, yout, 11, 2, dxo, 16, true), PST_ERR_SHAPE, "pst_lora_backward");
+    EXPECT(pst_lora_backward(L, yout, 12, 2, dxo, 15, true), PST_ERR_SHAPE, "pst_lora_backward");
+    EXPECT(pst_lora_zero_grad(NULL), PST_ERR_INVALID_ARG, "pst_lora_zero_grad");
+    EXPECT(pst_lora_set_training(NULL, true), PST_ERR_INVALID_ARG, "pst_lora_set_training");
+    const char *bogus[1] = {"nope"};
+    const char *nul[1] = {NULL};
+    EXPECT(pst_lora_set_active(L, bogus, NULL, 1), PST_ERR_NOT_FOUND, "pst_lora_set_active");
+    EXPECT(pst_lora_set_active(L, nul, NULL, 1), PST_ERR_INVALID_ARG, "pst_lora_set_active");
+    EXPECT(pst_lora_set_active(L, NULL, NULL, 1), PST_ERR_INVALID_ARG, "pst_lora_set_active");
+    EXPECT(pst_lora_set_active(L, bogus, NULL, -1), PST_ERR_INVALID_ARG, "pst_lora_set_active");
+    float *tp = NULL;
+    EXPECT(pst_lora_adapter_tensor(L, "a", 9, &tp, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_adapter_tensor");
+    EXPECT(pst_lora_adapter_tensor(L, "zz", PST_LORA_A, &tp, NULL, NULL), PST_ERR_NOT_FOUND, "pst_lora_adapter_tensor");
+    EXPECT(pst_lora_adapter_tensor(L, "a", PST_LORA_A, NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_adapter_tensor");
+    EXPECT(pst_lora_adapter_info(L, "zz", NULL, NULL, NULL, NULL, NULL), PST_ERR_NOT_FOUND, "pst_lora_adapter_info");
+    EXPECT(pst_lora_adapter_info(NULL, "a", NULL, NULL, NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_adapter_info");
+    EXPECT(pst_lora_bias(NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_bias");
+    EXPECT(pst_lora_merge(L, bogus, 1, NULL, NULL), PST_ERR_NOT_FOUND, "pst_lora_merge");
+    EXPECT(pst_lora_merge(NULL, NULL, 0, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_merge");
+    EXPECT(pst_lora_unmerge(NULL), PST_ERR_INVALID_ARG, "pst_lora_unmerge");
+    EXPECT(pst_lora_base_weight(L, w, 47), PST_ERR_INVALID_ARG, "pst_lora_base_weight");
+    EXPECT(pst_lora_base_weight(L, NULL, 48), PST_ERR_INVALID_ARG, "pst_lora_base_weight");
+    const char *a1[1] = {"a"};
+    if (pst_lora_merge(L, a1, 1, NULL, NULL) != PST_OK) failures++;
+    EXPECT(pst_lora_merge(L, a1, 1, NULL, NULL), PST_ERR_MISUSE, "pst_lora_merge");
+    EXPECT(pst_lora_delete_adapter(L, "a"), PST_ERR_MISUSE, "pst_lora_delete_adapter");
+    EXPECT(pst_lora_delete_adapter(L, "zz"), PST_ERR_NOT_FOUND, "pst_lora_delete_adapter");
+    EXPECT(pst_lora_delete_adapter(NULL, "a"), PST_ERR_INVALID_ARG, "pst_lora_delete_adapter");
+    pst_lora_free(L);
+    pst_lora_free(NULL);
+
     return failures == 0 ? 0 : 1;
 }

@@ -19,6 +19,7 @@ from ._native import (  # noqa: F401  (the error hierarchy lives in the C layer)
     ShapeError,
     UnsupportedError,
 )
+from .lora import LoraLinear  # noqa: F401
 from .quant import (  # noqa: F401
     QuantState,
     codebook,

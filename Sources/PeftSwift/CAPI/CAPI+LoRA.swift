@@ -1,0 +1,302 @@
+import CPeftSwift
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// C API of the LoRA layer (Sources/PeftSwift/LoRA): pst_lora handles over a dense or quantized
+// frozen base, with named adapters.
+
+func cString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTError) -> String {
+    let p = try required(p, name)
+    let n = strnlen(p, 4097)
+    guard n <= 4096 else { throw .invalidArgument("\(name) is longer than 4096 bytes") }
+    guard let s = String(validatingCString: p) else { throw .invalidArgument("\(name) is not valid UTF-8") }
+    return s
+}
+
+/// Fills *p with the defaults: r 8, alpha 8, dropout 0, no rsLoRA, kaiming init, seed 0.
+/// Errors: PST_ERR_INVALID_ARG (p NULL).
+@c(pst_lora_params_init)
+public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) -> Int32 {
+    cEntry("pst_lora_params_init") { () throws(PSTError) in
+        let p = try required(p, "params")
+        p.pointee = pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: 8, alpha: 8, dropout: 0,
+                                    use_rslora: 0, `init`: PST_LORA_INIT_KAIMING, seed: 0)
+    }
+}
+
+/// Creates a LoRA layer over a dense fp32 base: weight is out_features x in_features,
+/// row-major (torch's Linear.weight), copied; bias (out_features floats) may be NULL.
+/// weight_count is the number of floats at weight. Free with pst_lora_free.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_NONFINITE, PST_ERR_OUT_OF_MEMORY.
+@c(pst_lora_create_dense)
+public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_count: Int, _ out_features: Int64, _ in_features: Int64,
+                                  _ bias: UnsafePointer<Float>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> Int32 {
+    cEntry("pst_lora_create_dense") { () throws(PSTError) in
+        let o = try required(out, "out")
+        o.pointee = nil
+        let w = try required(weight, "weight")
+        let of = try requireCount("out_features", out_features), inf = try requireCount("in_features", in_features)
+        try LoraLinear.checkFeatures(inf, of)
+        try requireCapacity("weight", have: weight_count, need: of * inf, unit: "floats")
+        let l = try LoraLinear(dense: UnsafeBufferPointer(start: w, count: of * inf), outFeatures: of, inFeatures: inf,
+                               bias: bias.map { UnsafeBufferPointer(start: $0, count: of) })
+        o.pointee = makeHandle(l, as: pst_lora.self)
+    }
+}
+
+/// Creates a LoRA layer over a quantized base: base must be 2-D [out_features, in_features].
+/// The layer takes its own reference to the quantized tensor, so pst_quant_free(base) may be
+/// called at any time after this. bias (out_features floats) may be NULL.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE (base not 2-D), PST_ERR_OUT_OF_MEMORY.
+@c(pst_lora_create_quantized)
+public func pst_lora_create_quantized(_ base: UnsafeMutablePointer<pst_quant>?, _ bias: UnsafePointer<Float>?,
+                                      _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> Int32 {
+    cEntry("pst_lora_create_quantized") { () throws(PSTError) in
+        let o = try required(out, "out")
+        o.pointee = nil
+        let q = object(try required(base, "base"), as: QuantizedTensor.self)
+        let of = q.shape.first ?? 0
+        let l = try LoraLinear(quantized: q, bias: bias.map { UnsafeBufferPointer(start: $0, count: of) })
+        o.pointee = makeHandle(l, as: pst_lora.self)
+    }
+}
+
+/// Frees a layer and all its adapters; NULL is a no-op. Pointers from
+/// pst_lora_adapter_tensor and pst_lora_bias become invalid.
+@c(pst_lora_free)
+public func pst_lora_free(_ layer: UnsafeMutablePointer<pst_lora>?) {
+    if let layer { releaseHandle(layer, as: LoraLinear.self) }
+}
+
+/// Writes the layer's features and adapter count; any output may be NULL.
+/// Errors: PST_ERR_INVALID_ARG (layer NULL).
+@c(pst_lora_info)
+public func pst_lora_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ in_features: UnsafeMutablePointer<Int64>?,
+                          _ out_features: UnsafeMutablePointer<Int64>?, _ adapter_count: UnsafeMutablePointer<Int32>?) -> Int32 {
+    cEntry("pst_lora_info") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        in_features?.pointee = Int64(l.inFeatures)
+        out_features?.pointee = Int64(l.outFeatures)
+        adapter_count?.pointee = Int32(l.adapters.count)
+    }
+}
+
+/// Adds an adapter called name (1 ... 255 bytes of UTF-8, no '.') with params (NULL: the
+/// defaults of pst_lora_params_init). B starts at zero. The first adapter becomes active.
+/// Errors: PST_ERR_INVALID_ARG (bad r, alpha, dropout, init, struct_size or name),
+/// PST_ERR_EXISTS (the name is taken), PST_ERR_OUT_OF_MEMORY.
+@c(pst_lora_add_adapter)
+public func pst_lora_add_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?,
+                                 _ params: UnsafePointer<pst_lora_params>?) -> Int32 {
+    cEntry("pst_lora_add_adapter") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let n = try cString(name, "name")
+        var p = pst_lora_params()
+        _ = pst_lora_params_init(&p)
+        if let params {
+            guard params.pointee.struct_size == MemoryLayout<pst_lora_params>.size else {
+                throw .invalidArgument("params->struct_size (\(params.pointee.struct_size)) must be sizeof(pst_lora_params) (\(MemoryLayout<pst_lora_params>.size)); use pst_lora_params_init")
+            }
+            p = params.pointee
+        }
+        guard let ini = LoraInit(rawValue: p.`init`) else {
+            throw .invalidArgument("params->init (\(p.`init`)) is not a PST_LORA_INIT_* value")
+        }
+        let cfg = LoraConfig(r: Int(p.r), alpha: p.alpha, dropout: p.dropout, useRslora: p.use_rslora != 0,
+                             initialization: ini, seed: p.seed)
+        try l.addAdapter(n, config: cfg)
+    }
+}
+
+/// Deletes the adapter called name (it must not be merged).
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged).
+@c(pst_lora_delete_adapter)
+public func pst_lora_delete_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?) -> Int32 {
+    cEntry("pst_lora_delete_adapter") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        try l.deleteAdapter(try cString(name, "name"))
+    }
+}
+
+/// Chooses the active adapters: names[0 .. count) with weights[0 .. count) (NULL: all 1).
+/// count 0 disables all adapters (names may then be NULL).
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (changing a merged adapter's weight).
+@c(pst_lora_set_active)
+public func pst_lora_set_active(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: UnsafePointer<UnsafePointer<CChar>?>?,
+                                _ weights: UnsafePointer<Float>?, _ count: Int32) -> Int32 {
+    cEntry("pst_lora_set_active") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        guard count >= 0 && count <= 4096 else { throw .invalidArgument("count (\(count)) must be in 0...4096") }
+        var list: [String] = []
+        if count > 0 {
+            let ns = try required(names, "names")
+            for i in 0..<Int(count) { list.append(try cString(ns[i], "names[i]")) }
+        }
+        let ws = weights.map { w in (0..<Int(count)).map { w[$0] } }
+        try l.setActive(list, weights: ws)
+    }
+}
+
+/// Switches training mode (dropout on) or eval mode (dropout off). Layers start in training mode.
+/// Errors: PST_ERR_INVALID_ARG (layer NULL).
+@c(pst_lora_set_training)
+public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ training: Bool) -> Int32 {
+    cEntry("pst_lora_set_training") { () throws(PSTError) in
+        object(try required(layer, "layer"), as: LoraLinear.self).training = training
+    }
+}
+
+/// y (m x out) = x (m x in) W^T + bias + sum over active adapters of w * s * dropout(x) A^T B^T.
+/// x_count and y_capacity are in floats. In training mode the layer keeps what backward needs.
+/// Errors: PST_ERR_INVALID_ARG (NULL, m < 1), PST_ERR_SHAPE (a buffer smaller than m rows).
+@c(pst_lora_forward)
+public func pst_lora_forward(_ layer: UnsafeMutablePointer<pst_lora>?, _ x: UnsafePointer<Float>?, _ x_count: Int, _ m: Int64,
+                             _ y: UnsafeMutablePointer<Float>?, _ y_capacity: Int) -> Int32 {
+    cEntry("pst_lora_forward") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let xp = try required(x, "x"), yp = try required(y, "y")
+        let mm = try requireCount("m", m)
+        try l.forward(UnsafeBufferPointer(start: xp, count: x_count), m: mm, UnsafeMutableBufferPointer(start: yp, count: y_capacity))
+    }
+}
+
+/// Backward of the last forward from dy (m x out, dy_count floats): accumulates the adapters'
+/// gradients (and the bias gradient when bias_grad), writes dx (m x in) when dx is not NULL
+/// (dx_capacity floats). m must equal the last forward's.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_MISUSE (no forward before).
+@c(pst_lora_backward)
+public func pst_lora_backward(_ layer: UnsafeMutablePointer<pst_lora>?, _ dy: UnsafePointer<Float>?, _ dy_count: Int, _ m: Int64,
+                              _ dx: UnsafeMutablePointer<Float>?, _ dx_capacity: Int, _ bias_grad: Bool) -> Int32 {
+    cEntry("pst_lora_backward") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let dyp = try required(dy, "dy")
+        let mm = try requireCount("m", m)
+        try l.backward(UnsafeBufferPointer(start: dyp, count: dy_count), m: mm,
+                       dx: dx.map { UnsafeMutableBufferPointer(start: $0, count: dx_capacity) }, accumulateBiasGrad: bias_grad)
+    }
+}
+
+/// Sets every adapter's gradients and the bias gradient to zero.
+/// Errors: PST_ERR_INVALID_ARG (layer NULL).
+@c(pst_lora_zero_grad)
+public func pst_lora_zero_grad(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 {
+    cEntry("pst_lora_zero_grad") { () throws(PSTError) in
+        object(try required(layer, "layer"), as: LoraLinear.self).zeroGrad()
+    }
+}
+
+/// Borrows one tensor of an adapter (which = PST_LORA_A, _B, _GRAD_A, _GRAD_B): *data points
+/// into the layer's own storage (read and write it in place: this is how weights are loaded
+/// and optimizers update them), valid until the adapter is deleted or the layer freed;
+/// *rows and *cols give its row-major shape (A: r x in, B: out x r). rows/cols may be NULL.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
+@c(pst_lora_adapter_tensor)
+public func pst_lora_adapter_tensor(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?, _ which: Int32,
+                                    _ data: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
+                                    _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?) -> Int32 {
+    cEntry("pst_lora_adapter_tensor") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let d = try required(data, "data")
+        let a = try l.requireAdapter(try cString(name, "name"))
+        let r = Int64(a.config.r)
+        let (buf, shape): (AlignedBuffer<Float>, (Int64, Int64))
+        switch which {
+        case PST_LORA_A: (buf, shape) = (a.a, (r, Int64(l.inFeatures)))
+        case PST_LORA_B: (buf, shape) = (a.b, (Int64(l.outFeatures), r))
+        case PST_LORA_GRAD_A: (buf, shape) = (a.gradA, (r, Int64(l.inFeatures)))
+        case PST_LORA_GRAD_B: (buf, shape) = (a.gradB, (Int64(l.outFeatures), r))
+        default: throw .invalidArgument("which (\(which)) is not a PST_LORA_* tensor")
+        }
+        d.pointee = buf.baseAddress
+        rows?.pointee = shape.0
+        cols?.pointee = shape.1
+    }
+}
+
+/// Writes an adapter's r, alpha, dropout, rsLoRA flag, weight in the active set, and whether
+/// it is active and merged. Any output may be NULL.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
+@c(pst_lora_adapter_info)
+public func pst_lora_adapter_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?,
+                                  _ params: UnsafeMutablePointer<pst_lora_params>?, _ scaling: UnsafeMutablePointer<Float>?,
+                                  _ active: UnsafeMutablePointer<Int32>?, _ weight: UnsafeMutablePointer<Float>?,
+                                  _ merged: UnsafeMutablePointer<Int32>?) -> Int32 {
+    cEntry("pst_lora_adapter_info") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let a = try l.requireAdapter(try cString(name, "name"))
+        if let params {
+            let c = a.config
+            params.pointee = pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: Int32(c.r), alpha: c.alpha,
+                                             dropout: c.dropout, use_rslora: c.useRslora ? 1 : 0, `init`: c.initialization.rawValue, seed: c.seed)
+        }
+        scaling?.pointee = a.scaling
+        active?.pointee = l.active.contains { $0 === a } ? 1 : 0
+        weight?.pointee = a.weight
+        merged?.pointee = a.merged ? 1 : 0
+    }
+}
+
+/// Borrows the bias and its gradient (out_features floats each); both NULL when the layer
+/// has no bias. Valid until the layer is freed. Either output may be NULL.
+/// Errors: PST_ERR_INVALID_ARG (layer NULL).
+@c(pst_lora_bias)
+public func pst_lora_bias(_ layer: UnsafeMutablePointer<pst_lora>?, _ bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
+                          _ grad_bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?) -> Int32 {
+    cEntry("pst_lora_bias") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        bias?.pointee = l.bias?.baseAddress
+        grad_bias?.pointee = l.gradBias?.baseAddress
+    }
+}
+
+/// Merges adapters into the base weight: names[0 .. count), or the active unmerged ones when
+/// count is 0. On a quantized base W is dequantized, the deltas added and W requantized with
+/// the same settings; *max_abs_error and *rms_error (either may be NULL) receive the
+/// requantization error over the weight (0 on a dense base). Merged adapters stop
+/// contributing to forward until pst_lora_unmerge.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (already merged), PST_ERR_OUT_OF_MEMORY.
+@c(pst_lora_merge)
+public func pst_lora_merge(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32,
+                           _ max_abs_error: UnsafeMutablePointer<Float>?, _ rms_error: UnsafeMutablePointer<Float>?) -> Int32 {
+    cEntry("pst_lora_merge") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        guard count >= 0 && count <= 4096 else { throw .invalidArgument("count (\(count)) must be in 0...4096") }
+        var list: [String]? = nil
+        if count > 0 {
+            let ns = try required(names, "names")
+            var ls: [String] = []
+            for i in 0..<Int(count) { ls.append(try cString(ns[i], "names[i]")) }
+            list = ls
+        }
+        let r = try l.merge(list)
+        max_abs_error?.pointee = r.maxAbsError
+        rms_error?.pointee = r.rmsError
+    }
+}
+
+/// Takes every merged adapter out of the base weight (a quantized base gets its exact
+/// pre-merge codes back). No merged adapter: nothing happens.
+/// Errors: PST_ERR_INVALID_ARG (layer NULL).
+@c(pst_lora_unmerge)
+public func pst_lora_unmerge(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 {
+    cEntry("pst_lora_unmerge") { () throws(PSTError) in
+        try object(try required(layer, "layer"), as: LoraLinear.self).unmerge()
+    }
+}
+
+/// Copies the effective base weight (dequantized when quantized; merged adapters included),
+/// out x in floats, into out (capacity in floats).
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
+@c(pst_lora_base_weight)
+public func pst_lora_base_weight(_ layer: UnsafeMutablePointer<pst_lora>?, _ out: UnsafeMutablePointer<Float>?, _ capacity: Int) -> Int32 {
+    cEntry("pst_lora_base_weight") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let o = try required(out, "out")
+        try requireCapacity("out", have: capacity, need: l.inFeatures * l.outFeatures, unit: "floats")
+        switch l.base {
+        case .dense(let w): o.update(from: w.baseAddress, count: w.count)
+        case .quantized(let q): q.dequantize(into: UnsafeMutableRawPointer(o), dtype: .f32)
+        }
+    }
+}

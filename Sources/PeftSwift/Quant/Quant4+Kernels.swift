@@ -1,6 +1,7 @@
 // Fast AVX2 kernels of 4-bit quantization. The rules are in Quant4.swift; the plain twins in
 // Quant4+Reference.swift are the specification these are tested against, bit for bit.
 import _Builtin_intrinsics.intel
+import Synchronization
 
 /// Nibble shifts that turn a little-endian 4-byte word into the 8 codes in element order
 /// (element 2j is the HIGH nibble of byte j).
@@ -66,6 +67,23 @@ extension Quant4 {
         let dv = SIMD8<Float>(repeating: d)
         let one = SIMD8<Float>(repeating: 1), mone = SIMD8<Float>(repeating: -1)
         var i = 0
+        // 16 at a time: the two halves share each midpoint broadcast.
+        while i + 16 <= len {
+            var s0 = divide ? _load8(x + i) / dv : _load8(x + i) * inv
+            var s1 = divide ? _load8(x + i + 8) / dv : _load8(x + i + 8) * inv
+            s0 = s0.replacing(with: one, where: s0 .> one).replacing(with: mone, where: s0 .< mone)
+            s1 = s1.replacing(with: one, where: s1 .> one).replacing(with: mone, where: s1 .< mone)
+            var c0 = SIMD8<Int32>(repeating: 0), c1 = c0
+            for k in 0..<15 {
+                let m = SIMD8<Float>(repeating: mids[k])
+                c0 &-= unsafeBitCast(s0 .> m, to: SIMD8<Int32>.self)
+                c1 &-= unsafeBitCast(s1 .> m, to: SIMD8<Int32>.self)
+            }
+            if remap { c0 = _lookup16(olo, ohi, c0); c1 = _lookup16(olo, ohi, c1) }
+            _pack8(c0, out + i / 2)
+            _pack8(c1, out + i / 2 + 4)
+            i += 16
+        }
         while i < len {
             let v = _load8(x + i)
             var s = divide ? v / dv : v * inv
@@ -98,16 +116,12 @@ extension Quant4 {
                         widen(x, dtype, start: start, count: len, into: scratch)
                         src = UnsafePointer(scratch)
                     }
-                    // absmax: max |x| over the block (finite input: a float max of |x|).
-                    var m8 = SIMD8<Float>(repeating: 0)
-                    var i = 0
-                    while i + 8 <= len {
-                        let a = unsafeBitCast(unsafeBitCast(_load8(src + i), to: SIMD8<UInt32>.self) & 0x7FFF_FFFF, to: SIMD8<Float>.self)
-                        m8 = m8.replacing(with: a, where: a .> m8)
-                        i += 8
-                    }
-                    var m = m8.max()
-                    while i < len { m = Swift.max(m, Swift.abs(src[i])); i += 1 }
+                    // absmax = max |x|: for finite floats the order of |x|'s bit patterns is the
+                    // order of the values, so an unsigned max reduction (auto-vectorized) does it.
+                    let bits = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
+                    var mb: UInt32 = 0
+                    for i in 0..<len { mb = Swift.max(mb, bits[i] & 0x7FFF_FFFF) }
+                    let m = Float(bitPattern: mb)
                     let d = Swift.max(m, minDivisor)
                     if len == bs {
                         absmax[b] = m
@@ -139,10 +153,19 @@ extension Quant4 {
     @inline(__always)
     static func _decodeSegment(_ packed: UnsafePointer<UInt8>, _ s: Int, _ e: Int,
                                _ lo: SIMD8<Float>, _ hi: SIMD8<Float>, _ cs: UnsafePointer<Float>,
-                               _ out: UnsafeMutablePointer<Float>) {
+                               _ out: UnsafeMutablePointer<Float>, stream: Bool = false) {
         var i = s
         var o = out
         if i < e && i & 1 == 1 { o[0] = cs[Int(packed[i >> 1] & 15)]; i += 1; o += 1 }
+        if stream && Int(bitPattern: o) & 31 == 0 {
+            // Non-temporal stores: the output is not read back soon and skipping the
+            // read-for-ownership halves the memory traffic of a large dequantize.
+            while i + 16 <= e {
+                _mm256_stream_ps(UnsafeMutableRawPointer(o).assumingMemoryBound(to: Float.self), _lookup16(lo, hi, _nibbles8(packed + (i >> 1))))
+                _mm256_stream_ps(o + 8, _lookup16(lo, hi, _nibbles8(packed + (i >> 1) + 4)))
+                i += 16; o += 16
+            }
+        }
         while i + 16 <= e {
             _store8(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), o)
             _store8(_lookup16(lo, hi, _nibbles8(packed + (i >> 1) + 4)), o + 8)
@@ -169,7 +192,8 @@ extension Quant4 {
     /// `scale(b)` is block b's scale. Single-threaded; callers parallelize.
     @inline(__always)
     static func _decodeRange(packed: UnsafePointer<UInt8>, code: UnsafePointer<Float>, blocksize bs: Int,
-                             start: Int, count n: Int, out: UnsafeMutablePointer<Float>, scale: (Int) -> Float) {
+                             start: Int, count n: Int, out: UnsafeMutablePointer<Float>, stream: Bool = false,
+                             scale: (Int) -> Float) {
         var cs = (SIMD8<Float>(), SIMD8<Float>())
         withUnsafeMutableBytes(of: &cs) { raw in
             let csp = raw.baseAddress!.assumingMemoryBound(to: Float.self)
@@ -179,7 +203,7 @@ extension Quant4 {
                 let b = i / bs
                 let e = Swift.min(end, (b + 1) * bs)
                 let (lo, hi) = _scaledTables(code, scale(b), csp)
-                _decodeSegment(packed, i, e, lo, hi, csp, out + (i - start))
+                _decodeSegment(packed, i, e, lo, hi, csp, out + (i - start), stream: stream)
                 i = e
             }
         }
@@ -192,8 +216,11 @@ extension Quant4 {
         parallelChunks(nb, grain: max(1, 32768 / bs)) { lo, hi in
             let s = lo * bs, e = Swift.min(n, hi * bs)
             if dtype == .f32 {
+                let stream = n >= (1 << 20)
                 _decodeRange(packed: packed, code: code, blocksize: bs, start: s, count: e - s,
-                             out: out.assumingMemoryBound(to: Float.self) + s, scale: scale)
+                             out: out.assumingMemoryBound(to: Float.self) + s, stream: stream, scale: scale)
+                // Order the non-temporal stores before the join (a seq_cst fence is mfence/locked op on x86).
+                if stream { atomicMemoryFence(ordering: .sequentiallyConsistent) }
             } else {
                 let chunk = 4096
                 let tmp = UnsafeMutablePointer<Float>.allocate(capacity: chunk)

@@ -22,7 +22,7 @@ import Glibc
 /// `ld ≥ cc`; elements of dst past `cc` in a row must be left alone. GEMM calls `fill`
 /// concurrently from its worker threads, for disjoint or overlapping blocks, so it must be
 /// thread-safe (read-only). GEMM requests blocks of at most `GEMM.panelBlockLimit` elements
-/// (a kc × 512 strip, or ≤ 128 Ki elements on the GEMV path), never the whole matrix once it
+/// (a kc × 256 strip, 64 Ki elements), never the whole matrix once it
 /// is larger than that; a block is always a full-width run of `cc` consecutive columns of
 /// `rc` consecutive rows, so a source whose rows are contiguous decodes `rc` row segments.
 /// The filled block is then packed into the kernel layout by GEMM (the source never sees
@@ -59,8 +59,9 @@ public enum GEMM {
     static let kcBlock = 256
     /// Columns of op(B) per packed panel (kc·nc·4 B = 4 MiB per thread, in L3).
     static let ncBlock = 4096
-    /// Columns per `PanelSource.fill` call on the packed path (a multiple of NR).
-    static let panelCols = 512
+    /// Columns per `PanelSource.fill` call on the packed path (a multiple of NR); the filled
+    /// kc×256 block (256 KiB) stays in L2 while it is packed.
+    static let panelCols = 256
     /// Largest block (elements) a `PanelSource` is asked for.
     static let panelBlockLimit = kcBlock * panelCols
     /// Below this many multiply-adds (m·n·k) a GEMM runs on the calling thread only.

@@ -27,6 +27,21 @@ extension GEMM {
     @inline(never)
     static func kernel6x16(_ kc: Int, _ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>,
                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        kernelBody(kc, ap, 1, mr, bp, c, ldc, alpha, beta)
+    }
+
+    /// The same with A read in place: A(r, p) = a[r·rs + p·cs] for r < 6 (all six rows must
+    /// exist). Used when op(B) is so narrow that packing A would cost as much as the products.
+    @inline(never)
+    static func kernel6x16Strided(_ kc: Int, _ a: UnsafePointer<Float>, _ rs: Int, _ cs: Int,
+                                  _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                                  _ alpha: Float, _ beta: Float) {
+        kernelBody(kc, a, rs, cs, bp, c, ldc, alpha, beta)
+    }
+
+    @inline(__always)
+    static func kernelBody(_ kc: Int, _ ap: UnsafePointer<Float>, _ rs: Int, _ cs: Int, _ bp: UnsafePointer<Float>,
+                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
         var c00 = SIMD8<Float>(), c01 = SIMD8<Float>()
         var c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
         var c20 = SIMD8<Float>(), c21 = SIMD8<Float>()
@@ -39,24 +54,24 @@ extension GEMM {
             let b0 = ld8(b), b1 = ld8(b + 8)
             var s = SIMD8<Float>(repeating: a[0])
             c00 = c00.addingProduct(s, b0); c01 = c01.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[1])
+            s = SIMD8<Float>(repeating: a[rs])
             c10 = c10.addingProduct(s, b0); c11 = c11.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[2])
+            s = SIMD8<Float>(repeating: a[2 * rs])
             c20 = c20.addingProduct(s, b0); c21 = c21.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[3])
+            s = SIMD8<Float>(repeating: a[3 * rs])
             c30 = c30.addingProduct(s, b0); c31 = c31.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[4])
+            s = SIMD8<Float>(repeating: a[4 * rs])
             c40 = c40.addingProduct(s, b0); c41 = c41.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[5])
+            s = SIMD8<Float>(repeating: a[5 * rs])
             c50 = c50.addingProduct(s, b0); c51 = c51.addingProduct(s, b1)
         }
         while p + 4 <= kc {
-            step(a, b); step(a + 6, b + 16); step(a + 12, b + 32); step(a + 18, b + 48)
-            a += 24; b += 64; p += 4
+            step(a, b); step(a + cs, b + 16); step(a + 2 * cs, b + 32); step(a + 3 * cs, b + 48)
+            a += 4 * cs; b += 64; p += 4
         }
         while p < kc {
             step(a, b)
-            a += 6; b += 16; p += 1
+            a += cs; b += 16; p += 1
         }
         let va = SIMD8<Float>(repeating: alpha)
         @inline(__always) func out(_ r: Int, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {
@@ -80,6 +95,13 @@ extension GEMM {
                               _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
                               _ alpha: Float, _ beta: Float, _ tile: UnsafeMutablePointer<Float>) {
         kernel6x16(kc, ap, bp, tile, 16, alpha, 0)
+        mergeTile(mr, nr, c, ldc, beta, tile)
+    }
+
+    /// C[0..<mr, 0..<nr] = tile + beta·C (tile row stride 16; beta == 0 never reads C).
+    @inline(__always)
+    static func mergeTile(_ mr: Int, _ nr: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                          _ beta: Float, _ tile: UnsafePointer<Float>) {
         for r in 0..<mr {
             let row = c + r * ldc, t = tile + r * 16
             if beta == 0 {

@@ -188,6 +188,10 @@ public enum GEMM {
         let ws = Workspace.acquire(floats: aFloats + bFloats + panelFloats + mr * nr)
         defer { Workspace.release(ws) }
         let ap = ws.pointer, bp = ap + aFloats, panel = bp + bFloats, tile = panel + panelFloats
+        // Narrow op(B) (≤ 2 NR slivers, e.g. the rank-16 LoRA down-projection x·Aᵀ): each A
+        // element is used by at most 2 micro-kernel calls, so A is read in place instead of
+        // packed (only a ragged last MR sliver is packed).
+        let directA = j1 - j0 <= 2 * nr
 
         var jc = j0
         while jc < j1 {
@@ -200,8 +204,12 @@ public enum GEMM {
                 var ic = i0
                 while ic < i1 {
                     let mc = min(mcMax, i1 - ic)
-                    packA(p.transA, p.a, p.lda, ic, mc, pc, kc, ap)
-                    macroKernel(mc, nc, kc, ap, bp, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                    if directA {
+                        directKernel(p, ic, mc, pc, kc, nc, bp, p.c + ic * p.ldc + jc, beta, ap, tile)
+                    } else {
+                        packA(p.transA, p.a, p.lda, ic, mc, pc, kc, ap)
+                        macroKernel(mc, nc, kc, ap, bp, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                    }
                     ic += mc
                 }
                 pc += kc
@@ -232,6 +240,36 @@ public enum GEMM {
                 }
                 j += w
             }
+        }
+    }
+
+    /// C[mc,nc] = alpha·op(A)[ic..<ic+mc, pc..<pc+kc]·Bp + beta·C with A read in place
+    /// (full MR slivers) or packed into `ap` (a ragged last sliver).
+    static func directKernel(_ p: Problem, _ ic: Int, _ mc: Int, _ pc: Int, _ kc: Int, _ nc: Int,
+                             _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ beta: Float,
+                             _ ap: UnsafeMutablePointer<Float>, _ tile: UnsafeMutablePointer<Float>) {
+        // op(A)[i, q] = a[i·rs + q·cs]
+        let (rs, cs) = p.transA ? (1, p.lda) : (p.lda, 1)
+        var i = 0
+        while i < mc {
+            let mlive = min(mr, mc - i)
+            let a = p.a + (ic + i) * rs + pc * cs
+            if mlive < mr { packA(p.transA, p.a, p.lda, ic + i, mlive, pc, kc, ap) }
+            var j = 0
+            while j < nc {
+                let nlive = min(nr, nc - j)
+                let cc = c + i * p.ldc + j
+                if mlive == mr && nlive == nr {
+                    kernel6x16Strided(kc, a, rs, cs, bp + j * kc, cc, p.ldc, p.alpha, beta)
+                } else if mlive == mr {
+                    kernel6x16Strided(kc, a, rs, cs, bp + j * kc, tile, nr, p.alpha, 0)
+                    mergeTile(mlive, nlive, cc, p.ldc, beta, tile)
+                } else {
+                    kernelPartial(mlive, nlive, kc, ap, bp + j * kc, cc, p.ldc, p.alpha, beta, tile)
+                }
+                j += nr
+            }
+            i += mr
         }
     }
 

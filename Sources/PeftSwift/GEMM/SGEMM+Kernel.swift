@@ -27,7 +27,7 @@ extension GEMM {
     @inline(never)
     static func kernel6x16(_ kc: Int, _ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>,
                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
-        kernelBody(kc, ap, 1, mr, bp, c, ldc, alpha, beta)
+        kernelBody(kc, ap, 1, mr, bp, nr, c, ldc, alpha, beta)
     }
 
     /// The same with A read in place: A(r, p) = a[r·rs + p·cs] for r < 6 (all six rows must
@@ -36,12 +36,22 @@ extension GEMM {
     static func kernel6x16Strided(_ kc: Int, _ a: UnsafePointer<Float>, _ rs: Int, _ cs: Int,
                                   _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
                                   _ alpha: Float, _ beta: Float) {
-        kernelBody(kc, a, rs, cs, bp, c, ldc, alpha, beta)
+        kernelBody(kc, a, rs, cs, bp, nr, c, ldc, alpha, beta)
     }
 
+    /// The same with packed A and B read in place: B(p, j) = b[p·bstep + j] for j < 16 (all
+    /// sixteen columns must exist). Used when op(A) has so few rows that packing B would cost
+    /// as much as the products (the transA LoRA gradient gᵀ·x with rank 16).
+    @inline(never)
+    static func kernel6x16StridedB(_ kc: Int, _ ap: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ bstep: Int,
+                                   _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        kernelBody(kc, ap, 1, mr, b, bstep, c, ldc, alpha, beta)
+    }
+
+    /// A(r, p) = a[r·rs + p·cs], B(p, j) = b[p·bs + j]; C as in kernel6x16.
     @inline(__always)
     static func kernelBody(_ kc: Int, _ ap: UnsafePointer<Float>, _ rs: Int, _ cs: Int, _ bp: UnsafePointer<Float>,
-                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+                           _ bs: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
         var c00 = SIMD8<Float>(), c01 = SIMD8<Float>()
         var c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
         var c20 = SIMD8<Float>(), c21 = SIMD8<Float>()
@@ -66,12 +76,12 @@ extension GEMM {
             c50 = c50.addingProduct(s, b0); c51 = c51.addingProduct(s, b1)
         }
         while p + 4 <= kc {
-            step(a, b); step(a + cs, b + 16); step(a + 2 * cs, b + 32); step(a + 3 * cs, b + 48)
-            a += 4 * cs; b += 64; p += 4
+            step(a, b); step(a + cs, b + bs); step(a + 2 * cs, b + 2 * bs); step(a + 3 * cs, b + 3 * bs)
+            a += 4 * cs; b += 4 * bs; p += 4
         }
         while p < kc {
             step(a, b)
-            a += cs; b += 16; p += 1
+            a += cs; b += bs; p += 1
         }
         let va = SIMD8<Float>(repeating: alpha)
         @inline(__always) func out(_ r: Int, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {

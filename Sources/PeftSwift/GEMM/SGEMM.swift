@@ -192,6 +192,11 @@ public enum GEMM {
         // element is used by at most 2 micro-kernel calls, so A is read in place instead of
         // packed (only a ragged last MR sliver is packed).
         let directA = j1 - j0 <= 2 * nr
+        // Short op(A) (≤ 3 MR slivers, e.g. the rank-16 gradient gᵀ·x) with B in memory and not
+        // transposed: each B element feeds at most 3 micro-kernel calls, so B is read in place
+        // (only a ragged last NR sliver is packed).
+        var directB: (b: UnsafePointer<Float>, ldb: Int)? = nil
+        if !directA, !p.transB, i1 - i0 <= 3 * mr, case .memory(let b, let ldb) = p.b { directB = (b, ldb) }
 
         var jc = j0
         while jc < j1 {
@@ -199,8 +204,15 @@ public enum GEMM {
             var pc = 0
             while pc < p.k {
                 let kc = min(kcMax, p.k - pc)
-                packBPanel(p, pc, kc, jc, nc, bp, panel)
                 let beta: Float = pc == 0 ? p.beta : 1
+                if let (b, ldb) = directB {
+                    packA(p.transA, p.a, p.lda, i0, i1 - i0, pc, kc, ap)
+                    directBKernel(i1 - i0, nc, kc, ap, b + pc * ldb + jc, ldb, p.c + i0 * p.ldc + jc, p.ldc,
+                                  p.alpha, beta, bp, tile)
+                    pc += kc
+                    continue
+                }
+                packBPanel(p, pc, kc, jc, nc, bp, panel)
                 var ic = i0
                 while ic < i1 {
                     let mc = min(mcMax, i1 - ic)
@@ -270,6 +282,34 @@ public enum GEMM {
                 j += nr
             }
             i += mr
+        }
+    }
+
+    /// C[mc,nc] = alpha·Ap·B + beta·C with B[kc, nc] read in place at b (row stride ldb) for
+    /// full NR slivers, or packed into `bp` (a ragged last sliver).
+    static func directBKernel(_ mc: Int, _ nc: Int, _ kc: Int, _ ap: UnsafePointer<Float>,
+                              _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                              _ alpha: Float, _ beta: Float, _ bp: UnsafeMutablePointer<Float>,
+                              _ tile: UnsafeMutablePointer<Float>) {
+        var j = 0
+        while j < nc {
+            let nlive = min(nr, nc - j)
+            if nlive < nr { packB(false, b, ldb, 0, kc, j, nlive, bp) }
+            var i = 0
+            while i < mc {
+                let mlive = min(mr, mc - i)
+                let cc = c + i * ldc + j
+                if nlive < nr {
+                    kernelPartial(mlive, nlive, kc, ap + i * kc, bp, cc, ldc, alpha, beta, tile)
+                } else if mlive == mr {
+                    kernel6x16StridedB(kc, ap + i * kc, b + j, ldb, cc, ldc, alpha, beta)
+                } else {
+                    kernel6x16StridedB(kc, ap + i * kc, b + j, ldb, tile, nr, alpha, 0)
+                    mergeTile(mlive, nlive, cc, ldc, beta, tile)
+                }
+                i += mr
+            }
+            j += nr
         }
     }
 

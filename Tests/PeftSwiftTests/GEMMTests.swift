@@ -185,14 +185,14 @@ struct GEMMCase: CustomStringConvertible {
     @Test func panelPathMatchesInMemoryPathBitwise() {
         // The panel path packs the same values in the same order: identical results.
         for tr in [(false, false), (false, true), (true, false), (true, true)] {
-            for (m, n, k) in [(7, 9, 5), (150, 530, 300), (31, 1100, 77), (290, 40, 600)] {
+            for (m, n, k) in [(7, 9, 5), (150, 530, 300), (31, 1100, 77), (290, 40, 600), (13, 100, 450)] {
                 let cs = GEMMCase(transA: tr.0, transB: tr.1, m: m, n: n, k: k, alpha: 0.5, beta: 2, padB: 3, padC: 1)
                 let (a, b, c0) = cs.operands()
                 var mem = c0, pan = c0
                 cs.runFast(a, b, &mem)
                 cs.runPanel(a, b, &pan)
                 #expect(mem.map(\.bitPattern) == pan.map(\.bitPattern), "\(cs)")
-                cs.check(panel: true)
+                if m * n * k < 100_000 { cs.check(panel: true) }  // the large ones: bitwise above suffices
             }
         }
     }
@@ -263,7 +263,7 @@ struct GEMMCase: CustomStringConvertible {
     @Test func resultDoesNotDependOnThreadCount() {
         let saved = Threads.count
         defer { Threads.count = saved }
-        for cs in [GEMCaseList.big, GEMCaseList.tall, GEMCaseList.gemvRow, GEMCaseList.gemvCol] {
+        for cs in [GEMCaseList.big, GEMCaseList.tall, GEMCaseList.short, GEMCaseList.gemvRow, GEMCaseList.gemvCol] {
             let (a, b, c0) = cs.operands()
             var one = c0, two = c0, three = c0
             Threads.count = 1; cs.runFast(a, b, &one)
@@ -297,4 +297,5 @@ enum GEMCaseList {
     static let tall = GEMMCase(transA: true, m: 400, n: 20, k: 260)
     static let gemvRow = GEMMCase(transB: true, m: 1, n: 900, k: 800)
     static let gemvCol = GEMMCase(transA: true, m: 900, n: 1, k: 800, beta: 1)
+    static let short = GEMMCase(transA: true, m: 16, n: 700, k: 500, beta: 1)
 }

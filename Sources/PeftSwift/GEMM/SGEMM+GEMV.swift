@@ -16,9 +16,9 @@ extension GEMM {
 
     /// Rows per `.dot` block (accumulators held per block) and outputs per `.axpy` block.
     static let gemvDotRows = 64
-    static let gemvAxpyCols = 512
-    /// Length of the j-range per panel-source fill on the GEMV path.
-    static let gemvPanelLen = 2048
+    static let gemvAxpyCols = 2048
+    /// Length of the j-range per panel-source fill on the `.dot` GEMV path.
+    static let gemvPanelLen = panelBlockLimit / gemvDotRows
 
     static func gemv(_ p: Problem) {
         let k = p.k

@@ -27,6 +27,31 @@ extension GEMM {
     @inline(never)
     static func kernel6x16(_ kc: Int, _ ap: UnsafePointer<Float>, _ bp: UnsafePointer<Float>,
                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        kernelBody(kc, ap, 1, mr, bp, nr, c, ldc, alpha, beta)
+    }
+
+    /// The same with A read in place: A(r, p) = a[r·rs + p·cs] for r < 6 (all six rows must
+    /// exist). Used when op(B) is so narrow that packing A would cost as much as the products.
+    @inline(never)
+    static func kernel6x16Strided(_ kc: Int, _ a: UnsafePointer<Float>, _ rs: Int, _ cs: Int,
+                                  _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                                  _ alpha: Float, _ beta: Float) {
+        kernelBody(kc, a, rs, cs, bp, nr, c, ldc, alpha, beta)
+    }
+
+    /// The same with packed A and B read in place: B(p, j) = b[p·bstep + j] for j < 16 (all
+    /// sixteen columns must exist). Used when op(A) has so few rows that packing B would cost
+    /// as much as the products (the transA LoRA gradient gᵀ·x with rank 16).
+    @inline(never)
+    static func kernel6x16StridedB(_ kc: Int, _ ap: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ bstep: Int,
+                                   _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        kernelBody(kc, ap, 1, mr, b, bstep, c, ldc, alpha, beta)
+    }
+
+    /// A(r, p) = a[r·rs + p·cs], B(p, j) = b[p·bs + j]; C as in kernel6x16.
+    @inline(__always)
+    static func kernelBody(_ kc: Int, _ ap: UnsafePointer<Float>, _ rs: Int, _ cs: Int, _ bp: UnsafePointer<Float>,
+                           _ bs: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
         var c00 = SIMD8<Float>(), c01 = SIMD8<Float>()
         var c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
         var c20 = SIMD8<Float>(), c21 = SIMD8<Float>()
@@ -39,24 +64,24 @@ extension GEMM {
             let b0 = ld8(b), b1 = ld8(b + 8)
             var s = SIMD8<Float>(repeating: a[0])
             c00 = c00.addingProduct(s, b0); c01 = c01.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[1])
+            s = SIMD8<Float>(repeating: a[rs])
             c10 = c10.addingProduct(s, b0); c11 = c11.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[2])
+            s = SIMD8<Float>(repeating: a[2 * rs])
             c20 = c20.addingProduct(s, b0); c21 = c21.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[3])
+            s = SIMD8<Float>(repeating: a[3 * rs])
             c30 = c30.addingProduct(s, b0); c31 = c31.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[4])
+            s = SIMD8<Float>(repeating: a[4 * rs])
             c40 = c40.addingProduct(s, b0); c41 = c41.addingProduct(s, b1)
-            s = SIMD8<Float>(repeating: a[5])
+            s = SIMD8<Float>(repeating: a[5 * rs])
             c50 = c50.addingProduct(s, b0); c51 = c51.addingProduct(s, b1)
         }
         while p + 4 <= kc {
-            step(a, b); step(a + 6, b + 16); step(a + 12, b + 32); step(a + 18, b + 48)
-            a += 24; b += 64; p += 4
+            step(a, b); step(a + cs, b + bs); step(a + 2 * cs, b + 2 * bs); step(a + 3 * cs, b + 3 * bs)
+            a += 4 * cs; b += 4 * bs; p += 4
         }
         while p < kc {
             step(a, b)
-            a += 6; b += 16; p += 1
+            a += cs; b += bs; p += 1
         }
         let va = SIMD8<Float>(repeating: alpha)
         @inline(__always) func out(_ r: Int, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {
@@ -80,6 +105,13 @@ extension GEMM {
                               _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
                               _ alpha: Float, _ beta: Float, _ tile: UnsafeMutablePointer<Float>) {
         kernel6x16(kc, ap, bp, tile, 16, alpha, 0)
+        mergeTile(mr, nr, c, ldc, beta, tile)
+    }
+
+    /// C[0..<mr, 0..<nr] = tile + beta·C (tile row stride 16; beta == 0 never reads C).
+    @inline(__always)
+    static func mergeTile(_ mr: Int, _ nr: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                          _ beta: Float, _ tile: UnsafePointer<Float>) {
         for r in 0..<mr {
             let row = c + r * ldc, t = tile + r * 16
             if beta == 0 {

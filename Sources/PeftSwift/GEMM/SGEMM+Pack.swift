@@ -33,11 +33,16 @@ extension GEMM {
             } else {
                 let r0 = a + i * lda + p0
                 if live == mr {
+                    var p = 0
+                    while p + 8 <= kc {
+                        transpose6x8(r0 + p, lda, d)
+                        d += 8 * mr; p += 8
+                    }
                     let r1 = r0 + lda, r2 = r1 + lda, r3 = r2 + lda, r4 = r3 + lda, r5 = r4 + lda
-                    for p in 0..<kc {
+                    while p < kc {
                         d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]
                         d[3] = r3[p]; d[4] = r4[p]; d[5] = r5[p]
-                        d += mr
+                        d += mr; p += 1
                     }
                 } else {
                     for p in 0..<kc {
@@ -106,11 +111,15 @@ extension GEMM {
         }
     }
 
-    /// dst[q·ldd + r] = src[r·lds + q] for r, q in 0..<8.
+    typealias V8x8 = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
+                      SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+
+    /// The transpose of the 8×8 matrix whose rows are r: out.q[r] = r.r[q]. Written as the
+    /// usual unpack / shuffle / permute2f128 network (LLVM turns the element-wise
+    /// initializers into those shuffles).
     @inline(__always)
-    static func transpose8x8(_ src: UnsafePointer<Float>, _ lds: Int, _ dst: UnsafeMutablePointer<Float>, _ ldd: Int) {
-        let r0 = ld8(src), r1 = ld8(src + lds), r2 = ld8(src + 2 * lds), r3 = ld8(src + 3 * lds)
-        let r4 = ld8(src + 4 * lds), r5 = ld8(src + 5 * lds), r6 = ld8(src + 6 * lds), r7 = ld8(src + 7 * lds)
+    static func transpose8(_ r: V8x8) -> V8x8 {
+        let (r0, r1, r2, r3, r4, r5, r6, r7) = r
         // Stage 1: interleave pairs of rows (unpacklo/hi within 128-bit lanes).
         let t0 = SIMD8(r0[0], r1[0], r0[1], r1[1], r0[4], r1[4], r0[5], r1[5])
         let t1 = SIMD8(r0[2], r1[2], r0[3], r1[3], r0[6], r1[6], r0[7], r1[7])
@@ -130,13 +139,32 @@ extension GEMM {
         let u6 = SIMD8(t5[0], t5[1], t7[0], t7[1], t5[4], t5[5], t7[4], t7[5])
         let u7 = SIMD8(t5[2], t5[3], t7[2], t7[3], t5[6], t5[7], t7[6], t7[7])
         // Stage 3: 128-bit halves (permute2f128 0x20 / 0x31).
-        st8(SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), dst)
-        st8(SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf), dst + ldd)
-        st8(SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), dst + 2 * ldd)
-        st8(SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf), dst + 3 * ldd)
-        st8(SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), dst + 4 * ldd)
-        st8(SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf), dst + 5 * ldd)
-        st8(SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), dst + 6 * ldd)
-        st8(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * ldd)
+        return (SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf),
+                SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf),
+                SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf),
+                SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf))
+    }
+
+    /// dst[q·ldd + r] = src[r·lds + q] for r, q in 0..<8.
+    @inline(__always)
+    static func transpose8x8(_ src: UnsafePointer<Float>, _ lds: Int, _ dst: UnsafeMutablePointer<Float>, _ ldd: Int) {
+        let o = transpose8((ld8(src), ld8(src + lds), ld8(src + 2 * lds), ld8(src + 3 * lds),
+                            ld8(src + 4 * lds), ld8(src + 5 * lds), ld8(src + 6 * lds), ld8(src + 7 * lds)))
+        st8(o.0, dst); st8(o.1, dst + ldd); st8(o.2, dst + 2 * ldd); st8(o.3, dst + 3 * ldd)
+        st8(o.4, dst + 4 * ldd); st8(o.5, dst + 5 * ldd); st8(o.6, dst + 6 * ldd); st8(o.7, dst + 7 * ldd)
+    }
+
+    /// Eight steps of a full A sliver: dst[q·6 + r] = rows[r][q] for r < 6, q < 8 (48 floats).
+    /// Columns 0..<7 are stored 8 wide, each store's 2 spare lanes overwritten by the next;
+    /// the last is stored 6 wide so nothing past dst[48] is touched.
+    @inline(__always)
+    static func transpose6x8(_ r0: UnsafePointer<Float>, _ lda: Int, _ dst: UnsafeMutablePointer<Float>) {
+        let z = SIMD8<Float>()
+        let o = transpose8((ld8(r0), ld8(r0 + lda), ld8(r0 + 2 * lda), ld8(r0 + 3 * lda),
+                            ld8(r0 + 4 * lda), ld8(r0 + 5 * lda), z, z))
+        st8(o.0, dst); st8(o.1, dst + 6); st8(o.2, dst + 12); st8(o.3, dst + 18)
+        st8(o.4, dst + 24); st8(o.5, dst + 30); st8(o.6, dst + 36)
+        UnsafeMutableRawPointer(dst + 42).storeBytes(of: o.7.lowHalf, as: SIMD4<Float>.self)
+        dst[46] = o.7[4]; dst[47] = o.7[5]
     }
 }

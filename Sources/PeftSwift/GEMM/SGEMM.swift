@@ -22,7 +22,7 @@ import Glibc
 /// `ld ≥ cc`; elements of dst past `cc` in a row must be left alone. GEMM calls `fill`
 /// concurrently from its worker threads, for disjoint or overlapping blocks, so it must be
 /// thread-safe (read-only). GEMM requests blocks of at most `GEMM.panelBlockLimit` elements
-/// (a kc × 512 strip, or ≤ 128 Ki elements on the GEMV path), never the whole matrix once it
+/// (kc × 128, 48 Ki elements), never the whole matrix once it
 /// is larger than that; a block is always a full-width run of `cc` consecutive columns of
 /// `rc` consecutive rows, so a source whose rows are contiguous decodes `rc` row segments.
 /// The filled block is then packed into the kernel layout by GEMM (the source never sees
@@ -53,14 +53,16 @@ public struct PanelSource {
 
 public enum GEMM {
     // Blocking (Zen 3 here: 32 KiB L1d, 512 KiB L2 per core, 32 MiB shared L3).
-    /// Rows of op(A) per packed block: mc·kc·4 B = 144 KiB stays in L2.
+    /// Rows of op(A) per packed block: mc·kc·4 B = 216 KiB stays in L2.
     static let mcBlock = 144
-    /// Depth per packed block: a kc×16 B sliver (16 KiB) stays in L1 across the MR slivers.
-    static let kcBlock = 256
+    /// Depth per packed block: a kc×16 B sliver (24 KiB) stays in L1 across the MR slivers
+    /// (384 measured a few % better than 256 here).
+    static let kcBlock = 384
     /// Columns of op(B) per packed panel (kc·nc·4 B = 4 MiB per thread, in L3).
     static let ncBlock = 4096
-    /// Columns per `PanelSource.fill` call on the packed path (a multiple of NR).
-    static let panelCols = 512
+    /// Columns per `PanelSource.fill` call on the packed path (a multiple of NR); the filled
+    /// kc×128 block (192 KiB) stays in L2 next to the packed A block while it is packed.
+    static let panelCols = 128
     /// Largest block (elements) a `PanelSource` is asked for.
     static let panelBlockLimit = kcBlock * panelCols
     /// Below this many multiply-adds (m·n·k) a GEMM runs on the calling thread only.
@@ -186,6 +188,15 @@ public enum GEMM {
         let ws = Workspace.acquire(floats: aFloats + bFloats + panelFloats + mr * nr)
         defer { Workspace.release(ws) }
         let ap = ws.pointer, bp = ap + aFloats, panel = bp + bFloats, tile = panel + panelFloats
+        // Narrow op(B) (≤ 2 NR slivers, e.g. the rank-16 LoRA down-projection x·Aᵀ): each A
+        // element is used by at most 2 micro-kernel calls, so A is read in place instead of
+        // packed (only a ragged last MR sliver is packed).
+        let directA = j1 - j0 <= 2 * nr
+        // Short op(A) (≤ 3 MR slivers, e.g. the rank-16 gradient gᵀ·x) with B in memory and not
+        // transposed: each B element feeds at most 3 micro-kernel calls, so B is read in place
+        // (only a ragged last NR sliver is packed).
+        var directB: (b: UnsafePointer<Float>, ldb: Int)? = nil
+        if !directA, !p.transB, i1 - i0 <= 3 * mr, case .memory(let b, let ldb) = p.b { directB = (b, ldb) }
 
         var jc = j0
         while jc < j1 {
@@ -193,13 +204,24 @@ public enum GEMM {
             var pc = 0
             while pc < p.k {
                 let kc = min(kcMax, p.k - pc)
-                packBPanel(p, pc, kc, jc, nc, bp, panel)
                 let beta: Float = pc == 0 ? p.beta : 1
+                if let (b, ldb) = directB {
+                    packA(p.transA, p.a, p.lda, i0, i1 - i0, pc, kc, ap)
+                    directBKernel(i1 - i0, nc, kc, ap, b + pc * ldb + jc, ldb, p.c + i0 * p.ldc + jc, p.ldc,
+                                  p.alpha, beta, bp, tile)
+                    pc += kc
+                    continue
+                }
+                packBPanel(p, pc, kc, jc, nc, bp, panel)
                 var ic = i0
                 while ic < i1 {
                     let mc = min(mcMax, i1 - ic)
-                    packA(p.transA, p.a, p.lda, ic, mc, pc, kc, ap)
-                    macroKernel(mc, nc, kc, ap, bp, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                    if directA {
+                        directKernel(p, ic, mc, pc, kc, nc, bp, p.c + ic * p.ldc + jc, beta, ap, tile)
+                    } else {
+                        packA(p.transA, p.a, p.lda, ic, mc, pc, kc, ap)
+                        macroKernel(mc, nc, kc, ap, bp, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                    }
                     ic += mc
                 }
                 pc += kc
@@ -230,6 +252,64 @@ public enum GEMM {
                 }
                 j += w
             }
+        }
+    }
+
+    /// C[mc,nc] = alpha·op(A)[ic..<ic+mc, pc..<pc+kc]·Bp + beta·C with A read in place
+    /// (full MR slivers) or packed into `ap` (a ragged last sliver).
+    static func directKernel(_ p: Problem, _ ic: Int, _ mc: Int, _ pc: Int, _ kc: Int, _ nc: Int,
+                             _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ beta: Float,
+                             _ ap: UnsafeMutablePointer<Float>, _ tile: UnsafeMutablePointer<Float>) {
+        // op(A)[i, q] = a[i·rs + q·cs]
+        let (rs, cs) = p.transA ? (1, p.lda) : (p.lda, 1)
+        var i = 0
+        while i < mc {
+            let mlive = min(mr, mc - i)
+            let a = p.a + (ic + i) * rs + pc * cs
+            if mlive < mr { packA(p.transA, p.a, p.lda, ic + i, mlive, pc, kc, ap) }
+            var j = 0
+            while j < nc {
+                let nlive = min(nr, nc - j)
+                let cc = c + i * p.ldc + j
+                if mlive == mr && nlive == nr {
+                    kernel6x16Strided(kc, a, rs, cs, bp + j * kc, cc, p.ldc, p.alpha, beta)
+                } else if mlive == mr {
+                    kernel6x16Strided(kc, a, rs, cs, bp + j * kc, tile, nr, p.alpha, 0)
+                    mergeTile(mlive, nlive, cc, p.ldc, beta, tile)
+                } else {
+                    kernelPartial(mlive, nlive, kc, ap, bp + j * kc, cc, p.ldc, p.alpha, beta, tile)
+                }
+                j += nr
+            }
+            i += mr
+        }
+    }
+
+    /// C[mc,nc] = alpha·Ap·B + beta·C with B[kc, nc] read in place at b (row stride ldb) for
+    /// full NR slivers, or packed into `bp` (a ragged last sliver).
+    static func directBKernel(_ mc: Int, _ nc: Int, _ kc: Int, _ ap: UnsafePointer<Float>,
+                              _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                              _ alpha: Float, _ beta: Float, _ bp: UnsafeMutablePointer<Float>,
+                              _ tile: UnsafeMutablePointer<Float>) {
+        var j = 0
+        while j < nc {
+            let nlive = min(nr, nc - j)
+            if nlive < nr { packB(false, b, ldb, 0, kc, j, nlive, bp) }
+            var i = 0
+            while i < mc {
+                let mlive = min(mr, mc - i)
+                let cc = c + i * ldc + j
+                if nlive < nr {
+                    kernelPartial(mlive, nlive, kc, ap + i * kc, bp, cc, ldc, alpha, beta, tile)
+                } else if mlive == mr {
+                    kernel6x16StridedB(kc, ap + i * kc, b + j, ldb, cc, ldc, alpha, beta)
+                } else {
+                    kernel6x16StridedB(kc, ap + i * kc, b + j, ldb, tile, nr, alpha, 0)
+                    mergeTile(mlive, nlive, cc, ldc, beta, tile)
+                }
+                i += mr
+            }
+            j += nr
         }
     }
 

@@ -15,6 +15,10 @@ extension QuantizedTensor {
     public func matvec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         let (rows, cols) = matrixShape
         let bs = blocksize
+        if cols % bs == 0 {
+            _matvecAligned(x, y, accumulate: accumulate, rows: rows, cols: cols)
+            return
+        }
         let p = packed.baseAddress, codeP = code.baseAddress
         withScales { scale in
             parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
@@ -34,6 +38,41 @@ extension QuantizedTensor {
                         }
                         y[o] = accumulate ? y[o] + total : total
                     }
+                }
+            }
+        }
+    }
+
+    /// The common case: every row is a whole number of blocks (cols % blocksize == 0, so each
+    /// row starts at a block and at a byte boundary). Per block it accumulates Σ code[nibble]·x
+    /// in vector registers with the unscaled 16-entry map, then folds it in with one FMA by the
+    /// block's scale: no per-block table scaling and one horizontal sum per row.
+    func _matvecAligned(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, rows: Int, cols: Int) {
+        let bs = blocksize
+        let blocksPerRow = cols / bs
+        let p = packed.baseAddress
+        let lo = _load8(code.baseAddress), hi = _load8(code.baseAddress + 8)
+        withScales { scale in
+            parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { r0, r1 in
+                for o in r0..<r1 {
+                    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+                    var bp = p + (o * cols) >> 1
+                    var xp = x
+                    let b0 = o * blocksPerRow
+                    for j in 0..<blocksPerRow {
+                        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
+                        var k = 0
+                        while k < bs {
+                            s0 = s0.addingProduct(_lookup16(lo, hi, _nibbles8(bp)), _load8(xp))
+                            s1 = s1.addingProduct(_lookup16(lo, hi, _nibbles8(bp + 4)), _load8(xp + 8))
+                            bp += 8; xp += 16; k += 16
+                        }
+                        let sc = SIMD8<Float>(repeating: scale(b0 + j))
+                        acc0 = acc0.addingProduct(s0, sc)
+                        acc1 = acc1.addingProduct(s1, sc)
+                    }
+                    let total = (acc0 + acc1).sum()
+                    y[o] = accumulate ? y[o] + total : total
                 }
             }
         }

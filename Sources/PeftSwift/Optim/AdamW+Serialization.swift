@@ -78,7 +78,10 @@ extension AdamW {
     ///   format, parameter count or element counts). Nothing is changed when it throws, except
     ///   with paged storage after a pager error part way (then the state is partly restored).
     public func restoreState(_ bytes: [UInt8]) throws(PSTError) {
-        try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(PSTError) in try restoreState(raw) }
+        let r: Result<Void, PSTError> = bytes.withUnsafeBytes { raw in
+            do throws(PSTError) { try restoreState(raw); return .success(()) } catch { return .failure(error) }
+        }
+        try r.get()
     }
 
     /// `restoreState(_:)` from raw bytes.

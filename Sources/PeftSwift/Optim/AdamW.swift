@@ -140,28 +140,30 @@ public final class AdamW {
 
     // MARK: - Step
 
-    /// Largest chunk (in elements, a multiple of 256) whose pinned pages fit in half the budget,
-    /// leaving the other half for the prefetch of the next chunk.
+    /// Elements per chunk for paged state: a multiple of 256 whose pinned pages fit in half the
+    /// budget (the other half takes the prefetch of the next chunk), or, for small budgets, in
+    /// the whole budget (prefetch then finds little room). A range of B bytes pins at most
+    /// ceil(B / pageSize) + 1 pages.
     func chunkElements(_ q: Param) throws(PSTError) -> Int {
         guard case .paged(let pager) = storage else { return q.count }
         let ps = pager.pageSize
-        let avail = pager.budget / ps / 2
-        // A blob range of B bytes spans at most B/ps + 2 pages. For E elements:
-        //   float32: 2 × (4E/ps + 2) pages;  8-bit: 2 × (E/ps + 2) + 2 × (E/64/ps + 2) pages.
-        let fixed = q.layout == .bnb8bit ? 8 : 4
-        let e: Int
-        if avail > fixed {
-            e = q.layout == .bnb8bit ? (avail - fixed) * ps * 32 / 65 : (avail - fixed) * ps / 8
-        } else {
-            e = 0
+        let budgetPages = pager.budget / ps
+        func pages(_ e: Int) -> Int {
+            var n = 0
+            for k in q.blobs.indices {
+                let (_, b) = q.byteRange(k, 0, e)
+                n += (b + ps - 1) / ps + 1
+            }
+            return n
         }
-        let chunk = e / 256 * 256
-        guard chunk >= 256 else {
-            let minAvail = fixed + (q.layout == .bnb8bit ? (256 * 65 + 32 * ps - 1) / (32 * ps) : (256 * 8 + ps - 1) / ps)
-            throw .outOfMemory("the pager's budget (\(pager.budget) bytes) is too small for a paged optimizer "
-                               + "with pageSize \(ps): it needs at least \(2 * minAvail * ps) bytes")
+        let perElement = q.layout == .bnb8bit ? 2 : 8
+        for avail in [budgetPages / 2, budgetPages] {
+            var e = min(q.count + 255, avail * ps / perElement) / 256 * 256
+            while e >= 256 && pages(e) > avail { e -= max(256, e / 8 / 256 * 256) }
+            if e >= 256 { return min(e, q.count) }
         }
-        return min(chunk, q.count)
+        throw .outOfMemory("the pager's budget (\(pager.budget) bytes) is too small for this paged optimizer "
+                           + "with pageSize \(ps): a chunk of 256 elements pins \(pages(256)) pages")
     }
 
     /// (param index, lo, hi) chunks of one pass over all parameters.
@@ -299,15 +301,15 @@ public final class AdamW {
         let e = try chunkElements(q)
         var lo = 0
         while lo < q.count {
-            let hi = min(q.count, lo + e)
-            let ptrs = try pin(q, lo, hi, forWriting: false)
-            defer { unpin(q, lo, hi) }
+            let clo = lo, hi = min(q.count, lo + e)
+            lo = hi
+            let ptrs = try pin(q, clo, hi, forWriting: false)
+            defer { unpin(q, clo, hi) }
             for k in q.blobs.indices {
                 // Chunks are whole 256-element blocks, so absmax ranges do not overlap either.
-                let (o, n) = q.byteRange(k, lo, hi)
+                let (o, n) = q.byteRange(k, clo, hi)
                 try visit(k, o, UnsafeRawPointer(ptrs[k]), n)
             }
-            lo = hi
         }
     }
 
@@ -316,14 +318,14 @@ public final class AdamW {
         let e = try chunkElements(q)
         var lo = 0
         while lo < q.count {
-            let hi = min(q.count, lo + e)
-            let ptrs = try pin(q, lo, hi, forWriting: true)
-            defer { unpin(q, lo, hi) }
+            let clo = lo, hi = min(q.count, lo + e)
+            lo = hi
+            let ptrs = try pin(q, clo, hi, forWriting: true)
+            defer { unpin(q, clo, hi) }
             for k in q.blobs.indices {
-                let (o, n) = q.byteRange(k, lo, hi)
+                let (o, n) = q.byteRange(k, clo, hi)
                 try fill(k, o, ptrs[k], n)
             }
-            lo = hi
         }
     }
 }

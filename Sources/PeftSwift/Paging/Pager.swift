@@ -464,7 +464,8 @@ public final class Pager {
                         guard try makeRoom(protecting: r, pages: pages.lowerBound..<(pages.upperBound + 1), wait: true) else {
                             throw .outOfMemory("cannot make room for range [\(offset), \(offset + count)) "
                                                + "(\(need) bytes): the other resident pages are pinned "
-                                               + "(\(residentBytes) bytes resident, budget \(_budget))")
+                                               + "(\(residentBytes) bytes resident, \(pinnedPageCount()) pages pinned, "
+                                               + "budget \(_budget))")
                         }
                         let s = r.pages[i].state
                         if s == .untouched || s == .spilled {
@@ -545,6 +546,12 @@ public final class Pager {
         lock.broadcast()
         lock.unlock()
         munmap(r.base, r.mappedBytes)
+    }
+
+    func pinnedPageCount() -> Int {
+        var n = 0
+        for (_, r) in buffers { for p in r.pages where p.pins > 0 { n += 1 } }
+        return n
     }
 
     // MARK: - Test hooks

@@ -52,28 +52,35 @@ extension QuantizedTensor {
         let blocksPerRow = cols / bs
         let p = packed.baseAddress
         let lo = _load8(code.baseAddress), hi = _load8(code.baseAddress + 8)
-        withScales { scale in
-            parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { r0, r1 in
-                for o in r0..<r1 {
-                    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
-                    var bp = p + (o * cols) >> 1
-                    var xp = x
-                    let b0 = o * blocksPerRow
-                    for j in 0..<blocksPerRow {
-                        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
-                        var k = 0
-                        while k < bs {
-                            s0 = s0.addingProduct(_lookup16(lo, hi, _nibbles8(bp)), _load8(xp))
-                            s1 = s1.addingProduct(_lookup16(lo, hi, _nibbles8(bp + 4)), _load8(xp + 8))
-                            bp += 8; xp += 16; k += 16
-                        }
-                        let sc = SIMD8<Float>(repeating: scale(b0 + j))
-                        acc0 = acc0.addingProduct(s0, sc)
-                        acc1 = acc1.addingProduct(s1, sc)
+        // Block scales read inline (a closure call per block costs as much as the block's FMAs).
+        let isNested = nested != nil
+        let plain = absmax?.baseAddress
+        let nq = nested?.q.baseAddress, nc = nested?.code.baseAddress, na = nested?.absmax.baseAddress
+        let nbs = nested?.blocksize ?? 1, off = nested?.offset ?? 0
+        parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { r0, r1 in
+            for o in r0..<r1 {
+                var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+                var bp = p + (o * cols) >> 1
+                var xp = x
+                let b0 = o * blocksPerRow
+                for j in 0..<blocksPerRow {
+                    var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
+                    var k = 0
+                    while k < bs {
+                        s0 = s0.addingProduct(_lookup16(lo, hi, _nibbles8(bp)), _load8(xp))
+                        s1 = s1.addingProduct(_lookup16(lo, hi, _nibbles8(bp + 4)), _load8(xp + 8))
+                        bp += 8; xp += 16; k += 16
                     }
-                    let total = (acc0 + acc1).sum()
-                    y[o] = accumulate ? y[o] + total : total
+                    let b = b0 + j
+                    // bitsandbytes' scale: fl(fl(code8[q]·absmax2) + offset), two roundings
+                    let scale: Float = isNested ? (nc.unsafelyUnwrapped[Int(nq.unsafelyUnwrapped[b])] * na.unsafelyUnwrapped[b / nbs]) + off
+                                                : plain.unsafelyUnwrapped[b]
+                    let sc = SIMD8<Float>(repeating: scale)
+                    acc0 = acc0.addingProduct(s0, sc)
+                    acc1 = acc1.addingProduct(s1, sc)
                 }
+                let total = (acc0 + acc1).sum()
+                y[o] = accumulate ? y[o] + total : total
             }
         }
     }

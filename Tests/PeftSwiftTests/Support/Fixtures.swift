@@ -30,8 +30,10 @@ struct FixtureFile {
     }
 
     /// Tests/fixtures/<relative>
+    /// (`file` is ignored: the path is resolved from this file, Tests/PeftSwiftTests/Support.)
     static func url(_ relative: String, file: String = #filePath) -> URL {
-        URL(fileURLWithPath: file).deletingLastPathComponent()      // Support
+        let here: String = #filePath
+        return URL(fileURLWithPath: here).deletingLastPathComponent()      // Support
             .deletingLastPathComponent()                            // PeftSwiftTests
             .deletingLastPathComponent()                            // Tests
             .appendingPathComponent("fixtures").appendingPathComponent(relative)

@@ -95,6 +95,9 @@ typedef int32_t pst_status;
  * byte has no meaning.) */
 typedef struct pst_quant { uint8_t pst_reserved_; } pst_quant;
 typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;
+typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
+typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
+typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
 
 /* ---- LoRA */
 #define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
@@ -162,6 +165,45 @@ typedef struct pst_quant_state {
     int64_t nested_absmax_count; /* ceil(absmax_count / nested_blocksize) */
     const float *nested_code;    /* 256 floats (nested_quant_map); NULL when !nested */
 } pst_quant_state;
+
+/* ---- Paged memory. Statistics of a pager (pst_pager_stats). */
+typedef struct pst_pager_stats {
+    size_t struct_size;          /* set to sizeof(pst_pager_stats) */
+    int64_t budget_bytes;        /* the RAM budget now */
+    int64_t page_size;
+    int64_t resident_bytes;      /* page memory mapped now */
+    int64_t peak_resident_bytes; /* the largest resident_bytes seen */
+    int64_t pinned_bytes;        /* resident bytes held by acquires */
+    int64_t pages_spilled;       /* pages written to the spill file */
+    int64_t bytes_spilled;
+    int64_t pages_evicted;       /* pages whose memory was returned (spilled or clean) */
+    int64_t pages_read_back;     /* pages read back from the spill file */
+    int64_t bytes_read_back;
+    int64_t spill_file_bytes;    /* size of the (unlinked) spill file */
+    double io_seconds;           /* time spent in spill-file I/O */
+} pst_pager_stats;
+
+/* ---- Optimizers */
+#define PST_OPTIM_STATE_F32 0   /* torch.optim.AdamW: fp32 moments */
+#define PST_OPTIM_STATE_8BIT 1  /* bitsandbytes AdamW8bit: blockwise 8-bit moments (blocks of 256) */
+
+/* Learning-rate schedules (pst_lr_multiplier), Hugging Face transformers' definitions */
+#define PST_LR_CONSTANT 0             /* 1 */
+#define PST_LR_CONSTANT_WARMUP 1      /* linear warm-up over warmup steps, then 1 */
+#define PST_LR_LINEAR 2               /* linear warm-up, then linear decay to 0 at total steps */
+#define PST_LR_COSINE 3               /* linear warm-up, then cosine to 0 at total steps */
+
+/* AdamW hyper-parameters (torch.optim.AdamW's defaults). Initialize with pst_adamw_params_init. */
+typedef struct pst_adamw_params {
+    size_t struct_size;     /* sizeof(pst_adamw_params) */
+    double lr;              /* 1e-3 */
+    double beta1;           /* 0.9 */
+    double beta2;           /* 0.999 */
+    double eps;             /* 1e-8 */
+    double weight_decay;    /* 1e-2 (decoupled) */
+    int32_t state_format;   /* PST_OPTIM_STATE_F32 (default) or PST_OPTIM_STATE_8BIT */
+    int32_t min_8bit_size;  /* 8-bit only: parameters with fewer elements keep fp32 state (4096) */
+} pst_adamw_params;
 
 #if defined(__cplusplus)
 #  define PST_NOEXCEPT noexcept
@@ -346,6 +388,163 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_unmerge(pst_lora * layer) PST_NO
  * Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_lora_base_weight(pst_lora * layer, float * out_, ptrdiff_t capacity) PST_NOEXCEPT;
+
+/* ---- from Sources/PeftSwift/CAPI/CAPI+Optim.swift ------------------------------------------------- */
+
+/**
+ * Fills *p with torch.optim.AdamW's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+ * weight_decay 1e-2, fp32 state, min_8bit_size 4096.
+ * Errors: PST_ERR_INVALID_ARG (p NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_params_init(pst_adamw_params * p) PST_NOEXCEPT;
+
+/**
+ * Creates an AdamW optimizer (params NULL: the defaults). With pager non-NULL its state
+ * lives in the pager (paged AdamW: the optimizer prefetches parameter k+1's state while it
+ * updates k); the optimizer keeps its own reference to the pager. Free with pst_adamw_free.
+ * Errors: PST_ERR_INVALID_ARG (a hyper-parameter out of range, an unknown state format).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_create(pst_adamw_params const * params, pst_pager * pager, pst_adamw * * out_) PST_NOEXCEPT;
+
+/**
+ * Frees an optimizer (and its state); NULL is a no-op. Parameters and gradients are the
+ * caller's and are left alone.
+ */
+PST_API void pst_adamw_free(pst_adamw * opt) PST_NOEXCEPT;
+
+/**
+ * Registers a parameter (count floats at param) and its gradient (count floats at grad).
+ * The optimizer KEEPS both pointers until it is freed: they must stay valid (a LoRA
+ * adapter's tensors from pst_lora_adapter_tensor qualify while the layer lives). *index
+ * (may be NULL) receives the parameter's index.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_add_param(pst_adamw * opt, float * param, float * grad, int64_t count, int32_t * index) PST_NOEXCEPT;
+
+/**
+ * One AdamW step over every registered parameter with the current learning rate.
+ * Errors: PST_ERR_IO / PST_ERR_CORRUPT / PST_ERR_OUT_OF_MEMORY from a paged state.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_step(pst_adamw * opt) PST_NOEXCEPT;
+
+/**
+ * Sets every registered gradient to zero.
+ * Errors: PST_ERR_INVALID_ARG (opt NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_zero_grad(pst_adamw * opt) PST_NOEXCEPT;
+
+/**
+ * Clips the registered gradients by their global 2-norm (torch.nn.utils.clip_grad_norm_):
+ * if the norm exceeds max_norm every gradient is scaled by max_norm / (norm + 1e-6).
+ * *total_norm (may be NULL) receives the norm before clipping.
+ * Errors: PST_ERR_INVALID_ARG (max_norm negative or not finite).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_clip_grad_norm(pst_adamw * opt, double max_norm, float * total_norm) PST_NOEXCEPT;
+
+/**
+ * Sets the learning rate used by the next steps (e.g. base lr x pst_lr_multiplier).
+ * Errors: PST_ERR_INVALID_ARG (lr negative or not finite).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_set_lr(pst_adamw * opt, double lr) PST_NOEXCEPT;
+
+/**
+ * Writes the size in bytes of the optimizer's saved state to *bytes.
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_state_size(pst_adamw * opt, int64_t * bytes) PST_NOEXCEPT;
+
+/**
+ * Saves the whole state (hyper-parameters, step counts, moments; versioned, with a
+ * checksum) into buf (capacity bytes, at least pst_adamw_state_size); *written (may be
+ * NULL) receives the bytes written. Resuming from it continues a run exactly.
+ * Errors: PST_ERR_INVALID_ARG (buffer too small), PST_ERR_IO (paged state).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_save_state(pst_adamw * opt, void * buf, ptrdiff_t capacity, int64_t * written) PST_NOEXCEPT;
+
+/**
+ * Restores a state saved by pst_adamw_save_state into an optimizer with the same
+ * parameters registered (same count and sizes). Checked fully before anything changes.
+ * Errors: PST_ERR_CORRUPT (bad checksum, truncated, wrong version), PST_ERR_SHAPE
+ * (different parameters), PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_adamw_load_state(pst_adamw * opt, void const * buf, ptrdiff_t length) PST_NOEXCEPT;
+
+/**
+ * The learning-rate multiplier of a schedule (PST_LR_*) at 0-based step, Hugging Face
+ * transformers' definitions: warmup steps of linear warm-up, then constant, linear decay to
+ * 0 at total_steps, or cosine (cycles 0.5 = half a cosine) to 0 at total_steps.
+ * Errors: PST_ERR_INVALID_ARG (unknown kind, negative steps, total < warmup, out NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_lr_multiplier(int32_t kind, int64_t step, int64_t warmup, int64_t total_steps, double cycles, double * out_) PST_NOEXCEPT;
+
+/* ---- from Sources/PeftSwift/CAPI/CAPI+Paging.swift ------------------------------------------------ */
+
+/**
+ * Creates a pager with a RAM budget of budget_bytes (>= one page), pages of page_size bytes
+ * (0: 4 MiB; otherwise a positive multiple of the system page size), spilling to an unlinked
+ * file in spill_dir (NULL: $TMPDIR or /tmp). The spill file disappears when the pager is
+ * freed or the process dies. Free with pst_pager_free.
+ * Errors: PST_ERR_INVALID_ARG (budget or page size), PST_ERR_IO (spill_dir is not a writable
+ * directory; a directory that becomes unusable later gives PST_ERR_IO at the eviction that
+ * needs it, with the page kept resident and intact).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_pager_create(int64_t budget_bytes, int64_t page_size, char const * spill_dir, pst_pager * * out_) PST_NOEXCEPT;
+
+/**
+ * Frees a pager; NULL is a no-op. Buffers still allocated keep the pager alive until they
+ * are freed (their memory and spill slots are released then).
+ */
+PST_API void pst_pager_free(pst_pager * pager) PST_NOEXCEPT;
+
+/**
+ * Changes the RAM budget while running; shrinking evicts unpinned pages at once.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY (pinned pages exceed the new budget),
+ * PST_ERR_IO (a spill write failed; data stays resident and intact).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_pager_set_budget(pst_pager * pager, int64_t budget_bytes) PST_NOEXCEPT;
+
+/**
+ * Fills *stats (stats->struct_size must be sizeof(pst_pager_stats)).
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_pager_get_stats(pst_pager * pager, pst_pager_stats * stats) PST_NOEXCEPT;
+
+/**
+ * Allocates a zero-filled buffer of bytes bytes (>= 1) from the pager; its pages are not
+ * resident until acquired. Free with pst_paged_free.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_paged_alloc(pst_pager * pager, int64_t bytes, pst_paged * * out_) PST_NOEXCEPT;
+
+/**
+ * Pins bytes [offset, offset + count) of the buffer in memory (reading spilled pages back,
+ * evicting least-recently-used unpinned pages of any buffer if the budget requires) and
+ * stores a pointer to byte offset in *ptr, valid until the matching pst_paged_release.
+ * for_writing false lets the pager drop the pages later without writing them back.
+ * Errors: PST_ERR_INVALID_ARG (range outside the buffer), PST_ERR_OUT_OF_MEMORY (the range
+ * cannot fit in the budget beside pinned pages), PST_ERR_IO, PST_ERR_CORRUPT (a page's
+ * checksum failed on read-back: the data is never returned), PST_ERR_MISUSE (freed buffer).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_paged_acquire(pst_paged * buffer, int64_t offset, int64_t count, bool for_writing, void * * ptr) PST_NOEXCEPT;
+
+/**
+ * Unpins a range pinned by pst_paged_acquire (the same offset and count).
+ * Errors: PST_ERR_MISUSE (the range was not acquired), PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_paged_release(pst_paged * buffer, int64_t offset, int64_t count) PST_NOEXCEPT;
+
+/**
+ * Starts reading the buffer's spilled pages back on a background thread and returns at
+ * once; a later acquire waits for pages still on their way.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (freed buffer).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_paged_prefetch(pst_paged * buffer) PST_NOEXCEPT;
+
+/**
+ * Frees a paged buffer (its memory and spill slots); NULL is a no-op. Pointers from
+ * pst_paged_acquire become invalid.
+ */
+PST_API void pst_paged_free(pst_paged * buffer) PST_NOEXCEPT;
 
 /* ---- from Sources/PeftSwift/CAPI/CAPI+Quant.swift ------------------------------------------------- */
 

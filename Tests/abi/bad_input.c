@@ -193,5 +193,88 @@ int main(void) {
     pst_lora_free(L);
     pst_lora_free(NULL);
 
+    /* ---- pager */
+    pst_pager *P = NULL;
+    pst_paged *B = NULL;
+    EXPECT(pst_pager_create(0, 0, NULL, &P), PST_ERR_INVALID_ARG, "pst_pager_create");
+    EXPECT(pst_pager_create(1 << 20, 1000, NULL, &P), PST_ERR_INVALID_ARG, "pst_pager_create");
+    EXPECT(pst_pager_create(1 << 20, -4096, NULL, &P), PST_ERR_INVALID_ARG, "pst_pager_create");
+    EXPECT(pst_pager_create(1 << 20, 0, NULL, NULL), PST_ERR_INVALID_ARG, "pst_pager_create");
+    EXPECT(pst_pager_create(8 << 20, 1 << 20, "/nonexistent/dir", &P), PST_ERR_IO, "pst_pager_create");
+    if (pst_pager_create(8 << 20, 1 << 20, NULL, &P) != PST_OK) { printf("FAIL pager: %s\n", pst_last_error()); return 1; }
+    EXPECT(pst_pager_set_budget(P, 0), PST_ERR_INVALID_ARG, "pst_pager_set_budget");
+    EXPECT(pst_pager_set_budget(NULL, 1 << 20), PST_ERR_INVALID_ARG, "pst_pager_set_budget");
+    pst_pager_stats ps;
+    memset(&ps, 0, sizeof ps);
+    EXPECT(pst_pager_get_stats(P, &ps), PST_ERR_INVALID_ARG, "pst_pager_get_stats");
+    EXPECT(pst_pager_get_stats(P, NULL), PST_ERR_INVALID_ARG, "pst_pager_get_stats");
+    EXPECT(pst_paged_alloc(P, 0, &B), PST_ERR_INVALID_ARG, "pst_paged_alloc");
+    EXPECT(pst_paged_alloc(NULL, 10, &B), PST_ERR_INVALID_ARG, "pst_paged_alloc");
+    EXPECT(pst_paged_alloc(P, 10, NULL), PST_ERR_INVALID_ARG, "pst_paged_alloc");
+    if (pst_paged_alloc(P, 3 << 20, &B) != PST_OK) failures++;
+    void *ptr = NULL;
+    EXPECT(pst_paged_acquire(B, 0, 4 << 20, true, &ptr), PST_ERR_INVALID_ARG, "pst_paged_acquire");
+    EXPECT(pst_paged_acquire(B, -1, 10, true, &ptr), PST_ERR_INVALID_ARG, "pst_paged_acquire");
+    EXPECT(pst_paged_acquire(B, 0, 10, true, NULL), PST_ERR_INVALID_ARG, "pst_paged_acquire");
+    EXPECT(pst_paged_acquire(NULL, 0, 10, true, &ptr), PST_ERR_INVALID_ARG, "pst_paged_acquire");
+    EXPECT(pst_paged_release(B, 0, 10), PST_ERR_MISUSE, "pst_paged_release");
+    EXPECT(pst_paged_release(NULL, 0, 10), PST_ERR_INVALID_ARG, "pst_paged_release");
+    EXPECT(pst_paged_prefetch(NULL), PST_ERR_INVALID_ARG, "pst_paged_prefetch");
+    pst_paged *big = NULL;
+    if (pst_paged_alloc(P, 64 << 20, &big) == PST_OK) {
+        EXPECT(pst_paged_acquire(big, 0, 64 << 20, true, &ptr), PST_ERR_OUT_OF_MEMORY, "pst_paged_acquire");
+        pst_paged_free(big);
+    }
+    pst_paged_free(B);
+    pst_paged_free(NULL);
+    pst_pager_free(P);
+    pst_pager_free(NULL);
+
+    /* ---- optimizers */
+    pst_adamw *O = NULL;
+    pst_adamw_params ap;
+    EXPECT(pst_adamw_params_init(NULL), PST_ERR_INVALID_ARG, "pst_adamw_params_init");
+    if (pst_adamw_params_init(&ap) != PST_OK) failures++;
+    ap.lr = -1;
+    EXPECT(pst_adamw_create(&ap, NULL, &O), PST_ERR_INVALID_ARG, "pst_adamw_create");
+    ap.lr = 1e-3; ap.beta1 = 1.5;
+    EXPECT(pst_adamw_create(&ap, NULL, &O), PST_ERR_INVALID_ARG, "pst_adamw_create");
+    ap.beta1 = 0.9; ap.state_format = 7;
+    EXPECT(pst_adamw_create(&ap, NULL, &O), PST_ERR_INVALID_ARG, "pst_adamw_create");
+    ap.state_format = PST_OPTIM_STATE_8BIT; ap.struct_size = 1;
+    EXPECT(pst_adamw_create(&ap, NULL, &O), PST_ERR_INVALID_ARG, "pst_adamw_create");
+    EXPECT(pst_adamw_create(NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_adamw_create");
+    if (pst_adamw_create(NULL, NULL, &O) != PST_OK) { printf("FAIL adamw: %s\n", pst_last_error()); return 1; }
+    float prm[8] = {0}, grd[8] = {0};
+    EXPECT(pst_adamw_add_param(O, NULL, grd, 8, NULL), PST_ERR_INVALID_ARG, "pst_adamw_add_param");
+    EXPECT(pst_adamw_add_param(O, prm, NULL, 8, NULL), PST_ERR_INVALID_ARG, "pst_adamw_add_param");
+    EXPECT(pst_adamw_add_param(O, prm, grd, 0, NULL), PST_ERR_INVALID_ARG, "pst_adamw_add_param");
+    EXPECT(pst_adamw_add_param(NULL, prm, grd, 8, NULL), PST_ERR_INVALID_ARG, "pst_adamw_add_param");
+    if (pst_adamw_add_param(O, prm, grd, 8, NULL) != PST_OK) failures++;
+    EXPECT(pst_adamw_step(NULL), PST_ERR_INVALID_ARG, "pst_adamw_step");
+    EXPECT(pst_adamw_zero_grad(NULL), PST_ERR_INVALID_ARG, "pst_adamw_zero_grad");
+    EXPECT(pst_adamw_clip_grad_norm(O, -1, NULL), PST_ERR_INVALID_ARG, "pst_adamw_clip_grad_norm");
+    EXPECT(pst_adamw_clip_grad_norm(NULL, 1, NULL), PST_ERR_INVALID_ARG, "pst_adamw_clip_grad_norm");
+    EXPECT(pst_adamw_set_lr(O, NAN), PST_ERR_INVALID_ARG, "pst_adamw_set_lr");
+    EXPECT(pst_adamw_set_lr(NULL, 1), PST_ERR_INVALID_ARG, "pst_adamw_set_lr");
+    int64_t ssz = 0, wr = 0;
+    EXPECT(pst_adamw_state_size(O, NULL), PST_ERR_INVALID_ARG, "pst_adamw_state_size");
+    if (pst_adamw_state_size(O, &ssz) != PST_OK) failures++;
+    unsigned char sbuf[4096];
+    EXPECT(pst_adamw_save_state(O, sbuf, 3, &wr), PST_ERR_INVALID_ARG, "pst_adamw_save_state");
+    EXPECT(pst_adamw_save_state(O, NULL, 4096, &wr), PST_ERR_INVALID_ARG, "pst_adamw_save_state");
+    if (ssz <= (int64_t)sizeof sbuf && pst_adamw_save_state(O, sbuf, sizeof sbuf, &wr) == PST_OK) {
+        sbuf[wr / 2] ^= 0x5A;
+        EXPECT(pst_adamw_load_state(O, sbuf, (ptrdiff_t)wr), PST_ERR_CORRUPT, "pst_adamw_load_state");
+        EXPECT(pst_adamw_load_state(O, sbuf, 5), PST_ERR_CORRUPT, "pst_adamw_load_state");
+    } else failures++;
+    EXPECT(pst_adamw_load_state(O, NULL, 5), PST_ERR_INVALID_ARG, "pst_adamw_load_state");
+    double mult = 0;
+    EXPECT(pst_lr_multiplier(99, 0, 0, 0, 0.5, &mult), PST_ERR_INVALID_ARG, "pst_lr_multiplier");
+    EXPECT(pst_lr_multiplier(PST_LR_COSINE, 0, 10, 5, 0.5, &mult), PST_ERR_INVALID_ARG, "pst_lr_multiplier");
+    EXPECT(pst_lr_multiplier(PST_LR_LINEAR, 0, 1, 5, 0.5, NULL), PST_ERR_INVALID_ARG, "pst_lr_multiplier");
+    pst_adamw_free(O);
+    pst_adamw_free(NULL);
+
     return failures == 0 ? 0 : 1;
 }

@@ -59,6 +59,9 @@ typedef int32_t pst_status;
  * byte has no meaning.) */
 typedef struct pst_quant { uint8_t pst_reserved_; } pst_quant;
 typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;
+typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
+typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
+typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
 
 /* ---- LoRA */
 #define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
@@ -126,5 +129,44 @@ typedef struct pst_quant_state {
     int64_t nested_absmax_count; /* ceil(absmax_count / nested_blocksize) */
     const float *nested_code;    /* 256 floats (nested_quant_map); NULL when !nested */
 } pst_quant_state;
+
+/* ---- Paged memory. Statistics of a pager (pst_pager_stats). */
+typedef struct pst_pager_stats {
+    size_t struct_size;          /* set to sizeof(pst_pager_stats) */
+    int64_t budget_bytes;        /* the RAM budget now */
+    int64_t page_size;
+    int64_t resident_bytes;      /* page memory mapped now */
+    int64_t peak_resident_bytes; /* the largest resident_bytes seen */
+    int64_t pinned_bytes;        /* resident bytes held by acquires */
+    int64_t pages_spilled;       /* pages written to the spill file */
+    int64_t bytes_spilled;
+    int64_t pages_evicted;       /* pages whose memory was returned (spilled or clean) */
+    int64_t pages_read_back;     /* pages read back from the spill file */
+    int64_t bytes_read_back;
+    int64_t spill_file_bytes;    /* size of the (unlinked) spill file */
+    double io_seconds;           /* time spent in spill-file I/O */
+} pst_pager_stats;
+
+/* ---- Optimizers */
+#define PST_OPTIM_STATE_F32 0   /* torch.optim.AdamW: fp32 moments */
+#define PST_OPTIM_STATE_8BIT 1  /* bitsandbytes AdamW8bit: blockwise 8-bit moments (blocks of 256) */
+
+/* Learning-rate schedules (pst_lr_multiplier), Hugging Face transformers' definitions */
+#define PST_LR_CONSTANT 0             /* 1 */
+#define PST_LR_CONSTANT_WARMUP 1      /* linear warm-up over warmup steps, then 1 */
+#define PST_LR_LINEAR 2               /* linear warm-up, then linear decay to 0 at total steps */
+#define PST_LR_COSINE 3               /* linear warm-up, then cosine to 0 at total steps */
+
+/* AdamW hyper-parameters (torch.optim.AdamW's defaults). Initialize with pst_adamw_params_init. */
+typedef struct pst_adamw_params {
+    size_t struct_size;     /* sizeof(pst_adamw_params) */
+    double lr;              /* 1e-3 */
+    double beta1;           /* 0.9 */
+    double beta2;           /* 0.999 */
+    double eps;             /* 1e-8 */
+    double weight_decay;    /* 1e-2 (decoupled) */
+    int32_t state_format;   /* PST_OPTIM_STATE_F32 (default) or PST_OPTIM_STATE_8BIT */
+    int32_t min_8bit_size;  /* 8-bit only: parameters with fewer elements keep fp32 state (4096) */
+} pst_adamw_params;
 
 #endif /* PEFTSWIFT_TYPES_H */

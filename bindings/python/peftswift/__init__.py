@@ -20,6 +20,7 @@ from ._native import (  # noqa: F401  (the error hierarchy lives in the C layer)
     UnsupportedError,
 )
 from .lora import LoraLinear  # noqa: F401
+from .optim import AdamW, PagedBuffer, Pager, lr_multiplier  # noqa: F401
 from .quant import (  # noqa: F401
     QuantState,
     codebook,

@@ -22,9 +22,9 @@ _QUANT_TYPES = {"nf4": 0, "fp4": 1}
 class _Borrowed:
     """Keeps the layer alive for as long as a numpy view of its memory exists."""
 
-    def __init__(self, owner, address: int, shape):
+    def __init__(self, owner, address: int, shape, typestr: str = "<f4"):
         self._owner = owner
-        self.__array_interface__ = {"shape": tuple(shape), "typestr": "<f4", "data": (address, False), "version": 3}
+        self.__array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (address, False), "version": 3}
 
 
 class LoraLinear:

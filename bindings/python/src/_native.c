@@ -121,8 +121,9 @@ static PyMethodDef methods_core[] = {
 /* One file per feature, each defining a static method table, compiled as one unit. */
 #include "quant.inc.c"
 #include "lora.inc.c"
+#include "optim.inc.c"
 
-static PyMethodDef *native_parts[] = {methods_quant, methods_lora, NULL};
+static PyMethodDef *native_parts[] = {methods_quant, methods_lora, methods_optim, NULL};
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "peftswift._native",

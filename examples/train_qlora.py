@@ -24,22 +24,19 @@ w_deq = layer.base_weight()
 hidden = (rng.standard_normal((OUT, 4)) @ rng.standard_normal((4, IN)) * 0.05).astype(np.float32)
 teacher = w_deq + hidden
 
-# Adam on the adapter's own tensors (views of the engine's memory, updated in place)
-params = layer.parameters("default")
-m = [np.zeros_like(p) for p, _ in params]
-v = [np.zeros_like(p) for p, _ in params]
-lr, b1, b2, eps = 2e-2, 0.9, 0.999, 1e-8
+# AdamW (torch's semantics) on the adapter's own tensors: views of the engine's memory,
+# updated in place; its state lives in a pager with a small RAM budget
+pager = peftswift.Pager(budget_bytes=16 << 20, page_size=1 << 20)
+opt = peftswift.AdamW(layer.parameters("default"), lr=2e-2, weight_decay=0.0, optim_bits=32, pager=pager)
 for step in range(1, STEPS + 1):
     x = rng.standard_normal((BATCH, IN)).astype(np.float32)
     y = layer.forward(x)
     err = y - x @ teacher.T
     loss = float(np.mean(err ** 2))
-    layer.zero_grad()
+    opt.zero_grad()
     layer.backward((2.0 / err.size) * err, need_dx=False)
-    for i, (p, g) in enumerate(params):
-        m[i] = b1 * m[i] + (1 - b1) * g
-        v[i] = b2 * v[i] + (1 - b2) * g * g
-        p -= lr * (m[i] / (1 - b1 ** step)) / (np.sqrt(v[i] / (1 - b2 ** step)) + eps)
+    opt.set_lr(2e-2 * peftswift.lr_multiplier("cosine", step - 1, warmup_steps=10, total_steps=STEPS))
+    opt.step()
     if step == 1 or step % 25 == 0:
         print(f"step {step:4d}  loss {loss:.6f}")
 

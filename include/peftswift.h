@@ -134,11 +134,14 @@ typedef struct pst_lora_params {
  *     nested_absmax[ceil(nblocks / nested_blocksize)] as their float scales, so the block scale is
  *     nested_code[absmax[b]] * nested_absmax[b / nested_blocksize] + offset;
  *   - element i = code[nibble(i)] * scale(i / blocksize).
- * Edge rules: an all-zero block has absmax 0 and NF4 code 7 (bitsandbytes' CPU/default path;
- * its CUDA kernel writes code 0, value -0.0: the same value). A value exactly at the midpoint of
- * two codes takes the lower one. Full blocks are scaled by the float reciprocal of absmax, the
- * partial last block by division, as bitsandbytes does. Subnormals are quantized like any other
- * value (no flush to zero). NaN and +-Inf are rejected (PST_ERR_NONFINITE) naming the index.
+ * Edge rules (bitsandbytes' CPU/default path, checked against it): an all-zero full block has
+ * absmax 0 and NF4 code 7 (CUDA writes code 0, value -0.0: the same value); an all-zero partial
+ * last block stores absmax 1e-38 (bitsandbytes clamps it there). A block whose absmax is below
+ * 1e-38 (subnormal values) stores its true absmax but is scaled by 1e-38, as bitsandbytes does.
+ * A value exactly at the midpoint of two codes takes the lower one. Full blocks are scaled by
+ * the float reciprocal of absmax, the partial last block by division. FP4 code 8 decodes to
+ * +0.0 through the stored map (bitsandbytes' C kernel gives -0.0; they compare equal). NaN and
+ * +-Inf are rejected (PST_ERR_NONFINITE) naming the first offending index.
  * The 8-bit index of the nested constants is the exact nearest code, ties to the lower (as
  * bitsandbytes' CUDA and default paths; its CPU lookup table is 1-3 codes off at ~0.15% of
  * values), so checkpoints made by peftswift equal GPU-made ones. offset follows torch.mean's

@@ -17,3 +17,5 @@ echo "== examples/quantize.cpp"; "$bin/quantize_cpp"
 echo "== examples/quantize.py"
 python3 -m pip install -q --no-build-isolation ./bindings/python
 python3 examples/quantize.py
+echo "== examples/train_qlora.py"
+python3 examples/train_qlora.py

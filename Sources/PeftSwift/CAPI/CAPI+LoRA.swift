@@ -21,7 +21,7 @@ public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) ->
     cEntry("pst_lora_params_init") { () throws(PSTError) in
         let p = try required(p, "params")
         p.pointee = pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: 8, alpha: 8, dropout: 0,
-                                    use_rslora: 0, `init`: PST_LORA_INIT_KAIMING, seed: 0)
+                                    use_rslora: 0, init: PST_LORA_INIT_KAIMING, seed: 0)
     }
 }
 
@@ -228,7 +228,7 @@ public func pst_lora_adapter_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ na
         if let params {
             let c = a.config
             params.pointee = pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: Int32(c.r), alpha: c.alpha,
-                                             dropout: c.dropout, use_rslora: c.useRslora ? 1 : 0, `init`: c.initialization.rawValue, seed: c.seed)
+                                             dropout: c.dropout, use_rslora: c.useRslora ? 1 : 0, init: c.initialization.rawValue, seed: c.seed)
         }
         scaling?.pointee = a.scaling
         active?.pointee = l.active.contains { $0 === a } ? 1 : 0

@@ -144,8 +144,13 @@ public final class AdamW {
     /// budget (the other half takes the prefetch of the next chunk), or, for small budgets, in
     /// the whole budget (prefetch then finds little room). A range of B bytes pins at most
     /// ceil(B / pageSize) + 1 pages.
-    func chunkElements(_ q: Param) throws(PSTError) -> Int {
-        guard case .paged(let pager) = storage else { return q.count }
+    func chunkElements(_ q: Param) throws(PSTError) -> Int { try chunkPlan(q).elements }
+
+    /// The chunk size and whether there is room to prefetch the next chunk beside it (only when
+    /// the chunk fits in half the budget: a prefetch in flight holds its pages, and with a
+    /// whole-budget chunk it would leave the next pin no room).
+    func chunkPlan(_ q: Param) throws(PSTError) -> (elements: Int, prefetch: Bool) {
+        guard case .paged(let pager) = storage else { return (q.count, false) }
         let ps = pager.pageSize
         let budgetPages = pager.budget / ps
         func pages(_ e: Int) -> Int {
@@ -160,17 +165,22 @@ public final class AdamW {
         for avail in [budgetPages / 2, budgetPages] {
             var e = min(q.count + 255, avail * ps / perElement) / 256 * 256
             while e >= 256 && pages(e) > avail { e -= max(256, e / 8 / 256 * 256) }
-            if e >= 256 { return min(e, q.count) }
+            if e >= 256 { return (min(e, q.count), avail < budgetPages) }
         }
         throw .outOfMemory("the pager's budget (\(pager.budget) bytes) is too small for this paged optimizer "
                            + "with pageSize \(ps): a chunk of 256 elements pins \(pages(256)) pages")
     }
 
     /// (param index, lo, hi) chunks of one pass over all parameters.
-    func chunks() throws(PSTError) -> [(Int, Int, Int)] {
+    func chunks() throws(PSTError) -> [(Int, Int, Int)] { try chunkPlans().chunks }
+
+    /// The chunks of one pass, and whether every chunk leaves room to prefetch the next.
+    func chunkPlans() throws(PSTError) -> (chunks: [(Int, Int, Int)], prefetch: Bool) {
         var out: [(Int, Int, Int)] = []
+        var prefetchOK = true
         for (k, q) in params.enumerated() {
-            let e = try chunkElements(q)
+            let (e, pf) = try chunkPlan(q)
+            prefetchOK = prefetchOK && pf
             var lo = 0
             while lo < q.count {
                 let hi = min(q.count, lo + e)
@@ -178,7 +188,7 @@ public final class AdamW {
                 lo = hi
             }
         }
-        return out
+        return (out, prefetchOK)
     }
 
     /// Pins the state of elements [lo, hi) of `q`; returns the blob addresses (already offset).
@@ -216,11 +226,11 @@ public final class AdamW {
 
     /// Runs `kernel` on every chunk, pinning its state and prefetching the next chunk's.
     func forEachChunk(_ body: (Param, Int, Int, [UnsafeMutableRawPointer]) throws(PSTError) -> Void) throws(PSTError) {
-        let cs = try chunks()
+        let (cs, prefetchOK) = try chunkPlans()
         for (idx, (k, lo, hi)) in cs.enumerated() {
             let q = params[k]
             let ptrs = try pin(q, lo, hi)
-            if idx + 1 < cs.count {
+            if prefetchOK && idx + 1 < cs.count {
                 let (k2, lo2, hi2) = cs[idx + 1]
                 prefetch(params[k2], lo2, hi2)
             }

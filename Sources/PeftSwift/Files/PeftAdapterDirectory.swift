@@ -155,6 +155,14 @@ public enum PeftAdapterDirectory {
         }
         let config = try readConfig(directory)
         let file = try SafeTensorsFile(path: directory + "/" + weightsFileName)
+        try _load(config: config, file: file, into: modules, as: name, strict: strict)
+        return config
+    }
+
+    /// `load` after the files are read (arguments already checked): validates everything,
+    /// then attaches. Internal so that the fuzzer can drive it from memory.
+    static func _load(config: PeftLoraConfig, file: SafeTensorsFile, into modules: [PeftModule], as name: String,
+                      strict: Bool) throws(PSTError) {
         let fp = file.path
         var used = Set<String>()
         var prepared: [LoraAdapter] = []
@@ -204,7 +212,6 @@ public enum PeftAdapterDirectory {
             throw .invalidArgument("\(fp): tensor \(quoted(extra))\(others > 1 ? " (and \(others - 1) more)" : "") belongs to none of the given modules (load with strict: false to ignore)")
         }
         for (m, a) in zip(modules, prepared) { m.layer._attachLoadedAdapter(a) }
-        return config
     }
 }
 

@@ -185,4 +185,24 @@ import CPeftSwift
         e = try loadError { $0.append(SafeTensorsEntry(name: "bias", shape: [5], floats: [1, 2, 3, 4, 5])) }
         #expect(e?.status == PST_ERR_SHAPE && e?.message.contains("the weight [24, 40] has 24 rows") == true)
     }
+
+    /// With PST_FILES_EXPORT=<dir>: a checkpoint quantized and saved by peftswift (nf4 + double
+    /// quant with bias, fp4 plain) plus the weights it came from, for
+    /// Tests/fixtures/check_files_exports.py to load with bitsandbytes.
+    @Test func exportForPython() throws {
+        guard let out = ProcessInfo.processInfo.environment["PST_FILES_EXPORT"] else { return }
+        var layers: [BnbLayer] = [], src: [SafeTensorsEntry] = []
+        for (i, (qt, dq)) in [(QuantType.nf4, true), (.fp4, false)].enumerated() {
+            let (o, inF) = (48, 136)
+            let w = (0..<(o * inF)).map { Float(sin(Double($0) * 0.37 + Double(i))) * 0.2 }
+            let q = try w.withUnsafeBytes { try QuantizedTensor(quantizing: $0.baseAddress!, dtype: .f32, shape: [o, inF], type: qt, doubleQuant: dq) }
+            let bias = try AlignedBuffer<Float>((0..<o).map { Float($0) * 0.01 })
+            let m = "layers.\(i).proj"
+            layers.append(BnbLayer(module: m, weight: q, bias: bias))
+            src.append(SafeTensorsEntry(name: "\(m).w", shape: [o, inF], floats: w))
+            src.append(SafeTensorsEntry(name: "\(m).dequant", shape: [o, inF], floats: widenedValues(Self.dequant(q), .f32)))
+        }
+        try BnbCheckpoint.save(layers, to: out + "/bnb_checkpoint.safetensors")
+        try SafeTensorsWriter.write(src, to: out + "/bnb_checkpoint_src.safetensors")
+    }
 }

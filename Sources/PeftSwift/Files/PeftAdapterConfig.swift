@@ -139,7 +139,7 @@ public struct PeftLoraConfig: Equatable, Sendable {
         if let v = field("lora_dropout") {
             guard case .number(let n) = v else { throw bad("lora_dropout is \(v.kindName), expected a number") }
             let d = n.double
-            guard d >= 0 && d < 1 else { throw bad("lora_dropout (\(n.text)) must be in [0, 1)") }
+            guard d >= 0 && d < 1 && Float(d) < 1 else { throw bad("lora_dropout (\(n.text)) must be in [0, 1) (as a float32)") }
             c.loraDropout = d
         }
         if let b = try bool("use_rslora") { c.useRslora = b }

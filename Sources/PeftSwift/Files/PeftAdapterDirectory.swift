@@ -1,3 +1,5 @@
+import CPeftSwift
+
 // PEFT adapter directories (peft 0.21.2 PeftModel.save_pretrained / from_pretrained, measured;
 // FORMATS.md §1 and §5):
 //   adapter_config.json         json.dumps(config, indent=2, sort_keys=True)
@@ -195,7 +197,9 @@ public enum PeftAdapterDirectory {
             do throws(PSTError) {
                 adapter = try LoraAdapter(name: name, config: lc, inFeatures: layer.inFeatures, outFeatures: layer.outFeatures)
             } catch {
-                throw PSTError(status: error.status, "\(fp): module \(q): \(error.message)")
+                // LoraConfig's checks on values from the file: invalid arguments are corruption
+                let status = error.status == PST_ERR_INVALID_ARG ? PST_ERR_CORRUPT : error.status
+                throw PSTError(status: status, "\(fp): module \(q): \(error.message)")
             }
             try va.copyFloats(into: adapter.a.buffer)
             try vb.copyFloats(into: adapter.b.buffer)

@@ -221,7 +221,7 @@ struct MiniGGUF {
                     _ = try g.dequantize(t, reference: true)
                 }
                 _ = try? LlamaConfig(gguf: g)
-                // TOKENIZER_HOOK
+                _ = try? BPETokenizer(gguf: g)
             } catch {
                 failed += 1
                 #expect(error.status == PST_ERR_CORRUPT || error.status == PST_ERR_UNSUPPORTED, "\(error)")

@@ -241,3 +241,52 @@ struct TokenizerLiveTests {
         } catch { Issue.record("\(error)") }
     }
 }
+
+/// Timings (PST_LLM_BENCH=1, in release: `PST_LLM_BENCH=1 swift test -c release --filter TokenizerBench`).
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["PST_LLM_BENCH"] == "1" && smollm2Path != nil))
+struct TokenizerBenchTests {
+    func ms(_ body: () throws -> Void) rethrows -> Double {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try body()
+        return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+    }
+
+    @Test func timings() throws {
+        let path = try #require(smollm2Path)
+        var g: GGUFFile! = nil
+        let open = try ms { g = try GGUFFile(path: path) }
+        var tok: BPETokenizer! = nil
+        let load = try ms { tok = try BPETokenizer(gguf: g) }
+        let cfg = try ms { _ = try LlamaConfig(gguf: g) }
+        var total = 0
+        var fast = 0.0, ref = 0.0
+        for t in g.tensors {
+            let buf = try AlignedBuffer<Float>(count: t.elementCount)
+            try g.dequantize(t, into: buf.baseAddress, count: buf.count)   // fault the pages in
+            fast += try ms { try g.dequantize(t, into: buf.baseAddress, count: buf.count) }
+            ref += try ms { try g.dequantize(t, into: buf.baseAddress, count: buf.count, reference: true) }
+            total += t.elementCount
+        }
+        print(String(format: "GGUF open %.1f ms, LlamaConfig %.1f ms, tokenizer load %.1f ms", open, cfg, load))
+        print(String(format: "dequantize all %d tensors (%d floats): fast %.1f ms, reference %.1f ms (%d threads)",
+                     g.tensors.count, total, fast, ref, Threads.count))
+        let saved = Threads.count
+        Threads.count = 1
+        var one = 0.0
+        for t in g.tensors {
+            let buf = try AlignedBuffer<Float>(count: t.elementCount)
+            try g.dequantize(t, into: buf.baseAddress, count: buf.count)
+            one += try ms { try g.dequantize(t, into: buf.baseAddress, count: buf.count) }
+        }
+        Threads.count = saved
+        print(String(format: "dequantize all, fast path on 1 thread: %.1f ms", one))
+        let prose = String(repeating: "The quick brown fox jumps over the lazy dog, and then it runs back home to sleep. It's 2024; we've got 3 cats! ", count: 9000)
+        for kind in [BPEPreTokenizer.digitsThenGPT2, .gpt2] {
+            let tk = try BPETokenizer(gguf: g, preTokenizer: kind)
+            var n = 0
+            let t = ms { n = tk.encode(prose).count }
+            print(String(format: "English prose (%@) %d bytes -> %d ids: %.1f ms", "\(kind)", prose.utf8.count, n, t))
+        }
+        _ = tok
+    }
+}

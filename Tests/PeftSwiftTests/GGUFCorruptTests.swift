@@ -231,3 +231,102 @@ struct MiniGGUF {
         #expect(parsed > 50 && failed > 1000, "parsed \(parsed), failed \(failed)")
     }
 }
+
+/// Hostile tokenizer metadata: a small GGUF carrying a byte-level vocabulary, mutated with a
+/// seeded loop. Each result opens or throws cleanly; a tokenizer that loads encodes and decodes.
+@Suite struct GGUFTokenizerCorruptTests {
+    static func tokenizerGGUF() -> [UInt8] {
+        var g = MiniGGUF()
+        g.kv("general.architecture", string: "llama")
+        g.kv("tokenizer.ggml.model", string: "gpt2")
+        g.kv("tokenizer.ggml.pre", string: "smollm")
+        var toks = (0..<256).map { String(Character(Unicode.Scalar(_byteToUnicode[$0])!)) }
+        toks += ["<s>", "Ġt", "he", "Ġthe"]
+        var arr = MiniGGUF.le(UInt32(8)) + MiniGGUF.le(UInt64(toks.count))
+        for t in toks { arr += MiniGGUF.str(t) }
+        g.kvs.append(("tokenizer.ggml.tokens", 9, arr))
+        var types = MiniGGUF.le(UInt32(5)) + MiniGGUF.le(UInt64(toks.count))
+        for i in 0..<toks.count { types += MiniGGUF.le(Int32(i == 256 ? 3 : 1)) }
+        g.kvs.append(("tokenizer.ggml.token_type", 9, types))
+        var merges = MiniGGUF.le(UInt32(8)) + MiniGGUF.le(UInt64(3))
+        for m in ["Ġ t", "h e", "Ġt he"] { merges += MiniGGUF.str(m) }
+        g.kvs.append(("tokenizer.ggml.merges", 9, merges))
+        g.kv("tokenizer.ggml.bos_token_id", u32: 256)
+        g.kvs.append(("tokenizer.ggml.add_bos_token", 7, [1]))
+        return g.bytes()
+    }
+
+    @Test func validTokenizerFile() throws {
+        let g = try GGUFFile(bytes: Self.tokenizerGGUF(), name: "tok.gguf")
+        let t = try BPETokenizer(gguf: g)
+        #expect(t.preTokenizer == .digitsThenGPT2 && t.addBOSByDefault && t.bosID == 256)
+        #expect(t.encode(" the 12") == [256, 259, Int32(t.tokenID("Ġ")!), Int32(t.tokenID("1")!), Int32(t.tokenID("2")!)])
+        #expect(t.decode(t.encode("<s> the"), skipSpecial: true) == " the")
+    }
+
+    @Test func badTokenizerMetadata() throws {
+        func expectFail(_ bytes: [UInt8], _ fragment: String, status: Int32) {
+            do {
+                let g = try GGUFFile(bytes: bytes, name: "tok.gguf")
+                _ = try BPETokenizer(gguf: g)
+                Issue.record("expected '\(fragment)'")
+            } catch {
+                #expect(error.status == status && error.message.hasPrefix("tok.gguf: ") && error.message.contains(fragment), "\(error)")
+            }
+        }
+        let base = Self.tokenizerGGUF()
+        func replacing(_ a: String, _ b: String) -> [UInt8] {
+            // same-length replacement of a metadata string
+            let ab = Array(a.utf8), bb = Array(b.utf8)
+            var out = base
+            for i in 0...(out.count - ab.count) where Array(out[i..<(i + ab.count)]) == ab {
+                out.replaceSubrange(i..<(i + ab.count), with: bb); break
+            }
+            return out
+        }
+        expectFail(replacing("gpt2", "llam"), "tokenizer model 'llam'", status: PST_ERR_UNSUPPORTED)
+        expectFail(replacing("smollm", "qwen2x"), "pre-tokenizer 'qwen2x'", status: PST_ERR_UNSUPPORTED)
+        expectFail(replacing("Ġt he", "Ġt hx"), "missing from the vocabulary", status: PST_ERR_CORRUPT)
+        expectFail(replacing("h e", "h_e"), "not two symbols", status: PST_ERR_CORRUPT)
+        // bos id outside the vocabulary
+        var b = base
+        let key = Array("tokenizer.ggml.bos_token_id".utf8)
+        for i in 0...(b.count - key.count) where Array(b[i..<(i + key.count)]) == key {
+            b.replaceSubrange((i + key.count + 4)..<(i + key.count + 8), with: MiniGGUF.le(UInt32(5000))); break
+        }
+        expectFail(b, "outside the vocabulary", status: PST_ERR_CORRUPT)
+    }
+
+    @Test func seededMutations() throws {
+        let full = Self.tokenizerGGUF()
+        var s: UInt64 = 0xD1B5_4A32_D192_ED03
+        func next() -> UInt64 { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s }
+        func rnd(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
+        var loaded = 0
+        for _ in 0..<2000 {
+            var b = full
+            for _ in 0..<(1 + rnd(3)) {
+                switch rnd(4) {
+                case 0: b[rnd(b.count)] = UInt8(truncatingIfNeeded: next())
+                case 1:
+                    let p = rnd(max(1, b.count - 8))
+                    let v: UInt64 = [0, 1, 255, 256, 1 << 32, UInt64.max][rnd(6)]
+                    if p + 8 <= b.count { b.replaceSubrange(p..<(p + 8), with: MiniGGUF.le(v)) }
+                case 2: b = Array(b[0..<rnd(b.count)])
+                default: if !b.isEmpty { b.remove(at: rnd(b.count)) }
+                }
+            }
+            do {
+                let g = try GGUFFile(bytes: b, name: "mut.gguf")
+                let t = try BPETokenizer(gguf: g)
+                loaded += 1
+                let ids = t.encode("<s> the 12 héllo\u{4}  world\n", parseSpecial: rnd(2) == 0)
+                _ = t.decode(ids + [-5, 1 << 30], skipSpecial: rnd(2) == 0)
+            } catch {
+                #expect([PST_ERR_CORRUPT, PST_ERR_UNSUPPORTED, PST_ERR_NOT_FOUND].contains(error.status), "\(error)")
+                #expect(error.message.hasPrefix("mut.gguf: "), "\(error)")
+            }
+        }
+        #expect(loaded > 100, "loaded \(loaded)")
+    }
+}

@@ -335,7 +335,7 @@ public final class GGUFFile: @unchecked Sendable {
     public convenience init(bytes: [UInt8], name: String = "<memory>") throws(PSTError) {
         guard !bytes.isEmpty else { throw .corrupt("\(name): empty file (no GGUF header)") }
         guard let p = malloc(bytes.count) else { throw .outOfMemory("\(name): cannot allocate \(bytes.count) bytes") }
-        bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        bytes.withUnsafeBytes { if let b = $0.baseAddress { p.copyMemory(from: b, byteCount: bytes.count) } }
         do {
             try self.init(base: UnsafeRawPointer(p), size: bytes.count, mapped: false, name: name)
         } catch {

@@ -17,10 +17,6 @@
 //    become a String with U+FFFD for each maximal invalid subsequence (Rust's
 //    String::from_utf8_lossy; Swift's UTF-8 decoding repairs the same way).
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// GPT-2's byte -> code point map (`bytes_to_unicode`).
 let _byteToUnicode: [UInt32] = {
     var m = [UInt32](repeating: 0, count: 256)
@@ -241,7 +237,11 @@ public final class BPETokenizer: @unchecked Sendable {
                 if !group.isEmpty {
                     for cand in group where parseSpecial || !cand.2 {
                         let c = cand.0
-                        if c.count <= n - i && c.withUnsafeBufferPointer({ memcmp($0.baseAddress!, buf.baseAddress! + i, c.count) == 0 }) {
+                        if c.count <= n - i && c.withUnsafeBufferPointer({ cb in
+                            var k = 0
+                            while k < cb.count && cb[k] == buf[i + k] { k += 1 }
+                            return k == cb.count
+                        }) {
                             matched = cand
                             break   // longest first
                         }

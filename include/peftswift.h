@@ -98,6 +98,7 @@ typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;
 typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
 typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
 typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
+typedef struct pst_safetensors { uint8_t pst_reserved_; } pst_safetensors;
 
 /* ---- LoRA */
 #define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
@@ -208,6 +209,18 @@ typedef struct pst_adamw_params {
     int32_t min_8bit_size;  /* 8-bit only: parameters with fewer elements keep fp32 state (4096) */
 } pst_adamw_params;
 
+/* ---- Files. A tensor of a safetensors file (read: pointers borrowed from the open file, valid
+ * until pst_safetensors_free; write: the caller's, read during the call only). */
+typedef struct pst_tensor {
+    size_t struct_size;            /* sizeof(pst_tensor) */
+    const char *name;              /* UTF-8, NUL-terminated */
+    const char *dtype;             /* the safetensors dtype: "F32", "F16", "BF16", "U8", "I8", "I32", "I64", ... */
+    int32_t ndim;                  /* 0 (a scalar) ... PST_MAX_DIMS */
+    int64_t shape[PST_MAX_DIMS];
+    const void *data;              /* little-endian elements, row-major */
+    int64_t byte_count;            /* product(shape) * element size */
+} pst_tensor;
+
 #if defined(__cplusplus)
 #  define PST_NOEXCEPT noexcept
 extern "C" {
@@ -260,6 +273,102 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_set_num_threads(int32_t n) PST_NOEXCE
  * Returns the number of threads the kernels use.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_get_num_threads(void) PST_NOEXCEPT;
+
+/* ---- from Sources/PeftSwift/CAPI/CAPI+Files.swift ------------------------------------------------- */
+
+/**
+ * Opens a safetensors file by memory-mapping it; the header is checked completely (length,
+ * JSON, dtypes, shapes against offsets, offsets in range, no overlaps or gaps). Tensors are
+ * handed out without copying. Free with pst_safetensors_free.
+ * Errors: PST_ERR_IO (cannot open/map), PST_ERR_CORRUPT (malformed file; the message names
+ * the file and the problem), PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_open(char const * path, pst_safetensors * * out_) PST_NOEXCEPT;
+
+/**
+ * Closes a file opened by pst_safetensors_open (unmapping it); NULL is a no-op. Pointers
+ * from pst_safetensors_tensor_at/_find/_metadata_at become invalid.
+ */
+PST_API void pst_safetensors_free(pst_safetensors * st) PST_NOEXCEPT;
+
+/**
+ * Writes the number of tensors to *count and of __metadata__ entries to *metadata_count
+ * (either may be NULL).
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_count(pst_safetensors * st, int64_t * count, int64_t * metadata_count) PST_NOEXCEPT;
+
+/**
+ * Describes tensor index (0 ... count-1, in the file's data order) in *out (out->struct_size
+ * must be sizeof(pst_tensor)); out->data points into the mapping, no copy.
+ * Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_tensor_at(pst_safetensors * st, int64_t index, pst_tensor * out_) PST_NOEXCEPT;
+
+/**
+ * Describes the tensor called name in *out (as pst_safetensors_tensor_at).
+ * Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_find(pst_safetensors * st, char const * name, pst_tensor * out_) PST_NOEXCEPT;
+
+/**
+ * The index-th __metadata__ entry: *key and *value point to NUL-terminated strings owned by
+ * the file handle.
+ * Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_metadata_at(pst_safetensors * st, int64_t index, char const * * key, char const * * value) PST_NOEXCEPT;
+
+/**
+ * Writes count tensors (and meta_count __metadata__ string pairs; the arrays may be NULL when
+ * meta_count is 0) to path as safetensors, laid out as the Python package does (by dtype
+ * alignment, then name; header padded to 8 bytes). The file is written to a temporary name in
+ * the same directory, fsynced and renamed over path: an existing file is never left half
+ * written. Tensor data is read during the call only.
+ * Errors: PST_ERR_INVALID_ARG (NULLs, unknown dtype, byte_count disagreeing with the shape,
+ * duplicate names), PST_ERR_IO.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_write(char const * path, pst_tensor const * tensors, int64_t count, char const * const * meta_keys, char const * const * meta_values, int64_t meta_count) PST_NOEXCEPT;
+
+/**
+ * Saves adapter adapter_name of count layers as a PEFT adapter directory (created if
+ * missing): adapter_model.safetensors with base_model.model.<module_paths[i]>.lora_A.weight
+ * (r x in) and .lora_B.weight (out x r), and adapter_config.json with the fields PEFT writes
+ * (peft_type "LORA", r, lora_alpha, lora_dropout, use_rslora, target_modules, ...).
+ * module_paths are the model's own names (e.g. "model.layers.0.self_attn.q_proj"), so
+ * PeftModel.from_pretrained loads the directory onto the matching model.
+ * base_model_name_or_path may be NULL. Files are written atomically.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (a layer lacks the adapter), PST_ERR_IO.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_peft_save(char const * directory, char const * adapter_name, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * base_model_name_or_path) PST_NOEXCEPT;
+
+/**
+ * Loads a PEFT adapter directory (as PEFT or peftswift saved it) into count layers under
+ * the name as_name: every tensor and config field is checked first (r and shapes against
+ * each layer, types of the config fields) and only then is the adapter added to all layers:
+ * never partly loaded. Each layer's module path selects its tensors.
+ * Errors: PST_ERR_IO, PST_ERR_CORRUPT (malformed files, with the file named),
+ * PST_ERR_NOT_FOUND (a tensor the layers need is missing), PST_ERR_SHAPE, PST_ERR_EXISTS
+ * (as_name taken), PST_ERR_UNSUPPORTED, PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_peft_load(char const * directory, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * as_name) PST_NOEXCEPT;
+
+/**
+ * Saves count 4-bit layers as a bitsandbytes Linear4bit checkpoint (safetensors) with
+ * bitsandbytes' keys under each module prefix: weight, weight.absmax, weight.quant_map,
+ * weight.nested_absmax, weight.nested_quant_map, weight.quant_state.bitsandbytes__nf4|fp4,
+ * and bias when biases[i] is not NULL (shape[0] floats). biases may be NULL. Atomic write.
+ * Errors: PST_ERR_INVALID_ARG (a weight not 2-D, NULLs), PST_ERR_IO.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_bnb_save(char const * path, pst_quant * const * weights, float const * const * biases, char const * const * modules, int32_t count) PST_NOEXCEPT;
+
+/**
+ * Loads one Linear4bit layer (module prefix module, "" for none) from a bitsandbytes
+ * checkpoint: *weight receives a new pst_quant (free it), and when the checkpoint has a bias
+ * and bias is not NULL, bias_capacity >= shape[0] floats of it are copied; *has_bias (may be
+ * NULL) says whether there was one. Every field is validated against the others.
+ * Errors: PST_ERR_IO, PST_ERR_CORRUPT, PST_ERR_NOT_FOUND, PST_ERR_SHAPE, PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_bnb_load(char const * path, char const * module_, pst_quant * * weight, float * bias, ptrdiff_t bias_capacity, int32_t * has_bias) PST_NOEXCEPT;
 
 /* ---- from Sources/PeftSwift/CAPI/CAPI+LoRA.swift -------------------------------------------------- */
 

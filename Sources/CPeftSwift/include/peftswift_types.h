@@ -62,6 +62,7 @@ typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;
 typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
 typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
 typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
+typedef struct pst_safetensors { uint8_t pst_reserved_; } pst_safetensors;
 
 /* ---- LoRA */
 #define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
@@ -171,5 +172,17 @@ typedef struct pst_adamw_params {
     int32_t state_format;   /* PST_OPTIM_STATE_F32 (default) or PST_OPTIM_STATE_8BIT */
     int32_t min_8bit_size;  /* 8-bit only: parameters with fewer elements keep fp32 state (4096) */
 } pst_adamw_params;
+
+/* ---- Files. A tensor of a safetensors file (read: pointers borrowed from the open file, valid
+ * until pst_safetensors_free; write: the caller's, read during the call only). */
+typedef struct pst_tensor {
+    size_t struct_size;            /* sizeof(pst_tensor) */
+    const char *name;              /* UTF-8, NUL-terminated */
+    const char *dtype;             /* the safetensors dtype: "F32", "F16", "BF16", "U8", "I8", "I32", "I64", ... */
+    int32_t ndim;                  /* 0 (a scalar) ... PST_MAX_DIMS */
+    int64_t shape[PST_MAX_DIMS];
+    const void *data;              /* little-endian elements, row-major */
+    int64_t byte_count;            /* product(shape) * element size */
+} pst_tensor;
 
 #endif /* PEFTSWIFT_TYPES_H */

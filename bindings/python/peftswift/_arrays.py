@@ -41,9 +41,11 @@ def to_numpy(x, *, what: str = "A"):
         a = t.numpy()
         return a, _float_code(a.dtype), True
     a = np.asarray(x)
+    if not a.flags.c_contiguous:  # (np.ascontiguousarray would also turn a 0-d array into 1-d)
+        a = np.ascontiguousarray(a)
     if a.dtype.name == "bfloat16":
-        return np.ascontiguousarray(a).view(np.uint16), BF16, False
-    return np.ascontiguousarray(a), _float_code(a.dtype), False
+        return a.view(np.uint16), BF16, False
+    return a, _float_code(a.dtype), False
 
 
 def _float_code(dt):

@@ -122,8 +122,9 @@ static PyMethodDef methods_core[] = {
 #include "quant.inc.c"
 #include "lora.inc.c"
 #include "optim.inc.c"
+#include "files.inc.c"
 
-static PyMethodDef *native_parts[] = {methods_quant, methods_lora, methods_optim, NULL};
+static PyMethodDef *native_parts[] = {methods_quant, methods_lora, methods_optim, methods_files, NULL};
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "peftswift._native",

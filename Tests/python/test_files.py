@@ -1,0 +1,270 @@
+"""Files through the engine, against the real safetensors, PEFT and bitsandbytes packages."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import peftswift
+
+warnings.filterwarnings("ignore")
+safetensors_np = pytest.importorskip("safetensors.numpy")
+peft = pytest.importorskip("peft")
+bnb = pytest.importorskip("bitsandbytes")
+
+
+def sample_tensors(rng):
+    return {
+        "w.f32": rng.standard_normal((7, 5)).astype(np.float32),
+        "w.f16": rng.standard_normal((3, 4)).astype(np.float16),
+        "w.bf16": rng.standard_normal((2, 9)).astype(ml_dtypes.bfloat16),
+        "ids.i64": rng.integers(-2**40, 2**40, (6,), dtype=np.int64),
+        "ids.i32": rng.integers(-1000, 1000, (2, 2, 2), dtype=np.int32),
+        "codes.u8": rng.integers(0, 255, (11,), dtype=np.uint8),
+        "q.i8": rng.integers(-128, 127, (4,), dtype=np.int8),
+        "scalar": np.array(3.5, dtype=np.float32),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+    }
+
+
+def test_safetensors_both_ways_bit_exact(rng, tmp_path):
+    t = sample_tensors(rng)
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    peftswift.files.save_file(t, ours, metadata={"format": "pt"})
+    safetensors_np.save_file(t, str(theirs), metadata={"format": "pt"})
+    assert ours.read_bytes() == theirs.read_bytes()  # the same bytes as the Python package
+    back = safetensors_np.load_file(str(ours))
+    mine = peftswift.files.load_file(theirs)
+    assert set(back) == set(mine) == set(t)
+    for k, v in t.items():
+        assert back[k].dtype == v.dtype and mine[k].dtype == v.dtype and mine[k].shape == v.shape
+        assert back[k].tobytes() == v.tobytes() == mine[k].tobytes()
+    assert peftswift.files.load_metadata(theirs) == {"format": "pt"}
+    assert not mine["w.f32"].flags.writeable
+
+
+def test_safetensors_bad_files_are_clear_errors(tmp_path):
+    good = tmp_path / "good.safetensors"
+    safetensors_np.save_file({"a": np.arange(10, dtype=np.float32)}, str(good))
+    data = good.read_bytes()
+    cases = {
+        "truncated": data[:-4],
+        "header_beyond_file": (10**6).to_bytes(8, "little") + data[8:],
+        "bad_json": data[:8] + b"[" + data[9:],
+        "short": b"\x01\x02",
+    }
+    for name, blob in cases.items():
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(blob)
+        with pytest.raises(peftswift.CorruptDataError) as e:
+            peftswift.files.load_file(p)
+        assert p.name in str(e.value), str(e.value)
+    with pytest.raises(peftswift.IOError):
+        peftswift.files.load_file(tmp_path / "missing.safetensors")
+
+
+def test_failed_write_leaves_existing_file_intact(tmp_path):
+    """A write that fails mid-way (file size limit: EFBIG) leaves the old file as it was and
+    no temporary file behind."""
+    target = tmp_path / "model.safetensors"
+    safetensors_np.save_file({"old": np.ones(4, dtype=np.float32)}, str(target))
+    before = target.read_bytes()
+    code = f"""
+import resource, signal, numpy as np, peftswift
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+try:
+    peftswift.files.save_file({{"big": np.ones(1 << 20, dtype=np.float32)}}, {str(target)!r})
+except peftswift.IOError as e:
+    print("IOError", e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "IOError" in r.stdout, r.stdout + r.stderr
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
+
+
+class Tiny(torch.nn.Module):
+    """Module names as in a transformer: model.layers.N.self_attn.q_proj / mlp.down_proj."""
+
+    def __init__(self, linear=torch.nn.Linear):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList()
+        for _ in range(2):
+            layer = torch.nn.Module()
+            layer.self_attn = torch.nn.Module()
+            layer.self_attn.q_proj = linear(64, 32)
+            layer.mlp = torch.nn.Module()
+            layer.mlp.down_proj = linear(32, 64)
+            self.model.layers.append(layer)
+
+    def forward(self, x):
+        outs = []
+        for l in self.model.layers:
+            outs.append(l.mlp.down_proj(l.self_attn.q_proj(x)))
+        return torch.cat(outs, -1)
+
+
+PATHS = [f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.q_proj", "mlp.down_proj")]
+
+
+def module(model, path):
+    m = model
+    for part in path.split("."):
+        m = m[int(part)] if part.isdigit() else getattr(m, part)
+    return m
+
+
+def our_layers(model):
+    out = {}
+    for p in PATHS:
+        lin = module(model, p)
+        out[p] = peftswift.LoraLinear(lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy())
+    return out
+
+
+def run_ours(layers, x):
+    ys = []
+    for i in range(2):
+        h = layers[f"model.layers.{i}.self_attn.q_proj"].eval()(x)
+        ys.append(layers[f"model.layers.{i}.mlp.down_proj"].eval()(h))
+    return np.concatenate(ys, -1)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_adapter_saved_by_peftswift_loads_in_peft(rng, tmp_path, rslora):
+    torch.manual_seed(0)
+    base = Tiny()
+    layers = our_layers(base)
+    for p, l in layers.items():
+        l.add_adapter("default", r=4, lora_alpha=8, use_rslora=rslora)
+        l.lora_B()[...] = rng.standard_normal(l.lora_B().shape).astype(np.float32) * 0.1
+    peftswift.save_adapter(tmp_path / "ad", layers, base_model_name_or_path="tiny")
+    cfg = json.loads((tmp_path / "ad/adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["use_rslora"] == rslora
+    pm = peft.PeftModel.from_pretrained(base, str(tmp_path / "ad")).eval()
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = pm(torch.from_numpy(x)).numpy()
+    got = run_ours(layers, x)
+    assert np.abs(got - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("rslora,dropout", [(False, 0.0), (True, 0.1)])
+def test_adapter_saved_by_peft_loads_into_peftswift(rng, tmp_path, rslora, dropout):
+    torch.manual_seed(1)
+    base = Tiny()
+    layers = our_layers(base)
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, use_rslora=rslora, bias="none",
+                          target_modules=["q_proj", "down_proj"])
+    pm = peft.get_peft_model(base, cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * 0.1)
+    pm.save_pretrained(str(tmp_path / "ad"))
+    pm.eval()
+    peftswift.load_adapter(tmp_path / "ad", layers, "loaded")
+    for l in layers.values():
+        l.set_adapter("loaded")
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = pm(torch.from_numpy(x)).numpy()
+    got = run_ours(layers, x)
+    assert np.abs(got - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+    # two adapters side by side, each from its own directory
+    peftswift.load_adapter(tmp_path / "ad", layers, "again")
+    with pytest.raises(peftswift.ExistsError):
+        peftswift.load_adapter(tmp_path / "ad", layers, "again")
+
+
+def test_adapter_on_4bit_base_loads_in_peft(rng, tmp_path):
+    """peftswift's QLoRA layers (nf4 + double quant) save an adapter that PEFT loads onto a
+    model of bitsandbytes Linear4bit layers with the same weights; outputs agree."""
+    torch.manual_seed(2)
+    dense = Tiny()
+    qmodel = Tiny(lambda i, o: bnb.nn.Linear4bit(i, o, bias=True, compute_dtype=torch.float32, quant_type="nf4",
+                                                 compress_statistics=True))
+    layers = {}
+    for p in PATHS:
+        d, q = module(dense, p), module(qmodel, p)
+        q.weight = bnb.nn.Params4bit(d.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True)
+        q.bias = torch.nn.Parameter(d.bias.data.clone(), requires_grad=False)
+    qmodel = qmodel.to("cpu")
+    qmodel.is_loaded_in_4bit = True
+    for p in PATHS:
+        sd = module(qmodel, p).state_dict()
+        st = peftswift.QuantState.from_dict({k[7:]: v for k, v in sd.items() if k.startswith("weight.")})
+        l = peftswift.LoraLinear.quantized(sd["weight"].numpy(), st, sd["bias"].numpy())
+        l.add_adapter("default", r=4, lora_alpha=8)
+        l.lora_B()[...] = rng.standard_normal(l.lora_B().shape).astype(np.float32) * 0.1
+        layers[p] = l
+    peftswift.save_adapter(tmp_path / "qad", layers)
+    pm = peft.PeftModel.from_pretrained(qmodel, str(tmp_path / "qad")).eval()
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = pm(torch.from_numpy(x)).numpy()
+    got = run_ours(layers, x)
+    assert np.abs(got - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+
+
+def test_bad_adapter_directories(rng, tmp_path):
+    base = Tiny()
+    layers = our_layers(base)
+    for l in layers.values():
+        l.add_adapter("default", r=4, lora_alpha=8)
+    peftswift.save_adapter(tmp_path / "ad", layers)
+    cfgp = tmp_path / "ad/adapter_config.json"
+    cfg = json.loads(cfgp.read_text())
+    fresh = our_layers(base)
+    cfg["r"] = "four"
+    cfgp.write_text(json.dumps(cfg))
+    with pytest.raises(peftswift.CorruptDataError, match="adapter_config.json"):
+        peftswift.load_adapter(tmp_path / "ad", fresh, "x")
+    cfg["r"] = 8  # disagrees with the tensors
+    cfgp.write_text(json.dumps(cfg))
+    with pytest.raises(peftswift.Error):
+        peftswift.load_adapter(tmp_path / "ad", fresh, "x")
+    for l in fresh.values():  # nothing was partly loaded
+        with pytest.raises(peftswift.NotFoundError):
+            l.adapter_info("x")
+    extra = dict(fresh)
+    extra["model.layers.9.mlp.down_proj"] = peftswift.LoraLinear(np.eye(64, 32, dtype=np.float32))
+    cfg["r"] = 4
+    cfgp.write_text(json.dumps(cfg))
+    with pytest.raises(peftswift.NotFoundError):
+        peftswift.load_adapter(tmp_path / "ad", extra, "x")
+
+
+@pytest.mark.parametrize("qt", ["nf4", "fp4"])
+@pytest.mark.parametrize("dq", [False, True])
+def test_bnb_checkpoints_both_ways(rng, tmp_path, qt, dq):
+    from safetensors.torch import load_file as tload, save_file as tsave
+
+    lin = torch.nn.Linear(96, 40, bias=True)
+    q = bnb.nn.Linear4bit(96, 40, bias=True, quant_type=qt, compress_statistics=dq, compute_dtype=torch.float32)
+    q.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type=qt, compress_statistics=dq)
+    q.bias = torch.nn.Parameter(lin.bias.data.clone())
+    q = q.to("cpu")
+    ref = bnb.functional.dequantize_4bit(q.weight.data, q.weight.quant_state).numpy()
+    # bitsandbytes -> peftswift
+    tsave({f"proj.{k}": v.contiguous() for k, v in q.state_dict().items()}, str(tmp_path / "bnb.safetensors"))
+    packed, state, bias = peftswift.load_bnb_checkpoint(tmp_path / "bnb.safetensors", "proj")
+    np.testing.assert_array_equal(peftswift.dequantize_4bit(packed, state), ref)
+    np.testing.assert_array_equal(bias, lin.bias.detach().numpy())
+    # peftswift -> bitsandbytes: the same tensors, bytes included
+    peftswift.save_bnb_checkpoint(tmp_path / "ours.safetensors", {"proj": (packed, state, bias)})
+    sd = tload(str(tmp_path / "ours.safetensors"))
+    orig = tload(str(tmp_path / "bnb.safetensors"))
+    assert sorted(sd) == sorted(orig)
+    for k in sd:
+        assert torch.equal(sd[k], orig[k]), k
+    w = {k[len("proj.weight."):]: v for k, v in sd.items() if k.startswith("proj.weight.")}
+    p4 = bnb.nn.Params4bit.from_prequantized(data=sd["proj.weight"], quantized_stats=w, device="cpu")
+    np.testing.assert_array_equal(bnb.functional.dequantize_4bit(p4.data, p4.quant_state).numpy(), ref)

@@ -1,0 +1,127 @@
+"""Files from the engine: safetensors (memory-mapped, zero-copy reads; atomic writes), PEFT
+adapter directories, and bitsandbytes Linear4bit checkpoints."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import _arrays, _native
+from .lora import LoraLinear, _Borrowed
+from .quant import QuantState, _QUANT_TYPES, _f32
+
+# safetensors dtype -> numpy typestr (BF16 comes out as ml_dtypes.bfloat16 when available)
+_TYPESTR = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+            "I8": "|i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "|u1", "BOOL": "|b1"}
+_FROM_NUMPY = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+               "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
+
+
+class _File:
+    """Keeps an open (mapped) safetensors file alive while any array view of it exists."""
+
+    def __init__(self, path: str):
+        self._h = _native.st_open(str(path))
+
+
+def load_file(path) -> Dict[str, np.ndarray]:
+    """All tensors of a safetensors file as read-only numpy arrays that view the memory-mapped
+    file (no copy; the mapping lives as long as any of them). Like safetensors.numpy.load_file."""
+    f = _File(path)
+    out = {}
+    for name, dtype, shape, addr, nbytes in _native.st_tensors(f._h):
+        ts = _TYPESTR.get(dtype)
+        if ts is None:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy cannot hold")
+        count = int(np.prod(shape)) if shape else 1
+        if nbytes == 0:
+            arr = np.empty(shape, dtype=np.dtype(ts))
+        else:
+            arr = np.asarray(_Borrowed(f, addr, (count,), ts)).reshape(shape)
+        arr.flags.writeable = False
+        if dtype == "BF16":
+            arr = _arrays.wrap(arr, _arrays.BF16, False)
+        out[name] = arr
+    return out
+
+
+def load_metadata(path) -> Dict[str, str]:
+    """The file's __metadata__ (empty when it has none)."""
+    return _native.st_metadata(_File(path)._h)
+
+
+def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Writes tensors (numpy arrays, ml_dtypes bfloat16 arrays or CPU torch tensors) as a
+    safetensors file laid out as the Python package does; atomically (temporary file, fsync,
+    rename): an existing file is never left half written."""
+    items = []
+    keep = []
+    for name, t in tensors.items():
+        a, code, _ = _arrays.to_numpy(t, what=str(name))
+        dname = "bfloat16" if code == _arrays.BF16 else a.dtype.name
+        st = _FROM_NUMPY.get(dname)
+        if st is None:
+            raise TypeError(f"tensor {name!r} has dtype {dname}, which safetensors cannot store")
+        keep.append(a)
+        items.append((str(name), st, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8)))
+    _native.st_write(str(path), items, None if metadata is None else {str(k): str(v) for k, v in metadata.items()})
+
+
+def save_adapter(directory, modules: Mapping[str, LoraLinear], adapter_name: str = "default",
+                 base_model_name_or_path: Optional[str] = None) -> None:
+    """Saves one adapter of several layers as PEFT does (adapter_model.safetensors +
+    adapter_config.json). modules maps the model's module paths (e.g.
+    "model.layers.0.self_attn.q_proj") to layers, so PeftModel.from_pretrained loads the
+    directory onto the matching model."""
+    paths = list(modules)
+    _native.peft_save(str(directory), adapter_name, [modules[p]._h for p in paths], paths, base_model_name_or_path)
+
+
+def load_adapter(directory, modules: Mapping[str, LoraLinear], adapter_name: str = "default") -> None:
+    """Loads a PEFT adapter directory into the layers under adapter_name: all-or-nothing (every
+    file, field and shape is checked before any layer changes)."""
+    paths = list(modules)
+    _native.peft_load(str(directory), [modules[p]._h for p in paths], paths, adapter_name)
+
+
+def _quant_capsule(packed, state: QuantState):
+    p, _, _ = _arrays.to_numpy(packed, what="packed")
+    nested = state.nested
+    return _native.quant_from_state(
+        np.ascontiguousarray(p, dtype=np.uint8), np.ascontiguousarray(_arrays.to_numpy(state.absmax)[0]),
+        _f32(state.code, "code"), _f32(state.state2.absmax, "nested_absmax") if nested else None,
+        _f32(state.state2.code, "nested_code") if nested else None, float(state.offset) if nested else 0.0,
+        tuple(state.shape), _arrays.dtype_code(state.dtype), _QUANT_TYPES[state.quant_type], int(state.blocksize),
+        int(state.state2.blocksize) if nested else 256)
+
+
+def save_bnb_checkpoint(path, layers: Mapping[str, Tuple]) -> None:
+    """Writes 4-bit layers as a bitsandbytes Linear4bit checkpoint (safetensors with
+    bitsandbytes' keys under each module prefix). layers: module -> (packed, QuantState[, bias])."""
+    mods, caps, biases = [], [], []
+    for m, v in layers.items():
+        packed, state = v[0], v[1]
+        bias = v[2] if len(v) > 2 else None
+        mods.append(m)
+        caps.append(_quant_capsule(packed, state))
+        biases.append(None if bias is None else _f32(bias, "bias"))
+    _native.bnb_save(str(path), caps, biases, mods)
+
+
+def load_bnb_checkpoint(path, module: str = "") -> Tuple[np.ndarray, QuantState, Optional[np.ndarray]]:
+    """Reads one Linear4bit layer (module prefix, "" for none) of a bitsandbytes checkpoint,
+    validated field by field: returns (packed, QuantState, bias or None)."""
+    cap, bias = _native.bnb_load(str(path), module)
+    d = _native.quant_state(cap)
+    qt = {v: k for k, v in _QUANT_TYPES.items()}[d["quant_type"]]
+    packed = np.frombuffer(d["packed"], dtype=np.uint8).reshape(-1, 1).copy()
+    state = QuantState(absmax=np.frombuffer(d["absmax"], dtype=np.uint8 if d["nested"] else np.float32).copy(),
+                       shape=d["shape"], code=np.frombuffer(d["code"], dtype=np.float32).copy(), blocksize=d["blocksize"],
+                       quant_type=qt, dtype=_arrays.dtype_name(d["dtype"]))
+    if d["nested"]:
+        state.offset = np.float32(d["offset"])
+        state.state2 = QuantState(absmax=np.frombuffer(d["nested_absmax"], dtype=np.float32).copy(),
+                                  code=np.frombuffer(d["nested_code"], dtype=np.float32).copy(),
+                                  blocksize=d["nested_blocksize"], dtype="float32")
+        state.nested = True
+    return packed, state, None if bias is None else np.frombuffer(bias, dtype=np.float32).copy()

@@ -1,0 +1,315 @@
+/* peftswift._native: safetensors, PEFT adapter directories, bitsandbytes checkpoints
+ * (included by _native.c). */
+
+static const char *ST_CAPSULE = "peftswift.safetensors";
+
+static void st_capsule_free(PyObject *c) { pst_safetensors_free(PyCapsule_GetPointer(c, ST_CAPSULE)); }
+
+/* st_open(path) -> capsule */
+static PyObject *m_st_open(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    pst_safetensors *st = NULL;
+    pst_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = pst_safetensors_open(path, &st);
+    Py_END_ALLOW_THREADS
+    if (s != PST_OK) return raise_status(s);
+    PyObject *cap = PyCapsule_New(st, ST_CAPSULE, st_capsule_free);
+    if (!cap) pst_safetensors_free(st);
+    return cap;
+}
+
+/* st_tensors(capsule) -> [(name, dtype, shape, address, byte_count)] */
+static PyObject *m_st_tensors(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
+    if (!st) return NULL;
+    int64_t n = 0;
+    pst_status s = pst_safetensors_count(st, &n, NULL);
+    if (s != PST_OK) return raise_status(s);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        pst_tensor t;
+        memset(&t, 0, sizeof t);
+        t.struct_size = sizeof t;
+        s = pst_safetensors_tensor_at(st, i, &t);
+        if (s != PST_OK) { Py_DECREF(list); return raise_status(s); }
+        PyObject *shape = PyTuple_New(t.ndim);
+        if (!shape) { Py_DECREF(list); return NULL; }
+        for (int k = 0; k < t.ndim; k++) PyTuple_SET_ITEM(shape, k, PyLong_FromLongLong(t.shape[k]));
+        PyObject *item = Py_BuildValue("(ssNKL)", t.name, t.dtype, shape, (unsigned long long)(uintptr_t)t.data, (long long)t.byte_count);
+        if (!item) { Py_DECREF(list); return NULL; }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+/* st_metadata(capsule) -> dict or None */
+static PyObject *m_st_metadata(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
+    if (!st) return NULL;
+    int64_t n = 0;
+    pst_status s = pst_safetensors_count(st, NULL, &n);
+    if (s != PST_OK) return raise_status(s);
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        const char *k = NULL, *v = NULL;
+        s = pst_safetensors_metadata_at(st, i, &k, &v);
+        if (s != PST_OK) { Py_DECREF(d); return raise_status(s); }
+        PyObject *vv = PyUnicode_FromString(v);
+        if (!vv || PyDict_SetItemString(d, k, vv) != 0) { Py_XDECREF(vv); Py_DECREF(d); return NULL; }
+        Py_DECREF(vv);
+    }
+    return d;
+}
+
+/* st_write(path, [(name, dtype, shape, buffer)], metadata dict|None) */
+static PyObject *m_st_write(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path;
+    PyObject *otensors, *ometa;
+    if (!PyArg_ParseTuple(args, "sOO", &path, &otensors, &ometa)) return NULL;
+    PyObject *seq = PySequence_Fast(otensors, "tensors must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    pst_tensor *ts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_tensor));
+    Py_buffer *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    const char **mk = NULL, **mv = NULL;
+    Py_ssize_t nm = 0;
+    PyObject *ret = NULL, *mitems = NULL;
+    if (!ts || !bufs) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i), *oshape, *obuf;
+        const char *name, *dtype;
+        if (!PyArg_ParseTuple(it, "ssOO", &name, &dtype, &oshape, &obuf)) goto done;
+        PyObject *sh = PySequence_Fast(oshape, "shape must be a sequence");
+        if (!sh) goto done;
+        Py_ssize_t nd = PySequence_Fast_GET_SIZE(sh);
+        if (nd > PST_MAX_DIMS) { Py_DECREF(sh); PyErr_Format(PyExc_ValueError, "tensor %s has more than %d dimensions", name, PST_MAX_DIMS); goto done; }
+        ts[i].struct_size = sizeof(pst_tensor);
+        ts[i].name = name;
+        ts[i].dtype = dtype;
+        ts[i].ndim = (int32_t)nd;
+        for (Py_ssize_t k = 0; k < nd; k++) ts[i].shape[k] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sh, k));
+        Py_DECREF(sh);
+        if (PyErr_Occurred()) goto done;
+        if (get_buffer(obuf, &bufs[i], 0, 0, name)) goto done;
+        ts[i].data = bufs[i].buf;
+        ts[i].byte_count = bufs[i].len;
+    }
+    if (ometa != Py_None) {
+        mitems = PySequence_Fast(PyDict_Items(ometa), "metadata must be a dict");
+        if (!mitems) goto done;
+        nm = PySequence_Fast_GET_SIZE(mitems);
+        mk = PyMem_Calloc(nm ? (size_t)nm : 1, sizeof(char *));
+        mv = PyMem_Calloc(nm ? (size_t)nm : 1, sizeof(char *));
+        if (!mk || !mv) { PyErr_NoMemory(); goto done; }
+        for (Py_ssize_t i = 0; i < nm; i++) {
+            PyObject *kv = PySequence_Fast_GET_ITEM(mitems, i);
+            mk[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kv, 0));
+            mv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kv, 1));
+            if (!mk[i] || !mv[i]) goto done;
+        }
+    }
+    pst_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = pst_safetensors_write(path, ts, n, mk, mv, nm);
+    Py_END_ALLOW_THREADS
+    if (s != PST_OK) { raise_status(s); goto done; }
+    ret = Py_NewRef(Py_None);
+done:
+    if (bufs) for (Py_ssize_t i = 0; i < n; i++) release(&bufs[i]);
+    PyMem_Free(bufs); PyMem_Free(ts); PyMem_Free(mk); PyMem_Free(mv);
+    Py_XDECREF(mitems);
+    Py_DECREF(seq);
+    return ret;
+}
+
+/* Collects lora capsules and names into C arrays. */
+static int lora_arrays(PyObject *olayers, PyObject *opaths, pst_lora ***layers, const char ***paths, Py_ssize_t *count) {
+    PyObject *ls = PySequence_Fast(olayers, "layers must be a sequence");
+    if (!ls) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ls);
+    if (names_array(opaths, paths, count)) { Py_DECREF(ls); return -1; }
+    if (*count != n) { Py_DECREF(ls); PyMem_Free(*paths); PyErr_SetString(PyExc_ValueError, "layers and module paths differ in length"); return -1; }
+    *layers = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_lora *));
+    if (!*layers) { Py_DECREF(ls); PyMem_Free(*paths); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        (*layers)[i] = get_lora(PySequence_Fast_GET_ITEM(ls, i));
+        if (!(*layers)[i]) { Py_DECREF(ls); PyMem_Free(*paths); PyMem_Free(*layers); return -1; }
+    }
+    Py_DECREF(ls); /* the capsules stay alive in the caller's list */
+    return 0;
+}
+
+/* peft_save(dir, adapter_name, [lora capsules], [module paths], base|None) */
+static PyObject *m_peft_save(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *dir, *name, *base = NULL;
+    PyObject *ol, *op;
+    if (!PyArg_ParseTuple(args, "ssOOz", &dir, &name, &ol, &op, &base)) return NULL;
+    pst_lora **layers = NULL;
+    const char **paths = NULL;
+    Py_ssize_t n = 0;
+    if (lora_arrays(ol, op, &layers, &paths, &n)) return NULL;
+    pst_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = pst_peft_save(dir, name, layers, paths, (int32_t)n, base);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(layers); PyMem_Free(paths);
+    if (s != PST_OK) return raise_status(s);
+    Py_RETURN_NONE;
+}
+
+/* peft_load(dir, [lora capsules], [module paths], as_name) */
+static PyObject *m_peft_load(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *dir, *name;
+    PyObject *ol, *op;
+    if (!PyArg_ParseTuple(args, "sOOs", &dir, &ol, &op, &name)) return NULL;
+    pst_lora **layers = NULL;
+    const char **paths = NULL;
+    Py_ssize_t n = 0;
+    if (lora_arrays(ol, op, &layers, &paths, &n)) return NULL;
+    pst_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = pst_peft_load(dir, layers, paths, (int32_t)n, name);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(layers); PyMem_Free(paths);
+    if (s != PST_OK) return raise_status(s);
+    Py_RETURN_NONE;
+}
+
+/* bnb_save(path, [quant capsules], [bias buffer|None], [modules]) */
+static PyObject *m_bnb_save(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path;
+    PyObject *oq, *ob, *om;
+    if (!PyArg_ParseTuple(args, "sOOO", &path, &oq, &ob, &om)) return NULL;
+    PyObject *qs = PySequence_Fast(oq, "weights must be a sequence"), *bs = NULL;
+    if (!qs) return NULL;
+    bs = PySequence_Fast(ob, "biases must be a sequence");
+    if (!bs) { Py_DECREF(qs); return NULL; }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(qs), nm = 0;
+    const char **mods = NULL;
+    pst_quant **ws = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_quant *));
+    const float **biases = PyMem_Calloc(n ? (size_t)n : 1, sizeof(float *));
+    Py_buffer *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    PyObject *ret = NULL;
+    if (!ws || !biases || !bufs) { PyErr_NoMemory(); goto done; }
+    if (PySequence_Fast_GET_SIZE(bs) != n) { PyErr_SetString(PyExc_ValueError, "weights and biases differ in length"); goto done; }
+    if (names_array(om, &mods, &nm)) goto done;
+    if (nm != n) { PyErr_SetString(PyExc_ValueError, "weights and modules differ in length"); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ws[i] = PyCapsule_GetPointer(PySequence_Fast_GET_ITEM(qs, i), QUANT_CAPSULE);
+        if (!ws[i]) goto done;
+        PyObject *b = PySequence_Fast_GET_ITEM(bs, i);
+        if (b != Py_None) {
+            if (get_buffer(b, &bufs[i], 0, 4, "bias")) goto done;
+            pst_quant_state qst;
+            memset(&qst, 0, sizeof qst);
+            qst.struct_size = sizeof qst;
+            if (pst_quant_get_state(ws[i], &qst) != PST_OK) { raise_status(PST_ERR_INVALID_ARG); goto done; }
+            if (bufs[i].len / 4 != qst.shape[0]) { PyErr_Format(PyExc_ValueError, "bias %zd has %zd values, expected %lld", i, bufs[i].len / 4, (long long)qst.shape[0]); goto done; }
+            biases[i] = bufs[i].buf;
+        }
+    }
+    pst_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = pst_bnb_save(path, ws, biases, mods, (int32_t)n);
+    Py_END_ALLOW_THREADS
+    if (s != PST_OK) { raise_status(s); goto done; }
+    ret = Py_NewRef(Py_None);
+done:
+    if (bufs) for (Py_ssize_t i = 0; i < n; i++) release(&bufs[i]);
+    PyMem_Free(bufs); PyMem_Free(ws); PyMem_Free(biases); PyMem_Free(mods);
+    Py_DECREF(qs); Py_DECREF(bs);
+    return ret;
+}
+
+/* Copies n bytes at p into a new bytes object (NULL p: None). */
+static PyObject *bytes_or_none(const void *p, Py_ssize_t n) {
+    if (!p) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)p, n);
+}
+
+/* quant_state(capsule) -> dict with bytes copies of the state arrays and the scalars */
+static PyObject *m_quant_state(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    pst_quant *q = PyCapsule_GetPointer(cap, QUANT_CAPSULE);
+    if (!q) return NULL;
+    pst_quant_state s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    pst_status st = pst_quant_get_state(q, &s);
+    if (st != PST_OK) return raise_status(st);
+    PyObject *shape = PyTuple_New(s.ndim);
+    if (!shape) return NULL;
+    for (int k = 0; k < s.ndim; k++) PyTuple_SET_ITEM(shape, k, PyLong_FromLongLong(s.shape[k]));
+    return Py_BuildValue("{sisisisNsNsNsNsisisdsNsN}",
+                         "quant_type", s.quant_type, "dtype", s.dtype, "blocksize", s.blocksize, "shape", shape,
+                         "packed", bytes_or_none(s.packed, (Py_ssize_t)s.packed_bytes),
+                         "code", bytes_or_none(s.code, 64),
+                         "absmax", bytes_or_none(s.absmax, (Py_ssize_t)(s.nested ? s.absmax_count : 4 * s.absmax_count)),
+                         "nested", s.nested, "nested_blocksize", s.nested_blocksize, "offset", (double)s.offset,
+                         "nested_absmax", bytes_or_none(s.nested_absmax, (Py_ssize_t)(4 * s.nested_absmax_count)),
+                         "nested_code", bytes_or_none(s.nested_code, 256 * 4));
+}
+
+/* bnb_load(path, module) -> (quant capsule, bias bytes|None) */
+static PyObject *m_bnb_load(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path, *module;
+    if (!PyArg_ParseTuple(args, "ss", &path, &module)) return NULL;
+    pst_quant *q = NULL;
+    int32_t has_bias = 0;
+    pst_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = pst_bnb_load(path, module, &q, NULL, 0, &has_bias);
+    Py_END_ALLOW_THREADS
+    if (s != PST_OK) return raise_status(s);
+    PyObject *cap = PyCapsule_New(q, QUANT_CAPSULE, quant_capsule_free);
+    if (!cap) { pst_quant_free(q); return NULL; }
+    PyObject *bias = Py_NewRef(Py_None);
+    if (has_bias) {
+        pst_quant_state qs;
+        memset(&qs, 0, sizeof qs);
+        qs.struct_size = sizeof qs;
+        if (pst_quant_get_state(q, &qs) != PST_OK) { Py_DECREF(cap); Py_DECREF(bias); return raise_status(PST_ERR_INTERNAL); }
+        Py_ssize_t nb = (Py_ssize_t)qs.shape[0];
+        PyObject *b = PyBytes_FromStringAndSize(NULL, nb * 4);
+        if (!b) { Py_DECREF(cap); Py_DECREF(bias); return NULL; }
+        Py_BEGIN_ALLOW_THREADS
+        s = pst_bnb_load(path, module, &q, (float *)PyBytes_AS_STRING(b), nb, NULL);
+        Py_END_ALLOW_THREADS
+        if (s != PST_OK) { Py_DECREF(b); Py_DECREF(cap); Py_DECREF(bias); return raise_status(s); }
+        pst_quant_free(q); /* the second load's weight: the first one is in the capsule */
+        Py_DECREF(bias);
+        bias = b;
+    }
+    return Py_BuildValue("(NN)", cap, bias);
+}
+
+static PyMethodDef methods_files[] = {
+    {"st_open", m_st_open, METH_VARARGS, "pst_safetensors_open -> capsule"},
+    {"st_tensors", m_st_tensors, METH_VARARGS, "[(name, dtype, shape, address, byte_count)]"},
+    {"st_metadata", m_st_metadata, METH_VARARGS, "__metadata__ as a dict"},
+    {"st_write", m_st_write, METH_VARARGS, "pst_safetensors_write"},
+    {"peft_save", m_peft_save, METH_VARARGS, "pst_peft_save"},
+    {"peft_load", m_peft_load, METH_VARARGS, "pst_peft_load"},
+    {"bnb_save", m_bnb_save, METH_VARARGS, "pst_bnb_save"},
+    {"bnb_load", m_bnb_load, METH_VARARGS, "pst_bnb_load -> (quant capsule, bias bytes|None)"},
+    {"quant_state", m_quant_state, METH_VARARGS, "pst_quant_get_state -> dict of copies"},
+    {NULL, NULL, 0, NULL},
+};

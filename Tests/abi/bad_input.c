@@ -1,9 +1,11 @@
 /* Calls every exported function with NULL, undersized or invalid arguments. Each fallible
  * call must return the expected status with a message that names the function; nothing may
  * crash. Tests/abi/check.sh also checks that every declared function appears in this file. */
+#define _DEFAULT_SOURCE /* mkdtemp */
 #include <math.h>
 #include <peftswift.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int failures = 0;
@@ -275,6 +277,100 @@ int main(void) {
     EXPECT(pst_lr_multiplier(PST_LR_LINEAR, 0, 1, 5, 0.5, NULL), PST_ERR_INVALID_ARG, "pst_lr_multiplier");
     pst_adamw_free(O);
     pst_adamw_free(NULL);
+
+    /* ---- files */
+    pst_safetensors *S = NULL;
+    char tmpl[] = "/tmp/pst_bad_input_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    char path[512], junk[512];
+    if (!dir) { printf("FAIL mkdtemp\n"); return 1; }
+    snprintf(path, sizeof path, "%s/t.safetensors", dir);
+    snprintf(junk, sizeof junk, "%s/junk.safetensors", dir);
+    FILE *jf = fopen(junk, "wb");
+    if (jf) { fputs("\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}", jf); fclose(jf); }
+    EXPECT(pst_safetensors_open(NULL, &S), PST_ERR_INVALID_ARG, "pst_safetensors_open");
+    EXPECT(pst_safetensors_open(path, NULL), PST_ERR_INVALID_ARG, "pst_safetensors_open");
+    EXPECT(pst_safetensors_open(path, &S), PST_ERR_NOT_FOUND, "pst_safetensors_open");
+    EXPECT(pst_safetensors_open(junk, &S), PST_ERR_CORRUPT, "pst_safetensors_open");
+    float tdata[6] = {1, 2, 3, 4, 5, 6};
+    pst_tensor tw;
+    memset(&tw, 0, sizeof tw);
+    tw.struct_size = sizeof tw; tw.name = "w"; tw.dtype = "F32"; tw.ndim = 2; tw.shape[0] = 2; tw.shape[1] = 3;
+    tw.data = tdata; tw.byte_count = 24;
+    const char *mk[1] = {"format"}, *mv[1] = {"pt"};
+    EXPECT(pst_safetensors_write(NULL, &tw, 1, NULL, NULL, 0), PST_ERR_INVALID_ARG, "pst_safetensors_write");
+    EXPECT(pst_safetensors_write(path, NULL, 1, NULL, NULL, 0), PST_ERR_INVALID_ARG, "pst_safetensors_write");
+    EXPECT(pst_safetensors_write(path, &tw, 1, NULL, NULL, 1), PST_ERR_INVALID_ARG, "pst_safetensors_write");
+    tw.byte_count = 20;
+    EXPECT(pst_safetensors_write(path, &tw, 1, NULL, NULL, 0), PST_ERR_INVALID_ARG, "pst_safetensors_write");
+    tw.byte_count = 24; tw.dtype = "F33";
+    EXPECT(pst_safetensors_write(path, &tw, 1, NULL, NULL, 0), PST_ERR_INVALID_ARG, "pst_safetensors_write");
+    tw.dtype = "F32"; tw.ndim = 99;
+    EXPECT(pst_safetensors_write(path, &tw, 1, NULL, NULL, 0), PST_ERR_INVALID_ARG, "pst_safetensors_write");
+    tw.ndim = 2;
+    if (pst_safetensors_write(path, &tw, 1, mk, mv, 1) != PST_OK) { printf("FAIL write: %s\n", pst_last_error()); failures++; }
+    if (pst_safetensors_open(path, &S) != PST_OK) { printf("FAIL open: %s\n", pst_last_error()); return 1; }
+    pst_tensor tr;
+    memset(&tr, 0, sizeof tr);
+    EXPECT(pst_safetensors_tensor_at(S, 0, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at"); /* struct_size 0 */
+    tr.struct_size = sizeof tr;
+    EXPECT(pst_safetensors_tensor_at(S, 1, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at");
+    EXPECT(pst_safetensors_tensor_at(NULL, 0, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at");
+    EXPECT(pst_safetensors_find(S, "nope", &tr), PST_ERR_NOT_FOUND, "pst_safetensors_find");
+    EXPECT(pst_safetensors_find(S, NULL, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_find");
+    infallible("round trip through the file", pst_safetensors_find(S, "w", &tr) == PST_OK && tr.byte_count == 24 &&
+               memcmp(tr.data, tdata, 24) == 0 && strcmp(tr.dtype, "F32") == 0);
+    EXPECT(pst_safetensors_count(NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_safetensors_count");
+    const char *key = NULL, *val = NULL;
+    EXPECT(pst_safetensors_metadata_at(S, 5, &key, &val), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at");
+    EXPECT(pst_safetensors_metadata_at(S, 0, NULL, &val), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at");
+    pst_safetensors_free(S);
+    pst_safetensors_free(NULL);
+
+    pst_lora *PL = NULL;
+    if (pst_lora_create_dense(w, 48, 6, 8, NULL, &PL) != PST_OK) failures++;
+    pst_lora_params lq;
+    if (pst_lora_params_init(&lq) != PST_OK) failures++;
+    lq.r = 2;
+    if (pst_lora_add_adapter(PL, "a", &lq) != PST_OK) failures++;
+    pst_lora *pls[1] = {PL};
+    const char *mods[1] = {"model.layers.0.self_attn.q_proj"};
+    char adir[512];
+    snprintf(adir, sizeof adir, "%s/adapter", dir);
+    EXPECT(pst_peft_save(NULL, "a", pls, mods, 1, NULL), PST_ERR_INVALID_ARG, "pst_peft_save");
+    EXPECT(pst_peft_save(adir, "zz", pls, mods, 1, NULL), PST_ERR_NOT_FOUND, "pst_peft_save");
+    EXPECT(pst_peft_save(adir, "a", pls, mods, 0, NULL), PST_ERR_INVALID_ARG, "pst_peft_save");
+    EXPECT(pst_peft_save(adir, "a", NULL, mods, 1, NULL), PST_ERR_INVALID_ARG, "pst_peft_save");
+    if (pst_peft_save(adir, "a", pls, mods, 1, "base") != PST_OK) { printf("FAIL peft save: %s\n", pst_last_error()); failures++; }
+    EXPECT(pst_peft_load(adir, pls, mods, 1, "a"), PST_ERR_EXISTS, "pst_peft_load");
+    EXPECT(pst_peft_load(dir, pls, mods, 1, "b"), PST_ERR_NOT_FOUND, "pst_peft_load");
+    EXPECT(pst_peft_load(adir, pls, mods, 1, NULL), PST_ERR_INVALID_ARG, "pst_peft_load");
+    const char *wrong[1] = {"model.layers.7.mlp.up_proj"};
+    EXPECT(pst_peft_load(adir, pls, wrong, 1, "c"), PST_ERR_NOT_FOUND, "pst_peft_load");
+    infallible("PEFT save + load round trip", pst_peft_load(adir, pls, mods, 1, "d") == PST_OK);
+    pst_lora_free(PL);
+
+    pst_quant *bq = NULL;
+    float qw[64 * 4];
+    for (int i = 0; i < 256; i++) qw[i] = (float)(i % 13) * 0.01f;
+    int64_t qshape[2] = {4, 64};
+    if (pst_quant_create_4bit(qw, PST_DTYPE_F32, qshape, 2, 64, PST_QUANT_NF4, true, &bq) != PST_OK) failures++;
+    pst_quant *bqs[1] = {bq};
+    const char *bmods[1] = {"proj"};
+    char bpath[512];
+    snprintf(bpath, sizeof bpath, "%s/bnb.safetensors", dir);
+    EXPECT(pst_bnb_save(NULL, bqs, NULL, bmods, 1), PST_ERR_INVALID_ARG, "pst_bnb_save");
+    EXPECT(pst_bnb_save(bpath, bqs, NULL, bmods, 0), PST_ERR_INVALID_ARG, "pst_bnb_save");
+    EXPECT(pst_bnb_save(bpath, NULL, NULL, bmods, 1), PST_ERR_INVALID_ARG, "pst_bnb_save");
+    if (pst_bnb_save(bpath, bqs, NULL, bmods, 1) != PST_OK) { printf("FAIL bnb save: %s\n", pst_last_error()); failures++; }
+    pst_quant *lq2 = NULL;
+    EXPECT(pst_bnb_load(bpath, "other", &lq2, NULL, 0, NULL), PST_ERR_NOT_FOUND, "pst_bnb_load");
+    EXPECT(pst_bnb_load(junk, "proj", &lq2, NULL, 0, NULL), PST_ERR_CORRUPT, "pst_bnb_load");
+    EXPECT(pst_bnb_load(bpath, "proj", NULL, NULL, 0, NULL), PST_ERR_INVALID_ARG, "pst_bnb_load");
+    int32_t hb = -1;
+    infallible("bitsandbytes checkpoint round trip", pst_bnb_load(bpath, "proj", &lq2, NULL, 0, &hb) == PST_OK && hb == 0 && lq2);
+    pst_quant_free(lq2);
+    pst_quant_free(bq);
 
     return failures == 0 ? 0 : 1;
 }

@@ -64,7 +64,7 @@ def test_safetensors_bad_files_are_clear_errors(tmp_path):
         with pytest.raises(peftswift.CorruptDataError) as e:
             peftswift.files.load_file(p)
         assert p.name in str(e.value), str(e.value)
-    with pytest.raises(peftswift.IOError):
+    with pytest.raises(peftswift.NotFoundError, match="missing.safetensors"):
         peftswift.files.load_file(tmp_path / "missing.safetensors")
 
 

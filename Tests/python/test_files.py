@@ -45,6 +45,11 @@ def test_safetensors_both_ways_bit_exact(rng, tmp_path):
         assert back[k].dtype == v.dtype and mine[k].dtype == v.dtype and mine[k].shape == v.shape
         assert back[k].tobytes() == v.tobytes() == mine[k].tobytes()
     assert peftswift.files.load_metadata(theirs) == {"format": "pt"}
+    with peftswift.files.SafeTensors(theirs) as fh:
+        assert sorted(fh.keys()) == sorted(t) and fh.metadata() == {"format": "pt"}
+        assert fh.get_tensor("ids.i64").tobytes() == t["ids.i64"].tobytes()
+        with pytest.raises(KeyError):
+            fh.get_tensor("nope")
     assert not mine["w.f32"].flags.writeable
 
 

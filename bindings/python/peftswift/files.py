@@ -24,25 +24,52 @@ class _File:
         self._h = _native.st_open(str(path))
 
 
+class SafeTensors:
+    """An open safetensors file (like safetensors.safe_open): keys(), metadata(), and
+    get_tensor(name) as a read-only zero-copy view of the memory-mapped file."""
+
+    def __init__(self, path):
+        self._f = _File(path)
+        self.path = str(path)
+        self._index = {t[0]: t for t in _native.st_tensors(self._f._h)}
+
+    def keys(self):
+        return list(self._index)
+
+    def metadata(self) -> Dict[str, str]:
+        return _native.st_metadata(self._f._h)
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        t = self._index.get(name)
+        if t is None:
+            raise KeyError(f"{self.path}: no tensor {name!r}")
+        return _view(self._f, self.path, *t)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _view(f, path, name, dtype, shape, addr, nbytes):
+    ts = _TYPESTR.get(dtype)
+    if ts is None:
+        raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy cannot hold")
+    count = int(np.prod(shape)) if shape else 1
+    if nbytes == 0:
+        arr = np.empty(shape, dtype=np.dtype(ts))
+    else:
+        arr = np.asarray(_Borrowed(f, addr, (count,), ts)).reshape(shape)
+    arr.flags.writeable = False
+    return _arrays.wrap(arr, _arrays.BF16, False) if dtype == "BF16" else arr
+
+
 def load_file(path) -> Dict[str, np.ndarray]:
     """All tensors of a safetensors file as read-only numpy arrays that view the memory-mapped
     file (no copy; the mapping lives as long as any of them). Like safetensors.numpy.load_file."""
     f = _File(path)
-    out = {}
-    for name, dtype, shape, addr, nbytes in _native.st_tensors(f._h):
-        ts = _TYPESTR.get(dtype)
-        if ts is None:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, which numpy cannot hold")
-        count = int(np.prod(shape)) if shape else 1
-        if nbytes == 0:
-            arr = np.empty(shape, dtype=np.dtype(ts))
-        else:
-            arr = np.asarray(_Borrowed(f, addr, (count,), ts)).reshape(shape)
-        arr.flags.writeable = False
-        if dtype == "BF16":
-            arr = _arrays.wrap(arr, _arrays.BF16, False)
-        out[name] = arr
-    return out
+    return {t[0]: _view(f, str(path), *t) for t in _native.st_tensors(f._h)}
 
 
 def load_metadata(path) -> Dict[str, str]:

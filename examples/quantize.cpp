@@ -18,8 +18,9 @@ struct Error : std::runtime_error {
     Error(pst_status s, const std::string &what) : std::runtime_error(what), status(s) {}
 };
 
-inline void check(pst_status s, const char *call) {
-    if (s != PST_OK) throw Error(s, std::string(call) + ": " + pst_last_error());
+// pst_last_error() already names the failing function, the argument and the value.
+inline void check(pst_status s) {
+    if (s != PST_OK) throw Error(s, pst_last_error());
 }
 
 struct QuantDeleter {
@@ -31,8 +32,7 @@ inline Quant quantize_4bit(const std::vector<float> &w, std::vector<int64_t> sha
                            int quant_type, bool double_quant) {
     pst_quant *raw = nullptr;
     check(pst_quant_create_4bit(w.data(), PST_DTYPE_F32, shape.data(), static_cast<int32_t>(shape.size()),
-                                blocksize, quant_type, double_quant, &raw),
-          "pst_quant_create_4bit");
+                                blocksize, quant_type, double_quant, &raw));
     return Quant(raw);
 }
 
@@ -51,8 +51,7 @@ int main() {
         for (int qt : {PST_QUANT_NF4, PST_QUANT_FP4}) {
             pst::Quant q = pst::quantize_4bit(w, {rows, cols}, 64, qt, /*double_quant=*/qt == PST_QUANT_NF4);
             std::vector<float> back(w.size());
-            pst::check(pst_quant_dequantize(q.get(), back.data(), back.size() * sizeof(float), PST_DTYPE_F32),
-                       "pst_quant_dequantize");
+            pst::check(pst_quant_dequantize(q.get(), back.data(), back.size() * sizeof(float), PST_DTYPE_F32));
             double max_err = 0;
             for (size_t i = 0; i < w.size(); i++) max_err = std::fmax(max_err, std::fabs(back[i] - w[i]));
             std::printf("%s: max |error| %.5f\n", qt == PST_QUANT_NF4 ? "nf4+dq" : "fp4", max_err);

@@ -252,6 +252,10 @@ struct LlamaComparison {
         #expect(status { try m.addAdapter("b", config: LoraConfig(r: 2, alpha: 2), targetModules: ["qkv"]) } == PSTError.invalidArgument("").status)
         #expect(status { try m.addAdapter("a", config: LoraConfig(r: 2, alpha: 2)) } == PSTError.exists("").status)
         #expect(m.loraModules.allSatisfy { $0.layer.adapters.count == 1 })
+        // over the activation memory limit
+        m.activationMemoryLimit = 1 << 20
+        #expect(status { _ = try m.logits(ids: [Int32](repeating: 0, count: 128), batch: 1, seqLen: 128) } == PSTError.outOfMemory("").status)
+        m.activationMemoryLimit = Int.max
         // all-ignored labels: loss 0, backward adds nothing
         m.zeroGrad()
         let l = try m.loss(ids: [0, 1, 2], labels: [-100, -100, -100], batch: 1, seqLen: 3)

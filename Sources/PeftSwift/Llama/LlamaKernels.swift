@@ -24,7 +24,11 @@ typealias F8 = SIMD8<Float>
 @inline(__always) func vexp(_ x0: F8) -> F8 {
     var x = x0.replacing(with: 88.3, where: x0 .> 88.3)
     x = x.replacing(with: -87.3, where: x .< -87.3)
-    let n = (x * 1.442_695_040_888_963_4).rounded(.toNearestOrEven)
+    // n = round(x·log2 e) by the 1.5·2^23 trick: adding it leaves n in the low mantissa bits
+    // (no float → int conversion, which SIMD8 only offers through a slow generic path).
+    let magic = F8(repeating: 12_582_912)
+    let t = x * 1.442_695_040_888_963_4 + magic
+    let n = t - magic
     var r = x - n * 0.693_359_375
     r = r - n * -2.121_944_400_546_905_8e-4
     var p = F8(repeating: 1.987_569_150_0e-4)
@@ -34,7 +38,8 @@ typealias F8 = SIMD8<Float>
     p = p * r + 1.666_666_545_9e-1
     p = p * r + 5.000_000_120_1e-1
     p = p * (r * r) + r + 1
-    let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+    // 2^n: bits of t are 0x4B400000 + n
+    let bits = (unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
     return p * unsafeBitCast(bits, to: F8.self)
 }
 

@@ -249,11 +249,34 @@ public final class LlamaModel {
         }
     }
 
+    /// Bytes of activations and scratch a forward + backward at (B, T) holds in the current
+    /// mode (the LoRA layers' own input copies included, roughly).
+    public func activationBytes(batch: Int, seqLen: Int) -> Int {
+        let c = config, m = batch * seqLen
+        let perLayer = 2 * m + m * (c.qWidth + 2 * c.kvWidth + c.hidden + 2 * c.intermediate) + batch * c.heads * seqLen * seqLen
+        let loraCopies = m * (5 * c.hidden + c.qWidth + c.intermediate)
+        let workspace = m * (5 * c.hidden + 4 * c.qWidth + 2 * c.kvWidth + c.intermediate)
+            + Threads.count * min(AttentionShape.blockRows, seqLen) * seqLen
+        let kept = recomputeActivations ? 1 : c.layers
+        return 4 * (kept * (perLayer + loraCopies) + (c.layers + 1) * m * c.hidden + workspace + m * (c.hidden + 1))
+    }
+
+    /// The most activation memory (bytes) a batch may need before `loss`/`logits` refuse it with
+    /// `PST_ERR_OUT_OF_MEMORY` (default: 3/4 of physical memory).
+    public var activationMemoryLimit: Int = {
+        let pages = Int(sysconf(Int32(_SC_PHYS_PAGES))), size = Int(sysconf(Int32(_SC_PAGESIZE)))
+        return pages > 0 && size > 0 ? pages / 4 * 3 * size : Int.max
+    }()
+
     /// Buffers for (B, T); reallocated when the shape or the mode changes.
     func prepare(batch: Int, seqLen: Int) throws(PSTError) {
         let m = batch * seqLen
         let wantStored = recomputeActivations ? 1 : config.layers
         if let ws, ws.batch == batch, ws.seqLen == seqLen, stored.count == wantStored { return }
+        let need = activationBytes(batch: batch, seqLen: seqLen)
+        guard need <= activationMemoryLimit else {
+            throw .outOfMemory("batch \(batch) × \(seqLen) tokens needs ~\(need >> 20) MiB of activations, over the limit of \(activationMemoryLimit >> 20) MiB\(recomputeActivations ? "" : " (activation recomputation needs less)")")
+        }
         ws = nil; stored = []; layerInputs = []; rstdFinal = nil; normedFinal = nil
         ws = try LlamaWorkspace(config, batch: batch, seqLen: seqLen, invFreq: ropeInverseFrequencies)
         for _ in 0...config.layers { layerInputs.append(try AlignedBuffer(count: m * config.hidden)) }

@@ -148,6 +148,32 @@ struct LlamaComparison {
         print("llama fixture nf4 recompute=\(recompute): \(c.description)")
     }
 
+    /// Pre-quantized projection weights (as a 4-bit checkpoint would supply them) give the same
+    /// model as quantizing on load; a wrong shape is refused.
+    @Test func preQuantizedWeights() throws {
+        let fx = try LlamaFixture("tied")
+        let provider = LlamaFixture.provider(fx.file)
+        let scratch = try AlignedBuffer<Float>(count: 96 * 64)
+        let pre: (String) throws(PSTError) -> QuantizedTensor? = { (name: String) throws(PSTError) -> QuantizedTensor? in
+            let t = fx.file["w." + name]
+            let b = UnsafeMutableBufferPointer(start: scratch.baseAddress, count: t.count)
+            try provider(name, t.shape, b)
+            return try QuantizedTensor(quantizing: UnsafeRawPointer(scratch.baseAddress), dtype: .f32, shape: t.shape, doubleQuant: true)
+        }
+        let a = try LlamaModel(config: fx.config, quantizedWeights: pre, weights: provider)
+        let b = try fx.model(options: .qlora)
+        #expect(try a.logits(ids: fx.ids, batch: fx.batch, seqLen: fx.seqLen) == b.logits(ids: fx.ids, batch: fx.batch, seqLen: fx.seqLen))
+        do {
+            _ = try LlamaModel(config: fx.config, quantizedWeights: { (_: String) throws(PSTError) -> QuantizedTensor? in
+                var x = [Float](repeating: 1, count: 64)
+                return try QuantizedTensor(quantizing: &x, dtype: .f32, shape: [8, 8])
+            }, weights: provider)
+            Issue.record("wrong shape accepted")
+        } catch let e as PSTError {
+            #expect(e.status == PSTError.shape("").status)
+        }
+    }
+
     /// A random tiny model (with an adapter per projection, B ≠ 0).
     static func randomModel(_ c: LlamaHyperparameters, seed: UInt64, options: LlamaLoadOptions = .dense,
                             dropout: Float = 0) throws -> LlamaModel {

@@ -85,7 +85,13 @@ public final class LlamaModel {
     /// Loads every weight through `weights` (see `LlamaWeightProvider`), quantizing the
     /// projections as they arrive when `options.quantize`. Throws the provider's errors,
     /// `PST_ERR_INVALID_ARG` for a bad config, `PST_ERR_NONFINITE` for a NaN/Inf weight.
+    ///
+    /// `quantizedWeights`, when given, is asked first for each projection weight
+    /// (`model.layers.N.self_attn.q_proj.weight`, ...): a tensor it returns (shape [out, in]) is
+    /// used as the frozen base as is (e.g. a bitsandbytes 4-bit checkpoint's state); nil falls
+    /// back to `weights`.
     public init(config: LlamaHyperparameters, options: LlamaLoadOptions = .dense,
+                quantizedWeights: ((_ name: String) throws(PSTError) -> QuantizedTensor?)? = nil,
                 weights: LlamaWeightProvider) throws(PSTError) {
         try config.validate()
         self.config = config
@@ -108,6 +114,13 @@ public final class LlamaModel {
             for (j, path) in LlamaDecoderLayer.modulePaths.enumerated() {
                 let (o, i) = shapes[j]
                 let name = p + path + ".weight"
+                if let qw = try quantizedWeights?(name) {
+                    guard qw.shape == [o, i] else {
+                        throw .shape("\(name): quantized tensor has shape \(qw.shape), expected [\(o), \(i)]")
+                    }
+                    lins.append(try LoraLinear(quantized: qw))
+                    continue
+                }
                 let dst = UnsafeMutableBufferPointer(start: scratch.baseAddress, count: o * i)
                 try weights(name, [o, i], dst)
                 if options.quantize {

@@ -250,7 +250,7 @@ enum LlamaKernels {
     @inline(__always) static func rowMax(_ z: UnsafePointer<Float>, _ n: Int) -> Float {
         var mv = F8(repeating: -.infinity)
         var j = 0
-        while j + 8 <= n { mv = pointwiseMax(mv, load8(z + j)); j += 8 }
+        while j + 8 <= n { let v = load8(z + j); mv.replace(with: v, where: v .> mv); j += 8 }
         var m = mv.max()
         while j < n { m = max(m, z[j]); j += 1 }
         return m

@@ -80,7 +80,7 @@ public final class LlamaModel {
     // the pending loss
     var pendingBackward = false
     var validRows: [Int32] = []
-    var logitsBuffer: AlignedBuffer<Float>? = nil    // validRows × vocab (gradient after loss)
+    var logitsBuffer: AlignedBuffer<Float>? = nil    // ≥ validRows × vocab (the gradient after loss); kept across steps
 
     /// Loads every weight through `weights` (see `LlamaWeightProvider`), quantizing the
     /// projections as they arrive when `options.quantize`. Throws the provider's errors,
@@ -245,7 +245,14 @@ public final class LlamaModel {
 
     func dropState() {
         pendingBackward = false
-        logitsBuffer = nil
+    }
+
+    /// Frees the buffers kept between steps (activations, workspace, logits); the next call
+    /// allocates them again.
+    public func releaseBuffers() {
+        dropState()
+        ws = nil; stored = []; layerInputs = []; rstdFinal = nil; normedFinal = nil; logitsBuffer = nil
+        for l in layers { for p in l.linears { p.releaseForwardCache() } }
     }
 
     func checkBatch(_ ids: UnsafeBufferPointer<Int32>, batch: Int, seqLen: Int) throws(PSTError) {
@@ -271,7 +278,7 @@ public final class LlamaModel {
         let workspace = m * (5 * c.hidden + 4 * c.qWidth + 2 * c.kvWidth + c.intermediate)
             + Threads.count * min(AttentionShape.blockRows, seqLen) * seqLen
         let kept = recomputeActivations ? 1 : c.layers
-        return 4 * (kept * (perLayer + loraCopies) + (c.layers + 1) * m * c.hidden + workspace + m * (c.hidden + 1))
+        return 4 * (kept * (perLayer + loraCopies) + (c.layers + 1) * m * c.hidden + workspace + m * (c.hidden + 1) + m * c.vocab)
     }
 
     /// The most activation memory (bytes) a batch may need before `loss`/`logits` refuse it with
@@ -370,7 +377,8 @@ public final class LlamaModel {
         validRows = rows
         let mv = rows.count
         if mv == 0 { pendingBackward = true; return 0 }
-        let z = try AlignedBuffer<Float>(count: mv * V)
+        if (logitsBuffer?.count ?? 0) < mv * V { logitsBuffer = nil; logitsBuffer = try AlignedBuffer<Float>(count: mv * V) }
+        let z = logitsBuffer!
         // gather the target rows of the final hidden state (tmpH as scratch), then z = h·Wᵀ
         let hs = ws!.tmpH.baseAddress, nf = normedFinal!.baseAddress
         for (i, r) in rows.enumerated() { (hs + i * H).update(from: nf + Int(r) * H, count: H) }
@@ -380,7 +388,6 @@ public final class LlamaModel {
         let sum = targets.withUnsafeBufferPointer { tp in
             LlamaKernels.crossEntropy(z.baseAddress, rows: mv, n: V, targets: tp.baseAddress!, scale: 1 / n)
         }
-        logitsBuffer = z
         pendingBackward = true
         return Float(sum / Double(n))
     }
@@ -400,7 +407,6 @@ public final class LlamaModel {
     public func backward() throws(PSTError) {
         guard pendingBackward, let ws else { throw .misuse("backward without a preceding loss (or after the model changed)") }
         pendingBackward = false
-        defer { logitsBuffer = nil }
         let mv = validRows.count
         if mv == 0 { return }
         let m = ws.batch * ws.seqLen, H = config.hidden, V = config.vocab

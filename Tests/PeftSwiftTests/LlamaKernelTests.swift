@@ -1,0 +1,177 @@
+import Foundation
+import Testing
+@testable import PeftSwift
+
+/// The Llama kernels: each fast fp32 kernel against its double reference twin, and each
+/// reference backward against central finite differences of the reference forward.
+@Suite struct LlamaKernelTests {
+    static func randoms(_ n: Int, seed: UInt64, scale: Double = 1) -> [Double] {
+        var g = SplitMix64(seed: seed)
+        return (0..<n).map { _ in Double(g.uniform(-1, 1)) * scale }
+    }
+
+    static func f(_ x: [Double]) -> [Float] { x.map { Float($0) } }
+
+    static func maxRel(_ a: [Float], _ b: [Double]) -> Double {
+        var d = 0.0, m = 0.0
+        for i in 0..<a.count { d = max(d, abs(Double(a[i]) - b[i])); m = max(m, abs(b[i])) }
+        return d / max(m, 1e-30)
+    }
+
+    /// ∂(Σ u ⊙ F(x))/∂x by central differences (double, h = 1e-6).
+    static func fd(_ x: [Double], _ u: [Double], _ fwd: ([Double]) -> [Double]) -> [Double] {
+        var g = [Double](repeating: 0, count: x.count)
+        let h = 1e-6
+        for i in 0..<x.count {
+            var xp = x, xm = x
+            xp[i] += h; xm[i] -= h
+            let lp = zip(fwd(xp), u).reduce(0.0) { $0 + $1.0 * $1.1 }
+            let lm = zip(fwd(xm), u).reduce(0.0) { $0 + $1.0 * $1.1 }
+            g[i] = (lp - lm) / (2 * h)
+        }
+        return g
+    }
+
+    static func close(_ a: [Double], _ b: [Double], _ tol: Double, _ what: String) {
+        var d = 0.0, m = 0.0
+        for i in 0..<a.count { d = max(d, abs(a[i] - b[i])); m = max(m, abs(b[i])) }
+        #expect(d <= tol * max(m, 1e-12), "\(what): max diff \(d), max |ref| \(m)")
+    }
+
+    @Test(arguments: [5, 8, 19, 64])
+    func rmsNorm(n: Int) {
+        let rows = 3
+        let x = Self.randoms(rows * n, seed: 1, scale: 2), w = Self.randoms(n, seed: 2).map { 1 + 0.3 * $0 }
+        let dy = Self.randoms(rows * n, seed: 3)
+        let eps = 1e-5
+        let (yRef, rRef) = LlamaReference.rmsNorm(x, w, rows: rows, n: n, eps: eps)
+        let dxRef = LlamaReference.rmsNormBackward(dy, x, w, rows: rows, n: n, eps: eps)
+        Self.close(dxRef, Self.fd(x, dy) { LlamaReference.rmsNorm($0, w, rows: rows, n: n, eps: eps).y }, 1e-6, "rmsnorm ref backward vs fd")
+        let xf = Self.f(x), wf = Self.f(w), dyf = Self.f(dy)
+        var y = [Float](repeating: 0, count: rows * n), r = [Float](repeating: 0, count: rows)
+        var dx = [Float](repeating: 0.5, count: rows * n)
+        LlamaKernels.rmsNorm(xf, wf, &y, rstd: &r, rows: rows, n: n, eps: Float(eps))
+        #expect(Self.maxRel(y, yRef) < 1e-6)
+        #expect(Self.maxRel(r, rRef) < 1e-6)
+        LlamaKernels.rmsNormBackward(dyf, xf, wf, rstd: r, &dx, rows: rows, n: n, accumulate: false)
+        #expect(Self.maxRel(dx, dxRef) < 1e-5)
+        LlamaKernels.rmsNormBackward(dyf, xf, wf, rstd: r, &dx, rows: rows, n: n, accumulate: true)
+        #expect(Self.maxRel(dx, dxRef.map { 2 * $0 }) < 1e-5)
+    }
+
+    @Test(arguments: [(2, 8), (3, 16), (2, 64)])
+    func rope(heads: Int, headDim: Int) {
+        let (b, t) = (2, 5), rows = 10
+        let c = LlamaHyperparameters(layers: 1, hidden: heads * headDim, intermediate: 4, heads: heads, kvHeads: 1,
+                                     headDim: headDim, vocab: 4, ropeTheta: 500)
+        let inv = c.ropeInverseFrequencies()
+        let x = Self.randoms(rows * heads * headDim, seed: 4), u = Self.randoms(x.count, seed: 5)
+        let yRef = LlamaReference.rope(x, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: false)
+        let dxRef = LlamaReference.rope(u, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: true)
+        Self.close(dxRef, Self.fd(x, u) { LlamaReference.rope($0, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: false) },
+                   1e-7, "rope ref backward vs fd")
+        var cs = [Float](repeating: 0, count: t * headDim / 2), sn = cs
+        LlamaKernels.ropeTables(invFreq: inv, positions: t, cos: &cs, sin: &sn)
+        var y = Self.f(x)
+        LlamaKernels.rope(&y, rows: rows, seqLen: t, heads: heads, headDim: headDim, cos: cs, sin: sn, inverse: false)
+        #expect(Self.maxRel(y, yRef) < 1e-6)
+        var dx = Self.f(u)
+        LlamaKernels.rope(&dx, rows: rows, seqLen: t, heads: heads, headDim: headDim, cos: cs, sin: sn, inverse: true)
+        #expect(Self.maxRel(dx, dxRef) < 1e-6)
+        _ = b
+    }
+
+    @Test func ropeFrequenciesAndScaling() {
+        var c = LlamaHyperparameters(layers: 1, hidden: 8, intermediate: 4, heads: 1, kvHeads: 1, headDim: 8, vocab: 4,
+                                     ropeTheta: 10000)
+        let base = c.ropeInverseFrequencies()
+        #expect(base == [1, 0.1, 0.01, 0.001].map { Float($0) } || zip(base, [1, 0.1, 0.01, 0.001]).allSatisfy { abs(Double($0) - $1) <= 1e-7 * $1 })
+        c.ropeScaling = .linear(factor: 2)
+        #expect(zip(c.ropeInverseFrequencies(), base).allSatisfy { $0 == $1 / 2 })
+        // llama3, original context 64, factors 1/4: wavelengths 6.3 (kept), 62.8 (smoothed), 628 and 6283 (÷ factor)
+        c.ropeScaling = .llama3(factor: 4, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64)
+        let s = c.ropeInverseFrequencies()
+        #expect(s[0] == base[0])
+        #expect(s[2] == base[2] / 4 && s[3] == base[3] / 4)
+        let wl = 2 * Double.pi / Double(base[1]), sm = (64 / wl - 1) / 3
+        #expect(abs(Double(s[1]) - ((1 - sm) * Double(base[1]) / 4 + sm * Double(base[1]))) < 1e-8)
+    }
+
+    @Test func swiglu() {
+        let n = 37
+        let g = Self.randoms(n, seed: 6, scale: 6), u = Self.randoms(n, seed: 7, scale: 2), da = Self.randoms(n, seed: 8)
+        let ref = LlamaReference.swiglu(g, u)
+        let (dgRef, duRef) = LlamaReference.swigluBackward(da, g, u)
+        Self.close(dgRef, Self.fd(g, da) { LlamaReference.swiglu($0, u) }, 1e-6, "swiglu dg vs fd")
+        Self.close(duRef, Self.fd(u, da) { LlamaReference.swiglu(g, $0) }, 1e-6, "swiglu du vs fd")
+        var out = [Float](repeating: 0, count: n)
+        LlamaKernels.swiglu(Self.f(g), Self.f(u), &out, count: n)
+        #expect(Self.maxRel(out, ref) < 1e-6)
+        var dg = [Float](repeating: 0, count: n), du = dg
+        LlamaKernels.swigluBackward(Self.f(da), Self.f(g), Self.f(u), dg: &dg, du: &du, count: n)
+        #expect(Self.maxRel(dg, dgRef) < 1e-6)
+        #expect(Self.maxRel(du, duRef) < 1e-6)
+    }
+
+    @Test func vectorExp() {
+        var worst: Float = 0
+        var x: Float = -87
+        while x < 88 {
+            let e = vexp(F8(repeating: x))[0], r = expf(x)
+            worst = max(worst, abs(e - r) / r)
+            x += 0.0137
+        }
+        #expect(worst < 3e-7, "vexp worst relative error \(worst)")
+        #expect(vexp(F8(repeating: -1000))[0] >= 0 && vexp(F8(repeating: -1000))[0] < 1e-37)
+        #expect(vexp(F8(repeating: 1000))[0].isFinite)
+    }
+
+    @Test(arguments: [7, 8, 33, 300])
+    func crossEntropy(n: Int) {
+        let rows = 4
+        let z = Self.randoms(rows * n, seed: 9, scale: 5)
+        let targets = (0..<rows).map { ($0 * 7 + 3) % n }
+        let (lossRef, gRef) = LlamaReference.crossEntropy(z, rows: rows, n: n, targets: targets)
+        Self.close(gRef, Self.fd(z, [1]) { [LlamaReference.crossEntropy($0, rows: rows, n: n, targets: targets).loss] }, 1e-6, "ce grad vs fd")
+        var zf = Self.f(z)
+        let t32 = targets.map { Int32($0) }
+        let loss = LlamaKernels.crossEntropy(&zf, rows: rows, n: n, targets: t32, scale: 0.5)
+        #expect(abs(loss - lossRef) <= 1e-6 * abs(lossRef))
+        #expect(Self.maxRel(zf, gRef.map { 0.5 * $0 }) < 1e-6)
+    }
+
+    @Test(arguments: [(1, 3, 1, 4), (2, 4, 2, 8), (1, 6, 3, 16), (2, 2, 1, 4)], [5, 70, 130])
+    func attention(shape: (Int, Int, Int, Int), seqLen: Int) {
+        let (batch, heads, kvHeads, d) = shape
+        if seqLen > 70 && heads > 2 { return }   // keep the double reference quick
+        let s = AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d)
+        let m = batch * seqLen
+        let q = Self.randoms(m * s.qWidth, seed: 10, scale: 2), k = Self.randoms(m * s.kvWidth, seed: 11, scale: 2)
+        let v = Self.randoms(m * s.kvWidth, seed: 12), dout = Self.randoms(m * s.qWidth, seed: 13)
+        let scale = 1 / Double(d).squareRoot()
+        let oRef = LlamaReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
+        let (dqRef, dkRef, dvRef) = LlamaReference.attentionBackward(dout: dout, q: q, k: k, v: v, batch: batch, seqLen: seqLen,
+                                                                     heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
+        if seqLen <= 5 {
+            func att(_ q: [Double], _ k: [Double], _ v: [Double]) -> [Double] {
+                LlamaReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
+            }
+            Self.close(dqRef, Self.fd(q, dout) { att($0, k, v) }, 1e-6, "attention dq vs fd")
+            Self.close(dkRef, Self.fd(k, dout) { att(q, $0, v) }, 1e-6, "attention dk vs fd")
+            Self.close(dvRef, Self.fd(v, dout) { att(q, k, $0) }, 1e-6, "attention dv vs fd")
+        }
+        let qf = Self.f(q), kf = Self.f(k), vf = Self.f(v), df = Self.f(dout)
+        var out = [Float](repeating: .nan, count: m * s.qWidth)
+        var probs = [Float](repeating: .nan, count: s.probsCount)
+        LlamaAttention.forward(s, q: qf, k: kf, v: vf, out: &out, probs: &probs)
+        #expect(Self.maxRel(out, oRef) < 2e-6)
+        var dq = [Float](repeating: .nan, count: qf.count), dk = [Float](repeating: .nan, count: kf.count), dv = dk
+        let threads = 2
+        var scratch = [Float](repeating: 0, count: threads * s.scratchPerThread)
+        LlamaAttention.backward(s, dout: df, q: qf, k: kf, v: vf, probs: probs, dq: &dq, dk: &dk, dv: &dv,
+                                scratch: &scratch, threads: threads)
+        #expect(Self.maxRel(dq, dqRef) < 1e-5)
+        #expect(Self.maxRel(dk, dkRef) < 1e-5)
+        #expect(Self.maxRel(dv, dvRef) < 1e-5)
+    }
+}

@@ -15,6 +15,7 @@ extension LoraLinear {
                          accumulateBiasGrad: Bool = true) throws(PSTError) {
         guard cacheM >= 1 else { throw .misuse("backward before forward (or the adapters changed since the last forward)") }
         guard m == cacheM else { throw .shape("M (\(m)) differs from the last forward's M (\(cacheM))") }
+        // (m equals a forward's M, which forward bounded, so the products below cannot overflow)
         guard dy.count >= m * outFeatures else {
             throw .shape("dy has \(dy.count) elements, expected M·out_features = \(m)·\(outFeatures) = \(m * outFeatures)")
         }

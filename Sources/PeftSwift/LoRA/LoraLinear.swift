@@ -174,7 +174,9 @@ public final class LoraLinear {
     /// y (M × out) = the layer applied to x (M × in). In training mode draws fresh dropout masks
     /// and keeps what backward needs (a copy of x, the masks, x·Aᵀ per adapter).
     public func forward(_ x: UnsafeBufferPointer<Float>, m: Int, _ y: UnsafeMutableBufferPointer<Float>) throws(PSTError) {
-        guard m >= 1 else { throw .invalidArgument("M (\(m)) must be >= 1") }
+        guard m >= 1, m <= (1 << 40) / max(inFeatures, outFeatures) else {
+            throw .invalidArgument("M (\(m)) must be in 1...\((1 << 40) / max(inFeatures, outFeatures))")
+        }
         guard x.count >= m * inFeatures else {
             throw .shape("x has \(x.count) elements, expected M·in_features = \(m)·\(inFeatures) = \(m * inFeatures)")
         }

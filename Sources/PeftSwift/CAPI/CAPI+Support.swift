@@ -14,9 +14,8 @@ func requireCapacity(_ name: StaticString, have: Int, need: Int, unit: StaticStr
 /// A count coming from C (int64_t) that must be ≥ `minimum`.
 @inline(__always)
 func requireCount(_ name: StaticString, _ v: Int64, minimum: Int64 = 1) throws(PSTError) -> Int {
-    guard v >= minimum, v <= Int64(Int.max / 8) else {
-        throw .invalidArgument("\(name) (\(v)) must be >= \(minimum)")
-    }
+    guard v >= minimum else { throw .invalidArgument("\(name) (\(v)) must be >= \(minimum)") }
+    guard v <= Int64(Int.max / 8) else { throw .invalidArgument("\(name) (\(v)) is too large (max \(Int.max / 8))") }
     return Int(v)
 }
 

@@ -98,3 +98,13 @@ def test_abi_mismatch_is_a_clear_import_error(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import peftswift"], capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode != 0
     assert "ImportError" in r.stderr and "ABI version 1" in r.stderr and "ABI version 999" in r.stderr
+
+
+def test_type_stubs_cover_the_public_api():
+    """Every public name of the package is declared in the stubs (py.typed ships them)."""
+    pkg = pathlib.Path(peftswift.__file__).parent
+    stubs = "".join(p.read_text() for p in pkg.glob("*.pyi"))
+    assert (pkg / "py.typed").exists()
+    public = [n for n in dir(peftswift) if not n.startswith("_") and n not in ("quant", "lora", "optim", "files")]
+    missing = [n for n in public if n not in stubs]
+    assert not missing, f"not in the .pyi stubs: {missing}"

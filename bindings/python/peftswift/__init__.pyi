@@ -2,6 +2,16 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from . import files as files
+from .files import load_adapter as load_adapter
+from .files import load_bnb_checkpoint as load_bnb_checkpoint
+from .files import save_adapter as save_adapter
+from .files import save_bnb_checkpoint as save_bnb_checkpoint
+from .lora import LoraLinear as LoraLinear
+from .optim import AdamW as AdamW
+from .optim import PagedBuffer as PagedBuffer
+from .optim import Pager as Pager
+from .optim import lr_multiplier as lr_multiplier
 from .quant import QuantState as QuantState
 
 __version__: str

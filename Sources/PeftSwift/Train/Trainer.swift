@@ -198,12 +198,19 @@ public final class Trainer {
         self.config = config
         startTime = Trainer.now()
         try model.addAdapter(config.adapterName, config: config.loraConfig, targetModules: config.targetModules)
-        do {
+        do throws(PSTError) {
             for (_, lin) in model.loraModules where lin.adapter(named: config.adapterName) != nil {
                 try lin.setActive([config.adapterName])
             }
             if config.pagedBudgetBytes > 0 {
-                pager = try Pager(budget: config.pagedBudgetBytes)
+                // 4 MiB pages, smaller for small budgets (at least 4 pages, whole system pages)
+                let sys = Pager.systemPageSize
+                let budget = config.pagedBudgetBytes
+                guard budget >= sys else {
+                    throw .invalidArgument("paged budget (\(budget)) must be at least one system page (\(sys) bytes) or 0")
+                }
+                let pageSize = max(sys, min(4 << 20, budget / 4 / sys * sys))
+                pager = try Pager(budget: budget, pageSize: pageSize)
             } else {
                 pager = nil
             }

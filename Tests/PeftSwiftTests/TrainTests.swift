@@ -195,6 +195,61 @@ import Testing
         #expect(LlamaTensorNames.gguf(forHF: "model.layers.x.mlp.down_proj.weight") == nil)
     }
 
+    /// A Hugging Face directory (config.json + one or two safetensors shards) loads the same model.
+    @Test(arguments: [false, true])
+    func huggingFaceDirectory(sharded: Bool) throws {
+        let dir = try TempDir("train")
+        defer { dir.cleanup() }
+        var tensors: [(String, [Int], [Float])] = []
+        var g = SplitMix64(seed: 7)
+        let ref = try LlamaModel(config: Self.cfg) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+            let fanIn = Float(shape.last!)
+            for i in 0..<dst.count {
+                if name.hasSuffix("norm.weight") { dst[i] = 1 + 0.1 * g.uniform(-1, 1) }
+                else if name.contains("embed") { dst[i] = 0.5 * g.uniform(-1, 1) }
+                else { dst[i] = g.uniform(-1, 1) * (3 / fanIn).squareRoot() }
+            }
+            tensors.append((name, shape, Array(dst)))
+        }
+        let c = Self.cfg
+        let config = """
+        {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": \(c.hidden),
+         "intermediate_size": \(c.intermediate), "num_hidden_layers": \(c.layers), "num_attention_heads": \(c.heads),
+         "num_key_value_heads": \(c.kvHeads), "head_dim": \(c.headDim), "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+         "max_position_embeddings": \(c.maxPositions), "vocab_size": \(c.vocab), "tie_word_embeddings": true,
+         "torch_dtype": "float32"}
+        """
+        try config.write(toFile: dir.file("config.json"), atomically: true, encoding: .utf8)
+        let entries = tensors.map { SafeTensorsEntry(name: $0.0, shape: $0.1, floats: $0.2) }
+        if sharded {
+            let half = entries.count / 2
+            try SafeTensorsWriter.write(Array(entries[..<half]), to: dir.file("model-00001-of-00002.safetensors"))
+            try SafeTensorsWriter.write(Array(entries[half...]), to: dir.file("model-00002-of-00002.safetensors"))
+            var map: [String: String] = [:]
+            for (i, e) in entries.enumerated() { map[e.name] = i < half ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors" }
+            let idx = try JSONSerialization.data(withJSONObject: ["metadata": [:], "weight_map": map])
+            try idx.write(to: URL(fileURLWithPath: dir.file("model.safetensors.index.json")))
+        } else {
+            try SafeTensorsWriter.write(entries, to: dir.file("model.safetensors"))
+        }
+        let m = try LlamaModel(huggingFaceDirectory: dir.path)
+        #expect(m.config == Self.cfg)
+        let ids: [Int32] = [1, 5, 9, 3, 7, 2]
+        let a = try m.logits(ids: ids, batch: 1, seqLen: 6), b = try ref.logits(ids: ids, batch: 1, seqLen: 6)
+        #expect(a.map(\.bitPattern) == b.map(\.bitPattern))
+        // errors: another architecture, a missing tensor
+        try config.replacingOccurrences(of: "\"llama\"", with: "\"mistral\"").replacingOccurrences(of: "LlamaForCausalLM", with: "MistralForCausalLM")
+            .write(toFile: dir.file("config.json"), atomically: true, encoding: .utf8)
+        #expect(thrownPST { _ = try LlamaModel(huggingFaceDirectory: dir.path) }?.status == PSTError.unsupported("").status)
+        try config.write(toFile: dir.file("config.json"), atomically: true, encoding: .utf8)
+        if !sharded {
+            try SafeTensorsWriter.write(Array(entries.dropLast()), to: dir.file("model.safetensors"))
+            let e = thrownPST { _ = try LlamaModel(huggingFaceDirectory: dir.path) }
+            #expect(e?.status == PSTError.notFound("").status && e!.message.contains("model.norm.weight"))
+        }
+        #expect(thrownPST { _ = try LlamaModel(huggingFaceDirectory: dir.file("nothing")) }?.status == PSTError.notFound("").status)
+    }
+
     // MARK: - SmolLM2 (skipped when the GGUF is absent)
 
     @Test func smolLM2Hyperparameters() throws {

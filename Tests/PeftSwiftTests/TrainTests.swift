@@ -258,6 +258,33 @@ import Testing
         #expect(hp == .smolLM2_135M)
     }
 
+    /// The dense fp32 GGUF path gives transformers' logits (its GGUF loader, fp32): 16 positions of
+    /// a ChatML prompt, the first 1024 vocabulary entries each, and the full last row (float16).
+    @Test func smolLM2LogitsMatchTransformers() throws {
+        guard let g = smollm2File else { return }
+        let fx = try FixtureFile.load("train/smollm2_logits.safetensors")
+        let ids = fx["ids"].values(Int32.self)
+        let tk = try BPETokenizer(gguf: g)
+        #expect(tk.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+                          addBOS: false, addEOS: false) == ids)
+        let m = try LlamaModel(gguf: g)
+        let T = ids.count, V = m.config.vocab
+        let z = try m.logits(ids: ids, batch: 1, seqLen: T)
+        let ref = fx["logits"].floats
+        var mine: [Float] = []
+        for t in 0..<T { mine += z[(t * V)..<(t * V + 1024)] }
+        let e = llamaRelErr(mine, ref)
+        #expect(e < 1e-4, "relative error \(e)")
+        let last = fx["last_row"].u16.map { Float(Float16(bitPattern: $0)) }
+        let e2 = llamaRelErr(Array(z[((T - 1) * V)...]).map { Float(Float16($0)) }, last)
+        #expect(e2 < 2e-3, "last row relative error \(e2) (float16 reference)")
+        var best = 0
+        for v in 0..<V where z[(T - 1) * V + v] > z[(T - 1) * V + best] { best = v }
+        var bestRef = 0
+        for v in 0..<V where last[v] > last[bestRef] { bestRef = v }
+        #expect(best == bestRef)
+    }
+
     /// Loads SmolLM2 as QLoRA and trains 2 steps (minutes in a debug build: PST_SLOW=1 or a release build).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["PST_SLOW"] == "1"))
     func smolLM2LoadsAndTrains() throws {

@@ -181,6 +181,15 @@ import Testing
         let m = try Self.model()
         #expect(status { _ = try Trainer(model: m, dataset: try Self.data(rows: 3), resumingFrom: dir.file("ck")) } == inv)
         #expect(m.loraModules.allSatisfy { $0.layer.adapters.isEmpty })   // nothing left attached
+        var other = ds.labels
+        other[3] = -100
+        let ds2 = try TrainingDataset(ids: ds.ids, labels: other, seqLen: ds.seqLen)
+        let efp = thrownPST { _ = try Trainer(model: m, dataset: ds2, resumingFrom: dir.file("ck")) }
+        #expect(efp?.status == inv && efp!.message.contains("fingerprint"))
+        // a config that disagrees with the checkpoint's
+        #expect(status { _ = try Trainer(model: m, dataset: ds, resumingFrom: dir.file("ck"), config: TrainerConfig(steps: 4, loraR: 3)) } == inv)
+        let t4 = try Trainer(model: m, dataset: ds, resumingFrom: dir.file("ck"), config: TrainerConfig(steps: 4, loraR: 2))
+        #expect(t4.completedSteps == 1 && t4.config.steps == 4)
         // not a GGUF file
         #expect(status { _ = try LlamaModel(ggufPath: bad) } != nil)
         #expect(status { _ = try LlamaModel(ggufPath: dir.file("none.gguf")) } != nil)

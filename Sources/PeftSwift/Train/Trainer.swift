@@ -265,6 +265,9 @@ public final class Trainer {
               let rows = o["dataset_rows"]?.numberValue?.int, rows == dataset.count else {
             throw .invalidArgument("\(statePath): the checkpoint was made with a different dataset (rows/sequence length differ)")
         }
+        guard let fp = o["dataset_fingerprint"]?.stringValue, UInt64(fp, radix: 16) == dataset.fingerprint else {
+            throw .invalidArgument("\(statePath): the checkpoint was made with a different dataset (fingerprint differs)")
+        }
         guard let rngs = o["dropout_rng"]?.arrayValue else { throw .corrupt("\(statePath): no 'dropout_rng'") }
         let adapters = model.loraModules.compactMap { $0.layer.adapter(named: config.adapterName) }
         guard rngs.count == adapters.count else {
@@ -321,6 +324,10 @@ public final class Trainer {
                 try model.backward()
             }
         }
+        guard loss.isFinite else {
+            model.zeroGrad()
+            throw .nonFinite("step \(completedSteps + 1): the loss is \(loss); no update was made (lower the learning rate?)")
+        }
         var norm: Float = 0
         if config.clipNorm > 0 { norm = try optimizer.clipGradNorm(maxNorm: config.clipNorm) }
         let lr = nextLearningRate
@@ -371,6 +378,7 @@ public final class Trainer {
         o.set("cursor", .int(cursor))
         o.set("seq_len", .int(dataset.seqLen))
         o.set("dataset_rows", .int(dataset.count))
+        o.set("dataset_fingerprint", .string(String(dataset.fingerprint, radix: 16)))
         let rngs = model.loraModules.compactMap { $0.layer.adapter(named: config.adapterName) }.map { JSONValue.string(String($0.rng.state, radix: 16)) }
         o.set("dropout_rng", .array(rngs))
         o.set("config", try config.json())

@@ -193,6 +193,20 @@ public final class TrainingDataset {
         return try TrainingDataset(ids: ids, labels: labels, seqLen: seqLen, vocab: tokenizer.vocabSize)
     }
 
+    /// FNV-1a (64-bit) over the sequence length, ids and labels: identifies the data a
+    /// checkpoint was made with.
+    public var fingerprint: UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        @inline(__always) func mix(_ v: UInt32) {
+            var x = v
+            for _ in 0..<4 { h ^= UInt64(x & 0xFF); h &*= 0x0000_0100_0000_01B3; x >>= 8 }
+        }
+        mix(UInt32(truncatingIfNeeded: seqLen))
+        for v in ids { mix(UInt32(bitPattern: v)) }
+        for v in labels { mix(UInt32(bitPattern: v)) }
+        return h
+    }
+
     /// The row visited at global position `cursor` (epoch = cursor / count, shuffled per epoch
     /// when `shuffle`).
     public func rowIndex(at cursor: Int, seed: UInt64, shuffle: Bool = true) -> Int {

@@ -164,7 +164,7 @@ import Testing
         #expect(status { _ = try TrainingDataset.packedTextFiles([dir.file("none.txt")], tokenizer: tk, seqLen: 4) } == PSTError.notFound("").status)
         // trainer config and data/model mismatches
         let ds = try Self.data(rows: 2)
-        for c in [TrainerConfig(steps: 0), TrainerConfig(steps: 2, batchSize: 0), TrainerConfig(steps: 2, learningRate: .nan),
+        for c in [TrainerConfig(steps: 0), TrainerConfig(steps: 2, batchSize: 0), TrainerConfig(steps: 2, batchSize: Int.max), TrainerConfig(steps: 2, learningRate: .nan),
                   TrainerConfig(steps: 2, warmupSteps: 3), TrainerConfig(steps: 2, checkpointEvery: 1),
                   TrainerConfig(steps: 2, targetModules: ["nope"])] {
             #expect(status { _ = try Trainer(model: try Self.model(), dataset: ds, config: c) } == inv, "\(c)")
@@ -306,7 +306,11 @@ import Testing
         let t = try Trainer(model: m, dataset: ds, config: TrainerConfig(steps: 2, learningRate: 1e-3, loraR: 4, loraAlpha: 8,
                                                                          targetModules: ["q_proj", "v_proj"]))
         var losses: [Float] = []
-        try t.train { losses.append($0.loss); return true }
+        try t.train { p in
+            losses.append(p.loss)
+            print("SmolLM2 QLoRA step \(p.step): loss \(p.loss) lr \(p.learningRate) \(Int(p.tokensPerSecond)) tok/s RSS \(p.residentBytes >> 20) MiB")
+            return true
+        }
         #expect(losses.allSatisfy { $0.isFinite && $0 > 0 && $0 < 15 }, "\(losses)")
     }
 }

@@ -59,9 +59,10 @@ public struct TrainerConfig: Sendable, Equatable {
     /// Throws `PST_ERR_INVALID_ARG` naming the first bad field.
     public func validate() throws(PSTError) {
         func need(_ ok: Bool, _ m: @autoclosure () -> String) throws(PSTError) { if !ok { throw .invalidArgument(m()) } }
-        try need(steps >= 1, "steps (\(steps)) must be >= 1")
-        try need(batchSize >= 1, "batch size (\(batchSize)) must be >= 1")
-        try need(gradientAccumulation >= 1, "gradient accumulation (\(gradientAccumulation)) must be >= 1")
+        try need(steps >= 1 && steps <= 1 << 40, "steps (\(steps)) must be in 1...2^40")
+        try need(batchSize >= 1 && batchSize <= 1 << 16, "batch size (\(batchSize)) must be in 1...65536")
+        try need(gradientAccumulation >= 1 && gradientAccumulation <= 1 << 16,
+                 "gradient accumulation (\(gradientAccumulation)) must be in 1...65536")
         try need(learningRate.isFinite && learningRate >= 0, "learning rate (\(learningRate)) must be finite and >= 0")
         try need(warmupSteps >= 0 && warmupSteps <= steps, "warmup steps (\(warmupSteps)) must be in 0...steps (\(steps))")
         try need(weightDecay.isFinite && weightDecay >= 0, "weight decay (\(weightDecay)) must be finite and >= 0")

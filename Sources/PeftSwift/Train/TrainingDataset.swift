@@ -207,9 +207,9 @@ public final class TrainingDataset {
         return h
     }
 
-    /// The row visited at global position `cursor` (epoch = cursor / count, shuffled per epoch
+    /// The row visited at global position `cursor` >= 0 (epoch = cursor / count, shuffled per epoch
     /// when `shuffle`).
-    public func rowIndex(at cursor: Int, seed: UInt64, shuffle: Bool = true) -> Int {
+    func rowIndex(at cursor: Int, seed: UInt64, shuffle: Bool = true) -> Int {
         let n = count
         let epoch = cursor / n, k = cursor % n
         guard shuffle else { return k }
@@ -238,7 +238,7 @@ public final class TrainingDataset {
     }
 
     /// Copies `rows` consecutive rows starting at `cursor` (in visiting order) into ids/labels.
-    public func batch(cursor: Int, rows: Int, seed: UInt64, shuffle: Bool = true) -> (ids: [Int32], labels: [Int32]) {
+    func batch(cursor: Int, rows: Int, seed: UInt64, shuffle: Bool = true) -> (ids: [Int32], labels: [Int32]) {
         var bi: [Int32] = [], bl: [Int32] = []
         bi.reserveCapacity(rows * seqLen); bl.reserveCapacity(rows * seqLen)
         for r in 0..<rows {

@@ -140,6 +140,37 @@ func expectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: Sou
         }
     }
 
+    /// Edge cases of the sampler: NaN / −∞ logits are never drawn; top-k then top-p; a long
+    /// tail of small probabilities (the full-sort path) keeps the exact nucleus.
+    @Test func samplerEdgeCases() throws {
+        let z: [Float] = [.nan, 1, -.infinity, 0.9, 3, 2.9]
+        var s = Sampler(options: GenerationOptions(temperature: 1, seed: 1))
+        var kp = Sampler(options: GenerationOptions(temperature: 1, topP: 0.5, topK: 3, seed: 1))
+        var seen = Set<Int32>()
+        for _ in 0..<3000 {
+            let t = z.withUnsafeBufferPointer { s.sample($0) }
+            #expect(t != 0 && t != 2)
+            // top-3 = {4, 5, 1}; p ∝ e^3, e^2.9, e^1 → top-p 0.5 keeps {4, 5}
+            seen.insert(z.withUnsafeBufferPointer { kp.sample($0) })
+        }
+        #expect(seen == [4, 5])
+        // 1 big token and 5000 at −10: each tail p ≈ 4.5e-5 (under the candidate cut), together
+        // ≈ 0.18 of the mass, so the 0.9 nucleus reaches into the tail
+        var tail = [Float](repeating: -10, count: 5001)
+        tail[0] = 0
+        var tp = Sampler(options: GenerationOptions(temperature: 1, topP: 0.9, seed: 2))
+        var zeroCount = 0
+        let n = 2000
+        for _ in 0..<n where tail.withUnsafeBufferPointer({ tp.sample($0) }) == 0 { zeroCount += 1 }
+        let p0 = 1 / (1 + 5000 * exp(-10.0)), tailP = p0 * exp(-10.0)
+        let need = 0.9 - p0, kept = (need / tailP).rounded(.up)
+        let expect = p0 / (p0 + kept * tailP)
+        #expect(abs(Double(zeroCount) / Double(n) - expect) < 0.02, "\(Double(zeroCount) / Double(n)) vs \(expect)")
+        // greedy on ties: the lowest id
+        let tie: [Float] = [1, 5, 5, 2]
+        #expect(tie.withUnsafeBufferPointer { Sampler.argmax($0) } == 1)
+    }
+
     /// A stop id ends generation (and is returned); the callback can stop it too.
     @Test func stopsAtEOS() throws {
         let m = try generateTinyModel()
@@ -285,6 +316,12 @@ struct GreedyFixture: Decodable {
                     z = try m.forwardCached(ids: [t], cache: cache)
                 }
                 let t2 = DispatchTime.now().uptimeNanoseconds
+                let o = GenerationOptions(maxNewTokens: n, temperature: 0.8, topP: 0.9, topK: 50, seed: 1)
+                let t3 = DispatchTime.now().uptimeNanoseconds
+                let r = try m.generate(prompt: prompt, options: o)
+                let t4 = DispatchTime.now().uptimeNanoseconds
+                print(String(format: "  generate(temperature 0.8, top-p 0.9, top-k 50): %d tokens, %.1f tokens/s incl. prefill",
+                             r.tokens.count, Double(r.tokens.count) / (Double(t4 - t3) / 1e9)))
                 print(String(format: "SmolLM2-135M %@%@ decode: %.1f tokens/s (%d tokens, %d threads), prefill %d tokens %.1f ms",
                              label, withAdapter ? " + LoRA r16" : "", Double(n) / (Double(t2 - t1) / 1e9), n, Threads.count,
                              prompt.count, Double(t1 - t0) / 1e6))

@@ -83,48 +83,70 @@ public struct Sampler {
     }
 
     /// Picks the next token from `logits` (vocab values); greedy when temperature is 0.
+    /// Otherwise, as transformers' sampling: p ∝ exp((z − max z) / temperature), then top-k,
+    /// then top-p over what top-k kept, then one draw from the renormalized rest.
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
         let n = logits.count
         if options.temperature == 0 || n == 1 { return Sampler.argmax(logits) }
+        let best = Sampler.argmax(logits)
+        let mx = logits[Int(best)]
+        guard mx.isFinite else { return best }
         let invT = 1 / options.temperature
-        // candidates sorted by logit, descending (ties: lower id first)
-        if order.count != n { order = (0..<n).map { Int32($0) } } else { for i in 0..<n { order[i] = Int32(i) } }
+        if probs.count != n { probs = [Float](repeating: 0, count: n) }
+        var sum = 0.0
+        for i in 0..<n {
+            let e = Float(exp(Double((logits[i] - mx) * invT)))
+            probs[i] = e.isFinite ? e : 0      // NaN logits never win
+            sum += Double(probs[i])
+        }
         let k = options.topK > 0 ? min(options.topK, n) : n
+        if k == n && options.topP >= 1 { return draw(count: n, total: sum) { Int32($0) } }
+        // The kept tokens are a prefix of the descending order: sort only the candidates with
+        // p ≥ 1e-4·p_max when they provably contain that prefix, else everything.
+        order.removeAll(keepingCapacity: true)
+        var sumS = 0.0
+        for i in 0..<n where probs[i] >= 1e-4 {
+            order.append(Int32(i)); sumS += Double(probs[i])
+        }
+        let enough = options.topK > 0 ? order.count >= k : sumS >= Double(options.topP) * sum
+        if !enough { order = (0..<n).filter { probs[$0] > 0 }.map { Int32($0) } }
         order.sort { (a, b) in
             let x = logits[Int(a)], y = logits[Int(b)]
             return x > y || (x == y && a < b)
         }
-        let mx = logits[Int(order[0])]
-        guard mx.isFinite else { return order[0] }
-        if probs.count < k { probs = [Float](repeating: 0, count: k) }
-        var sum = 0.0
-        for i in 0..<k {
-            let e = Float(exp(Double((logits[Int(order[i])] - mx) * invT)))
-            probs[i] = e.isFinite ? e : 0
-            sum += Double(probs[i])
-        }
-        // nucleus: the smallest prefix whose probability reaches topP
-        var keep = k
+        let kk = min(k, order.count)
+        var total = 0.0
+        if options.topK > 0 { for i in 0..<kk { total += Double(probs[Int(order[i])]) } } else { total = sum }
+        var keep = kk
         if options.topP < 1 {
+            let target = Double(options.topP) * total
             var c = 0.0
-            let target = Double(options.topP) * sum
-            for i in 0..<k {
-                c += Double(probs[i])
+            for i in 0..<kk {
+                c += Double(probs[Int(order[i])])
                 if c >= target { keep = i + 1; break }
             }
         }
-        var total = 0.0
-        for i in 0..<keep { total += Double(probs[i]) }
+        var kept = 0.0
+        for i in 0..<keep { kept += Double(probs[Int(order[i])]) }
+        let ord = order
+        return draw(count: keep, total: kept) { ord[$0] }
+    }
+
+    /// One draw among ids(0..<count) with weights probs[id], summing to `total`.
+    mutating func draw(count: Int, total: Double, _ id: (Int) -> Int32) -> Int32 {
         let u = Double(rng.next() >> 11) * (1.0 / 9_007_199_254_740_992.0) * total
         var c = 0.0
-        for i in 0..<keep {
-            c += Double(probs[i])
-            if u < c { return order[i] }
+        var last: Int32 = id(0)
+        for i in 0..<count {
+            let t = id(i)
+            let p = Double(probs[Int(t)])
+            if p > 0 { last = t }
+            c += p
+            if u < c { return t }
         }
-        return order[keep - 1]
+        return last
     }
 }
-
 
 extension LlamaModel {
     /// A KV cache for one sequence of up to `capacity` positions (≤ maxPositions).

@@ -35,7 +35,7 @@ func fullLastLogits(_ m: LlamaModel, _ ids: [Int32]) throws -> [Float] {
     return Array(all[((ids.count - 1) * m.config.vocab)...])
 }
 
-func expectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) {
+func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) {
     do {
         try body()
         Issue.record("no error", sourceLocation: sourceLocation)
@@ -67,7 +67,7 @@ func expectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: Sou
         #expect(cache.count == promptLen + 20)
         #expect(worst < 1e-5, "worst relative error \(worst)")
         // the cache is full
-        expectError(PST_ERR_INVALID_ARG) { _ = try m.forwardCached(ids: [1], cache: cache) }
+        genExpectError(PST_ERR_INVALID_ARG) { _ = try m.forwardCached(ids: [1], cache: cache) }
     }
 
     /// Feeding the prompt in pieces gives the same state as feeding it at once.
@@ -207,34 +207,34 @@ func expectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: Sou
         #expect(llamaRelErr(z, try base.forwardCached(ids: prompt, cache: try base.makeKVCache(capacity: 4))) == 0)
         // a merged adapter cannot be disabled
         _ = try m.loraModules[0].layer.merge()
-        expectError(PST_ERR_MISUSE) { _ = try m.generate(prompt: prompt, options: off) }
+        genExpectError(PST_ERR_MISUSE) { _ = try m.generate(prompt: prompt, options: off) }
         #expect(m.loraModules.allSatisfy { $0.layer.active.map(\.name) == ["default"] })
     }
 
     @Test func errors() throws {
         let m = try generateTinyModel(maxPositions: 16)
         let inv = PST_ERR_INVALID_ARG
-        expectError(inv) { _ = try m.generate(prompt: []) }
-        expectError(inv) { _ = try m.generate(prompt: [1, 61]) }
-        expectError(inv) { _ = try m.generate(prompt: [-1]) }
-        expectError(inv) { _ = try m.generate(prompt: [Int32](repeating: 1, count: 17), options: GenerationOptions(maxNewTokens: 1)) }
-        expectError(inv) { _ = try m.generate(prompt: [Int32](repeating: 1, count: 10), options: GenerationOptions(maxNewTokens: 8)) }
+        genExpectError(inv) { _ = try m.generate(prompt: []) }
+        genExpectError(inv) { _ = try m.generate(prompt: [1, 61]) }
+        genExpectError(inv) { _ = try m.generate(prompt: [-1]) }
+        genExpectError(inv) { _ = try m.generate(prompt: [Int32](repeating: 1, count: 17), options: GenerationOptions(maxNewTokens: 1)) }
+        genExpectError(inv) { _ = try m.generate(prompt: [Int32](repeating: 1, count: 10), options: GenerationOptions(maxNewTokens: 8)) }
         _ = try m.generate(prompt: [Int32](repeating: 1, count: 10), options: GenerationOptions(maxNewTokens: 7))
         _ = try m.generate(prompt: [Int32](repeating: 1, count: 16), options: GenerationOptions(maxNewTokens: 1))
         for o in [GenerationOptions(temperature: -1), GenerationOptions(temperature: .nan), GenerationOptions(temperature: .infinity),
                   GenerationOptions(temperature: 1, topP: 0), GenerationOptions(temperature: 1, topP: 1.5),
                   GenerationOptions(temperature: 1, topP: .nan), GenerationOptions(topK: -1),
                   GenerationOptions(maxNewTokens: -1), GenerationOptions(stopIDs: [61])] {
-            expectError(inv) { _ = try m.generate(prompt: [1], options: o) }
+            genExpectError(inv) { _ = try m.generate(prompt: [1], options: o) }
         }
-        expectError(inv) { _ = try m.makeKVCache(capacity: 17) }
-        expectError(inv) { _ = try m.makeKVCache(capacity: 0) }
+        genExpectError(inv) { _ = try m.makeKVCache(capacity: 17) }
+        genExpectError(inv) { _ = try m.makeKVCache(capacity: 0) }
         let c = try m.makeKVCache(capacity: 4)
-        expectError(inv) { _ = try m.forwardCached(ids: [], cache: c) }
-        expectError(inv) { _ = try m.forwardCached(ids: [1, 2, 3, 4, 5], cache: c) }
-        expectError(inv) { _ = try m.forwardCached(ids: [99], cache: c) }
+        genExpectError(inv) { _ = try m.forwardCached(ids: [], cache: c) }
+        genExpectError(inv) { _ = try m.forwardCached(ids: [1, 2, 3, 4, 5], cache: c) }
+        genExpectError(inv) { _ = try m.forwardCached(ids: [99], cache: c) }
         let other = try generateTinyModel(maxPositions: 16)
-        expectError(inv) { _ = try other.forwardCached(ids: [1], cache: c) }
+        genExpectError(inv) { _ = try other.forwardCached(ids: [1], cache: c) }
         #expect(c.count == 0)
     }
 }
@@ -316,15 +316,15 @@ struct GreedyFixture: Decodable {
                     z = try m.forwardCached(ids: [t], cache: cache)
                 }
                 let t2 = DispatchTime.now().uptimeNanoseconds
+                print(String(format: "SmolLM2-135M %@%@ decode: %.1f tokens/s (%d tokens, %d threads), prefill %d tokens %.1f ms",
+                             label, withAdapter ? " + LoRA r16" : "", Double(n) / (Double(t2 - t1) / 1e9), n, Threads.count,
+                             prompt.count, Double(t1 - t0) / 1e6))
                 let o = GenerationOptions(maxNewTokens: n, temperature: 0.8, topP: 0.9, topK: 50, seed: 1)
                 let t3 = DispatchTime.now().uptimeNanoseconds
                 let r = try m.generate(prompt: prompt, options: o)
                 let t4 = DispatchTime.now().uptimeNanoseconds
                 print(String(format: "  generate(temperature 0.8, top-p 0.9, top-k 50): %d tokens, %.1f tokens/s incl. prefill",
                              r.tokens.count, Double(r.tokens.count) / (Double(t4 - t3) / 1e9)))
-                print(String(format: "SmolLM2-135M %@%@ decode: %.1f tokens/s (%d tokens, %d threads), prefill %d tokens %.1f ms",
-                             label, withAdapter ? " + LoRA r16" : "", Double(n) / (Double(t2 - t1) / 1e9), n, Threads.count,
-                             prompt.count, Double(t1 - t0) / 1e6))
             }
         }
     }

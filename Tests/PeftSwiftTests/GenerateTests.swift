@@ -302,6 +302,18 @@ struct GreedyFixture: Decodable {
         let g = smollm2File!
         for (label, opts) in [("NF4+DQ", LlamaLoadOptions.qlora), ("fp32", .dense)] {
             let m = try smollm2Model(g, options: opts)
+            do {   // the tied LM head alone: a GEMV over vocab × H (fp32)
+                let c = m.config
+                let x = try AlignedBuffer<Float>(count: c.hidden), z = try AlignedBuffer<Float>(count: c.vocab)
+                for i in 0..<c.hidden { x[i] = 0.01 * Float(i % 13) }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<50 {
+                    GEMM.sgemm(transA: false, transB: true, m: 1, n: c.vocab, k: c.hidden, alpha: 1, a: x.baseAddress, lda: c.hidden,
+                               b: m.headWeight, ldb: c.hidden, beta: 0, c: z.baseAddress, ldc: c.vocab)
+                }
+                print(String(format: "  LM head GEMV (%d × %d fp32): %.2f ms", c.vocab, c.hidden,
+                             Double(DispatchTime.now().uptimeNanoseconds - t0) / 50e6))
+            }
             let prompt = try BPETokenizer(gguf: g).encode("Once upon a time, in a small village,", addBOS: false)
             for withAdapter in [false, true] {
                 if withAdapter { try m.addAdapter("default", config: LoraConfig(r: 16, alpha: 32)) }

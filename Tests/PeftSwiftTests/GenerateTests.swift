@@ -243,30 +243,9 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
 
 /// The SmolLM2 GGUF as a LlamaModel: config from the GGUF metadata, weights by dequantizeHF
 /// under the HF → GGUF name map.
+/// SmolLM2 from its GGUF through the engine's own loader (Train/LlamaModel+GGUF.swift).
 func smollm2Model(_ g: GGUFFile, options: LlamaLoadOptions) throws -> LlamaModel {
-    let lc = try LlamaConfig(gguf: g)
-    let c = LlamaHyperparameters(layers: lc.blockCount, hidden: lc.hiddenSize, intermediate: lc.intermediateSize,
-                                 heads: lc.headCount, kvHeads: lc.headCountKV, headDim: lc.headDim, vocab: lc.vocabSize,
-                                 rmsEps: lc.rmsNormEpsilon, ropeTheta: lc.ropeTheta, maxPositions: lc.contextLength,
-                                 tiedEmbeddings: lc.tiedEmbeddings)
-    func ggufName(_ hf: String) -> String {
-        if hf == "model.embed_tokens.weight" { return "token_embd.weight" }
-        if hf == "model.norm.weight" { return "output_norm.weight" }
-        if hf == "lm_head.weight" { return "output.weight" }
-        let map = ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                   "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                   "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]
-        var rest = hf.dropFirst("model.layers.".count)
-        let n = rest.prefix { $0 != "." }
-        rest = rest.dropFirst(n.count + 1)
-        let module = String(rest.dropLast(".weight".count))
-        return "blk.\(n).\(map[module] ?? module).weight"
-    }
-    return try LlamaModel(config: c, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
-        let t = try g.tensor(named: ggufName(name))
-        guard t.shape == shape else { throw .shape("\(name): \(t.shape) vs \(shape)") }
-        try g.dequantizeHF(t, config: lc, into: dst.baseAddress!, count: dst.count)
-    }
+    try LlamaModel(gguf: g, options: options)
 }
 
 struct GreedyFixture: Decodable {

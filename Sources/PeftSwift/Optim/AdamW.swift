@@ -244,31 +244,13 @@ public final class AdamW {
     ///   rate set through `learningRate`); with paged storage, the pager's errors
     ///   (`PST_ERR_OUT_OF_MEMORY`, `PST_ERR_IO`, `PST_ERR_CORRUPT`). A step that fails part way has
     ///   updated the chunks before the failure (their step count is advanced only at the end).
-    public func step() throws(PSTError) {
-        try hyperparameters.validate()
-        let h = hyperparameters
-        try forEachChunk { q, lo, hi, ptrs throws(PSTError) in
-            let t = q.step + 1
-            let n = hi - lo
-            let p = q.p + lo, g = UnsafePointer(q.g + lo)
-            switch q.layout {
-            case .torchFP32:
-                torchAdamWKernel(p, g, ptrs[0].assumingMemoryBound(to: Float.self), ptrs[1].assumingMemoryBound(to: Float.self),
-                                 n, TorchAdamWConstants(h, step: t))
-            case .bnbFP32:
-                bnbAdam32Kernel(p, g, ptrs[0].assumingMemoryBound(to: Float.self), ptrs[1].assumingMemoryBound(to: Float.self),
-                                n, BnbAdam32Constants(h, step: t))
-            case .bnb8bit:
-                bnbAdam8bitKernel(p, g, ptrs[0].assumingMemoryBound(to: UInt8.self), ptrs[1].assumingMemoryBound(to: UInt8.self),
-                                  ptrs[2].assumingMemoryBound(to: Float.self), ptrs[3].assumingMemoryBound(to: Float.self),
-                                  n, Bnb8bitConstants(h, step: t))
-            }
-        }
-        for q in params { q.step += 1 }
-    }
+    public func step() throws(PSTError) { try step(reference: false) }
 
     /// The same step computed with the scalar reference kernels (tests compare the two).
-    func referenceStep() throws(PSTError) {
+    func referenceStep() throws(PSTError) { try step(reference: true) }
+
+    /// One pass over every chunk with the fast kernels or their reference twins.
+    func step(reference: Bool) throws(PSTError) {
         try hyperparameters.validate()
         let h = hyperparameters
         try forEachChunk { q, lo, hi, ptrs throws(PSTError) in
@@ -277,15 +259,18 @@ public final class AdamW {
             let p = q.p + lo, g = UnsafePointer(q.g + lo)
             switch q.layout {
             case .torchFP32:
-                torchAdamWReference(p, g, ptrs[0].assumingMemoryBound(to: Float.self), ptrs[1].assumingMemoryBound(to: Float.self),
-                                    n, TorchAdamWConstants(h, step: t))
+                let (m, v) = (ptrs[0].assumingMemoryBound(to: Float.self), ptrs[1].assumingMemoryBound(to: Float.self))
+                let k = TorchAdamWConstants(h, step: t)
+                if reference { torchAdamWReference(p, g, m, v, n, k) } else { torchAdamWKernel(p, g, m, v, n, k) }
             case .bnbFP32:
-                bnbAdam32Reference(p, g, ptrs[0].assumingMemoryBound(to: Float.self), ptrs[1].assumingMemoryBound(to: Float.self),
-                                   n, BnbAdam32Constants(h, step: t))
+                let (m, v) = (ptrs[0].assumingMemoryBound(to: Float.self), ptrs[1].assumingMemoryBound(to: Float.self))
+                let k = BnbAdam32Constants(h, step: t)
+                if reference { bnbAdam32Reference(p, g, m, v, n, k) } else { bnbAdam32Kernel(p, g, m, v, n, k) }
             case .bnb8bit:
-                bnbAdam8bitReference(p, g, ptrs[0].assumingMemoryBound(to: UInt8.self), ptrs[1].assumingMemoryBound(to: UInt8.self),
-                                     ptrs[2].assumingMemoryBound(to: Float.self), ptrs[3].assumingMemoryBound(to: Float.self),
-                                     n, Bnb8bitConstants(h, step: t))
+                let (s1, s2) = (ptrs[0].assumingMemoryBound(to: UInt8.self), ptrs[1].assumingMemoryBound(to: UInt8.self))
+                let (a1, a2) = (ptrs[2].assumingMemoryBound(to: Float.self), ptrs[3].assumingMemoryBound(to: Float.self))
+                let k = Bnb8bitConstants(h, step: t)
+                if reference { bnbAdam8bitReference(p, g, s1, s2, a1, a2, n, k) } else { bnbAdam8bitKernel(p, g, s1, s2, a1, a2, n, k) }
             }
         }
         for q in params { q.step += 1 }

@@ -26,7 +26,7 @@ swift build --build-tests 2>&1 | tail -3
 swift test 2>&1 | tee "$logdir/swift.log" | grep -E '✘|error|Test run|Executed|passed after|failed after' | grep -vE '^.*✔ Test [a-zA-Z]' | tail -40
 sw_rc=${PIPESTATUS[0]}
 sw_pass=$(grep -cE '✔ Test .* passed after' "$logdir/swift.log")
-sw_fail=$(grep -cE '✘ Test .* (failed|recorded)' "$logdir/swift.log")
+sw_fail=$(grep -E '✘ Test [^ ]+ failed after' "$logdir/swift.log" | grep -vc '✘ Test run ')
 if [ "$sw_rc" -ne 0 ] && [ "$sw_fail" -eq 0 ]; then sw_fail=1; fi
 echo "swift: $sw_pass passed, $sw_fail failed"
 add "$sw_pass" "$sw_fail"

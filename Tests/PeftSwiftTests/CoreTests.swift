@@ -1,6 +1,9 @@
 import Testing
 @testable import PeftSwift
 import CPeftSwift
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct CoreTests {
     @Test func versionMatchesHeaderMacros() {
@@ -22,13 +25,24 @@ import CPeftSwift
         #expect(String(cString: pst_last_error()) == "")
     }
 
-    @Test func lastErrorIsPerThreadAndTruncatesSafely() async {
+    @Test func lastErrorIsPerThreadAndTruncatesSafely() {
         LastError.set(String(repeating: "é", count: 2000))  // 4000 bytes, 2-byte sequences
         let s = String(cString: pst_last_error())
         #expect(s.utf8.count <= 1023)
         #expect(s.allSatisfy { $0 == "é" })
-        let other = await Task.detached { String(cString: pst_last_error()) }.value
-        #expect(other == "")
+        // a brand-new OS thread (not a pooled task, which may reuse this thread) sees its own, empty message
+        final class Box: @unchecked Sendable { var text = "unset" }
+        let box = Box()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { arg in
+            let b = Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue()
+            b.text = String(cString: pst_last_error())
+            return nil
+        }, Unmanaged.passUnretained(box).toOpaque())
+        #expect(rc == 0)
+        pthread_join(tid, nil)
+        #expect(box.text == "")
+        #expect(String(cString: pst_last_error()).utf8.count == s.utf8.count)  // this thread's message is untouched
         LastError.clear()
     }
 

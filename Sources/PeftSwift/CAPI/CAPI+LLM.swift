@@ -550,7 +550,7 @@ public func pst_llm_save_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ adapte
 
 /// Loads a PEFT adapter directory (made by PEFT or peftswift for this model) as adapter `name`
 /// (NULL: "default"); all or nothing. It becomes active wherever it is the first adapter.
-/// Errors: PST_ERR_INVALID_ARG (a tensor for no module of this model, shapes), PST_ERR_NOT_FOUND,
+/// Errors: PST_ERR_INVALID_ARG (a tensor for no projection of this model), PST_ERR_SHAPE, PST_ERR_NOT_FOUND,
 /// PST_ERR_EXISTS, PST_ERR_CORRUPT, PST_ERR_UNSUPPORTED, PST_ERR_IO, PST_ERR_MISUSE.
 @c(pst_llm_load_adapter)
 public func pst_llm_load_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ directory: UnsafePointer<CChar>?,
@@ -560,7 +560,15 @@ public func pst_llm_load_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ direct
         let dir = try cString(directory, "directory")
         let n = try optionalCString(name, "name") ?? "default"
         try h.exclusive { () throws(PSTError) in
-            let mods = h.model.loraModules.map { PeftModule($0.modulePath, $0.layer) }
+            // the projections the file has weights for (PEFT's target_modules and
+            // layers_to_transform decide that when it saves); a tensor for no projection of
+            // this model is an error (strict load)
+            let f = try SafeTensorsFile(path: dir + "/" + PeftAdapterDirectory.weightsFileName)
+            let mods = h.model.loraModules.filter { f.contains(PeftAdapterDirectory.tensorNames(forModule: $0.modulePath).a) }
+                .map { PeftModule($0.modulePath, $0.layer) }
+            guard !mods.isEmpty else {
+                throw .invalidArgument("\(dir): the adapter has weights for no projection of this model (model.layers.N.self_attn.q_proj, ...)")
+            }
             try PeftAdapterDirectory.load(from: dir, into: mods, as: n)
             h.model.dropState()
         }

@@ -99,6 +99,8 @@ typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
 typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
 typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
 typedef struct pst_safetensors { uint8_t pst_reserved_; } pst_safetensors;
+typedef struct pst_llm { uint8_t pst_reserved_; } pst_llm;
+typedef struct pst_trainer { uint8_t pst_reserved_; } pst_trainer;
 
 /* ---- LoRA */
 #define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
@@ -220,6 +222,139 @@ typedef struct pst_tensor {
     const void *data;              /* little-endian elements, row-major */
     int64_t byte_count;            /* product(shape) * element size */
 } pst_tensor;
+
+/* ---- Language models (pst_llm_*): a Llama-architecture model with its tokenizer, loaded from
+ * a GGUF file or a Hugging Face checkpoint directory. */
+
+/* Pre-tokenizer of the byte-level BPE tokenizer (pst_llm_load_params.pretokenizer) */
+#define PST_PRETOK_AUTO 0    /* the file's own (tokenizer.ggml.pre / tokenizer.json) */
+#define PST_PRETOK_GPT2 1    /* the GPT-2 pattern alone: what transformers rebuilds from a GGUF */
+#define PST_PRETOK_DIGITS 2  /* digits isolated, then GPT-2 (SmolLM2's own tokenizer.json, llama.cpp "smollm") */
+
+/* How pst_llm_load builds the model. Initialize with pst_llm_load_params_init. */
+typedef struct pst_llm_load_params {
+    size_t struct_size;    /* sizeof(pst_llm_load_params) */
+    int32_t quantize;      /* 1 (default): the 7 projections of every layer become 4-bit (QLoRA's
+                              base) as they load; 0: they stay fp32. Embeddings, norms, LM head: fp32 */
+    int32_t quant_type;    /* PST_QUANT_NF4 (default) or PST_QUANT_FP4 */
+    int32_t blocksize;     /* 64 (default), 32 ... 4096, a power of two */
+    int32_t double_quant;  /* 1 (default): double quantization of the block constants */
+    int32_t pretokenizer;  /* PST_PRETOK_* (default PST_PRETOK_AUTO) */
+} pst_llm_load_params;
+
+/* What a loaded model is (pst_llm_get_info). */
+typedef struct pst_llm_info {
+    size_t struct_size;       /* sizeof(pst_llm_info) */
+    int32_t layers;
+    int32_t hidden;
+    int32_t intermediate;
+    int32_t heads;
+    int32_t kv_heads;
+    int32_t head_dim;
+    int32_t vocab;
+    int32_t max_positions;    /* the context length */
+    int32_t tied_embeddings;  /* 1 when the LM head is the token embedding */
+    int32_t quantized;        /* 1 when the projections are 4-bit */
+    int32_t bos_id;           /* -1 when the tokenizer has none */
+    int32_t eos_id;           /* -1 when the tokenizer has none */
+    int32_t has_tokenizer;    /* 0 for a checkpoint directory without a supported tokenizer */
+    int32_t adapter_count;    /* distinct adapter names attached */
+    float rms_eps;
+    float rope_theta;
+    int64_t parameter_count;  /* of the base model (4-bit weights count as parameters) */
+    int64_t base_bytes;       /* memory of the frozen base's weights as held now */
+} pst_llm_info;
+
+/* pst_llm_tokenize flags */
+#define PST_TOKENIZE_ADD_SPECIAL 1    /* add BOS/EOS as the tokenizer's defaults say */
+#define PST_TOKENIZE_PARSE_SPECIAL 2  /* text like "<|im_end|>" becomes the special token */
+/* pst_llm_detokenize flags */
+#define PST_DETOKENIZE_SKIP_SPECIAL 1 /* leave special tokens out */
+
+/* Text generation (pst_llm_generate). Initialize with pst_generate_params_init. */
+typedef struct pst_generate_params {
+    size_t struct_size;        /* sizeof(pst_generate_params) */
+    int32_t max_new_tokens;    /* 64 */
+    float temperature;         /* 0 (default): greedy; > 0: sampling */
+    float top_p;               /* 1 (default): off; nucleus sampling in (0, 1] */
+    int32_t top_k;             /* 0 (default): off */
+    uint64_t seed;             /* seeds sampling; 0 */
+    int32_t disable_adapters;  /* 1: generate with the base model alone; 0 (default) */
+    int32_t stop_at_eos;       /* 1 (default): stop after the tokenizer's EOS (and <|im_end|> if present) */
+    const int32_t *stop_ids;   /* more stop tokens (may be NULL) */
+    int32_t stop_count;
+} pst_generate_params;
+
+/* Called by pst_llm_generate with each new token and its bytes (a token may end inside a UTF-8
+ * sequence: concatenate the bytes). Return 0 to go on, nonzero to stop. */
+typedef int32_t (*pst_token_callback)(int32_t token, const char *bytes, size_t byte_count, void *user);
+
+/* ---- Fine-tuning (pst_trainer_*) */
+#define PST_DATA_TEXT 0    /* UTF-8 text files, tokenized and packed into seq_len rows (causal LM) */
+#define PST_DATA_JSONL 1   /* JSON Lines of {"instruction": ..., "response": ...}, rendered with the
+                              ChatML template, loss on the responses only, one row per example */
+
+/* A fine-tuning run. Initialize with pst_trainer_params_init; QLoRA's defaults. */
+typedef struct pst_trainer_params {
+    size_t struct_size;            /* sizeof(pst_trainer_params) */
+    int32_t data_format;           /* PST_DATA_TEXT (default) or PST_DATA_JSONL */
+    int32_t seq_len;               /* 256 (2 ... the model's context) */
+    int64_t steps;                 /* optimizer steps, 100 */
+    int32_t batch_size;            /* sequences per micro-batch, 4 */
+    int32_t gradient_accumulation; /* micro-batches per step, 1 */
+    double learning_rate;          /* 2e-4 */
+    int64_t warmup_steps;          /* 0 */
+    int32_t schedule;              /* PST_LR_COSINE (default), PST_LR_LINEAR, PST_LR_CONSTANT(_WARMUP) */
+    double weight_decay;           /* 0 */
+    double clip_norm;              /* max gradient L2 norm, 1.0; 0 = off */
+    int32_t optimizer_state;       /* PST_OPTIM_STATE_F32 (default) or PST_OPTIM_STATE_8BIT */
+    int64_t paged_budget_bytes;    /* optimizer state paged under this RAM budget; 0 (default) = unpaged */
+    int32_t lora_r;                /* 16 */
+    float lora_alpha;              /* 32 */
+    float lora_dropout;            /* 0.05 */
+    const char *target_modules;    /* comma-separated (q_proj,k_proj,...); NULL = all 7 projections */
+    uint64_t seed;                 /* adapter init, dropout masks, data order; 42 */
+    int32_t shuffle;               /* 1: visit the rows in a seeded random order each epoch */
+    int64_t checkpoint_every;      /* write output_dir/checkpoint-<step> every N steps; 0 = never */
+    const char *output_dir;        /* where pst_trainer_train saves the final adapter; NULL = nowhere */
+    int32_t recompute;             /* 1: activation recomputation (less memory, ~1/3 more compute) */
+    const char *adapter_name;      /* "default" when NULL */
+    const char *resume_from;       /* a checkpoint directory to resume (bit-exact); NULL = fresh */
+    const char *text_separator;    /* PST_DATA_TEXT: split files into documents at this string
+                                      (e.g. "\n\n"); NULL = one document per file */
+    const char *system_prompt;     /* PST_DATA_JSONL: a ChatML system turn for every row; NULL = none */
+} pst_trainer_params;
+
+/* Reported after each optimizer step (pst_trainer_step, the pst_trainer_train callback). */
+typedef struct pst_train_progress {
+    size_t struct_size;        /* sizeof(pst_train_progress) */
+    int64_t step;              /* steps done, 1 after the first */
+    int64_t total_steps;
+    float loss;                /* mean over the step's target tokens */
+    float grad_norm;           /* before clipping (0 when clipping is off) */
+    double learning_rate;      /* the rate this step used */
+    double tokens_per_second;  /* all positions of the step's sequences / the step's time */
+    int64_t resident_bytes;    /* the process's resident set size now */
+    double elapsed_seconds;    /* since the trainer was created */
+    const char *checkpoint;    /* the checkpoint written after this step, or NULL; valid until the
+                                  next call on the trainer */
+} pst_train_progress;
+
+/* Called by pst_trainer_train after each step. Return 0 to go on, nonzero to stop (the trainer
+ * stays usable: pst_trainer_save_checkpoint, then resume later). */
+typedef int32_t (*pst_progress_callback)(const pst_train_progress *progress, void *user);
+
+/* What a trainer is training on (pst_trainer_get_info). */
+typedef struct pst_trainer_info {
+    size_t struct_size;        /* sizeof(pst_trainer_info) */
+    int64_t rows;              /* sequences in the dataset */
+    int32_t seq_len;
+    int64_t tokens;            /* rows * seq_len */
+    int64_t target_tokens;     /* positions that carry a loss */
+    int64_t completed_steps;
+    int64_t total_steps;
+    int64_t trainable_parameters;
+} pst_trainer_info;
 
 #if defined(__cplusplus)
 #  define PST_NOEXCEPT noexcept
@@ -369,6 +504,249 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_bnb_save(char const * path, pst_quant
  * Errors: PST_ERR_IO, PST_ERR_CORRUPT, PST_ERR_NOT_FOUND, PST_ERR_SHAPE, PST_ERR_INVALID_ARG.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_bnb_load(char const * path, char const * module_, pst_quant * * weight, float * bias, ptrdiff_t bias_capacity, int32_t * has_bias) PST_NOEXCEPT;
+
+/* ---- from Sources/PeftSwift/CAPI/CAPI+LLM.swift --------------------------------------------------- */
+
+/**
+ * Fills *p with the defaults: NF4, blocksize 64, double quantization, the file's own pre-tokenizer.
+ * Errors: PST_ERR_INVALID_ARG (p NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_load_params_init(pst_llm_load_params * p) PST_NOEXCEPT;
+
+/**
+ * Loads a Llama-architecture model from path: a GGUF file (general.architecture "llama";
+ * F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors; its byte-level BPE tokenizer) or a Hugging Face
+ * checkpoint directory (config.json + model.safetensors or a sharded index; F32/BF16/F16).
+ * Each tensor is converted to fp32 as it loads and, with params->quantize, each projection is
+ * quantized to 4 bits before the next one loads, so the whole model never sits in fp32.
+ * params may be NULL (the defaults of pst_llm_load_params_init). Free with pst_llm_free.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (no such file, a missing tensor or key),
+ * PST_ERR_CORRUPT (not GGUF/safetensors, tensors disagreeing with the metadata),
+ * PST_ERR_UNSUPPORTED (another architecture, tensor type, RoPE scaling, tokenizer), PST_ERR_IO,
+ * PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_load(char const * path, pst_llm_load_params const * params, pst_llm * * out_) PST_NOEXCEPT;
+
+/**
+ * Frees a model; NULL is a no-op. Trainers made from it keep it alive until they are freed.
+ */
+PST_API void pst_llm_free(pst_llm * llm) PST_NOEXCEPT;
+
+/**
+ * Fills *info (info->struct_size must be sizeof(pst_llm_info)).
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_get_info(pst_llm * llm, pst_llm_info * info) PST_NOEXCEPT;
+
+/**
+ * Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
+ * Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
+ * may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
+ * set, so a caller can size the buffer with a first call.
+ * Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
+
+/**
+ * The ids of a one-turn chat prompt in the ChatML format (SmolLM2's template):
+ * [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
+ * system may be NULL. Sizing as pst_llm_tokenize.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
+
+/**
+ * The text of count ids (flags: PST_DETOKENIZE_*), NUL-terminated into text (capacity bytes,
+ * including the NUL). *length receives the byte length without the NUL; when capacity is too
+ * small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
+ * are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
+ * Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length) PST_NOEXCEPT;
+
+/**
+ * Logits of every position: logits (batch * seq_len * vocab floats, row-major [b][t][v]) for
+ * ids (batch * seq_len token ids). Runs with dropout off (evaluation), with the active adapters.
+ * Errors: PST_ERR_INVALID_ARG (NULL, ids out of range, capacity, seq_len beyond the context),
+ * PST_ERR_MISUSE (handle busy), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_logits(pst_llm * llm, int32_t const * ids, int64_t batch, int64_t seq_len, float * logits, ptrdiff_t capacity) PST_NOEXCEPT;
+
+/**
+ * The causal-LM loss of ids (batch * seq_len) against labels (the same size; NULL: labels =
+ * ids), as transformers computes it: position t predicts labels[t + 1], labels of -100 are
+ * ignored, the mean over the targets. Dropout applies in training mode (pst_llm_set_training).
+ * Keeps what pst_llm_backward needs.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE, PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_loss(pst_llm * llm, int32_t const * ids, int32_t const * labels, int64_t batch, int64_t seq_len, float * loss) PST_NOEXCEPT;
+
+/**
+ * Backward of the last pst_llm_loss: adds d loss / d A and d loss / d B into the gradients of
+ * every active adapter (read them with pst_llm_adapter_tensor; clear with pst_llm_zero_grad).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (no pending loss, handle busy).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_backward(pst_llm * llm) PST_NOEXCEPT;
+
+/**
+ * Zeroes every adapter's gradients.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_zero_grad(pst_llm * llm) PST_NOEXCEPT;
+
+/**
+ * Training mode (1: LoRA dropout on in pst_llm_loss) or evaluation (0, the state after loading).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_set_training(pst_llm * llm, int32_t training) PST_NOEXCEPT;
+
+/**
+ * Adds an adapter called name (NULL: "default") to the target_modules projections of every
+ * layer (comma-separated: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; NULL:
+ * all seven) with params (NULL: pst_lora_params_init's defaults). Each projection's A gets its
+ * own seed derived from params->seed; B starts at zero. All or nothing. It becomes active
+ * wherever it is the first adapter; use pst_llm_set_adapter to choose.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_EXISTS, PST_ERR_MISUSE (handle busy), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_add_adapter(pst_llm * llm, char const * name, pst_lora_params const * params, char const * target_modules) PST_NOEXCEPT;
+
+/**
+ * Deletes the adapter called name from every projection.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged, handle busy).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_delete_adapter(pst_llm * llm, char const * name) PST_NOEXCEPT;
+
+/**
+ * Makes name the only active adapter on every projection that has it (others: none active);
+ * name NULL disables all adapters (the base model alone).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (no projection has it), PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_set_adapter(pst_llm * llm, char const * name) PST_NOEXCEPT;
+
+/**
+ * The number of projections (layers * 7), each addressable by its Hugging Face module path.
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_module_count(pst_llm * llm, int64_t * count) PST_NOEXCEPT;
+
+/**
+ * The index-th projection's module path ("model.layers.0.self_attn.q_proj", PEFT's key
+ * prefix), owned by the handle (valid until pst_llm_free).
+ * Errors: PST_ERR_INVALID_ARG (NULL, index out of range).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_module_at(pst_llm * llm, int64_t index, char const * * path) PST_NOEXCEPT;
+
+/**
+ * A tensor of adapter `adapter` (NULL: "default") on projection `module_path`: which is
+ * PST_LORA_A (r x in), PST_LORA_B (out x r), PST_LORA_GRAD_A or PST_LORA_GRAD_B. *data points
+ * into the model (read and write; valid until the adapter is deleted or the model freed);
+ * *rows and *cols (may be NULL) receive its shape, row-major.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (no such module or adapter).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_adapter_tensor(pst_llm * llm, char const * module_path, char const * adapter, int32_t which, float * * data, int64_t * rows, int64_t * cols) PST_NOEXCEPT;
+
+/**
+ * Saves adapter `adapter` (NULL: "default") as a PEFT directory (adapter_config.json +
+ * adapter_model.safetensors, Hugging Face module names, task type CAUSAL_LM) that
+ * PeftModel.from_pretrained loads onto the transformers model. Each file is written atomically.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_IO, PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_save_adapter(pst_llm * llm, char const * adapter, char const * directory) PST_NOEXCEPT;
+
+/**
+ * Loads a PEFT adapter directory (made by PEFT or peftswift for this model) as adapter `name`
+ * (NULL: "default"); all or nothing. It becomes active wherever it is the first adapter.
+ * Errors: PST_ERR_INVALID_ARG (a tensor for no projection of this model), PST_ERR_SHAPE, PST_ERR_NOT_FOUND,
+ * PST_ERR_EXISTS, PST_ERR_CORRUPT, PST_ERR_UNSUPPORTED, PST_ERR_IO, PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_load_adapter(pst_llm * llm, char const * directory, char const * name) PST_NOEXCEPT;
+
+/**
+ * Fills *p with the defaults: 64 new tokens, greedy, stop at EOS.
+ * Errors: PST_ERR_INVALID_ARG (p NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_generate_params_init(pst_generate_params * p) PST_NOEXCEPT;
+
+/**
+ * Generates up to params->max_new_tokens tokens after prompt (prompt_count ids) with a KV
+ * cache: greedy, or temperature / top-p / top-k sampling seeded by params->seed; with the
+ * active adapters or (params->disable_adapters) without. callback (may be NULL) gets each new
+ * token and its bytes as it is chosen; returning nonzero stops. The new ids go to out
+ * (capacity ids; may be NULL when capacity is 0), *count receives how many were generated
+ * (at most capacity are stored). params may be NULL (the defaults).
+ * Errors: PST_ERR_INVALID_ARG (NULL, ids out of range, prompt + max_new_tokens beyond the
+ * context, bad params), PST_ERR_MISUSE (handle busy, a merged adapter with disable_adapters).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_generate(pst_llm * llm, int32_t const * prompt, ptrdiff_t prompt_count, pst_generate_params const * params, pst_token_callback callback, void * user, int32_t * out_, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
+
+/**
+ * Fills *p with QLoRA's defaults (see pst_trainer_params).
+ * Errors: PST_ERR_INVALID_ARG (p NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_params_init(pst_trainer_params * p) PST_NOEXCEPT;
+
+/**
+ * Sets up a fine-tuning run of llm on data_count data files (params->data_format): the data
+ * are read, checked (UTF-8, non-empty, ids within the vocabulary, seq_len within the context)
+ * and tokenized, a new adapter (params->adapter_name) is attached to the target projections
+ * and the optimizer is created; with params->resume_from the adapter, optimizer state, step,
+ * data position and dropout RNGs come from that checkpoint, so continuing gives the same
+ * parameters, bit for bit, as a run never interrupted. Everything is checked before any
+ * training work. The trainer keeps llm alive; the adapter stays on the model after
+ * pst_trainer_free (generate with it, save it). Free with pst_trainer_free.
+ * Errors: PST_ERR_INVALID_ARG (params, data: empty, not UTF-8, bad JSON Lines; seq_len beyond
+ * the context), PST_ERR_NOT_FOUND, PST_ERR_IO, PST_ERR_EXISTS (adapter name taken),
+ * PST_ERR_CORRUPT (a damaged checkpoint), PST_ERR_UNSUPPORTED (no tokenizer), PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_) PST_NOEXCEPT;
+
+/**
+ * Frees a trainer (its optimizer state and data); NULL is a no-op. The adapter stays on the model.
+ */
+PST_API void pst_trainer_free(pst_trainer * trainer) PST_NOEXCEPT;
+
+/**
+ * Runs one optimizer step (gradient accumulation, clipping, AdamW, a checkpoint when due) and
+ * fills *progress (may be NULL; else struct_size must be sizeof(pst_train_progress)).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (all steps done, model busy), PST_ERR_NONFINITE
+ * (the loss diverged; no update is made), PST_ERR_IO (checkpoint), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_step(pst_trainer * trainer, pst_train_progress * progress) PST_NOEXCEPT;
+
+/**
+ * Runs the remaining steps, calling callback (may be NULL) after each; a nonzero return stops
+ * early (then nothing more is saved: call pst_trainer_save_checkpoint to keep the state).
+ * After the last step, saves the adapter to params->output_dir when it was given.
+ * Errors: as pst_trainer_step.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user) PST_NOEXCEPT;
+
+/**
+ * Saves the trained adapter as a PEFT directory (as pst_llm_save_adapter).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_save_adapter(pst_trainer * trainer, char const * directory) PST_NOEXCEPT;
+
+/**
+ * Writes a resumable checkpoint (adapter, optimizer state, step, data position, RNGs) as the
+ * directory `directory`, atomically as a whole (written beside it, then renamed).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_save_checkpoint(pst_trainer * trainer, char const * directory) PST_NOEXCEPT;
+
+/**
+ * Fills *info (info->struct_size must be sizeof(pst_trainer_info)).
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info) PST_NOEXCEPT;
+
+/**
+ * The newest complete checkpoint under directory (a checkpoint-<N> holding trainer_state.json,
+ * largest N), NUL-terminated into path (capacity bytes); *length receives its byte length
+ * (0 and PST_ERR_NOT_FOUND when there is none). Sizing as pst_llm_detokenize.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length) PST_NOEXCEPT;
 
 /* ---- from Sources/PeftSwift/CAPI/CAPI+LoRA.swift -------------------------------------------------- */
 

@@ -3,6 +3,7 @@
 #   dist/lib/libpeftswift.so   Swift runtime linked in statically, only pst_* exported
 #   dist/include/peftswift.h   the header, generated from this build's Swift sources
 #   dist/lib/pkgconfig/peftswift.pc
+#   dist/bin/peftswift         the command-line program (finetune / generate / info), on the C API
 # Usage: scripts/build-lib.sh [--prefix DIR]   (default DIR = <repo>/dist)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,4 +26,7 @@ python3 "$root/scripts/gen_header.py" \
     "$prefix/include/peftswift.h"
 sed -e "s|@PREFIX@|$prefix|g" -e "s|@VERSION@|$(sed -n 's/^#define PST_VERSION_STRING "\(.*\)"/\1/p' include/peftswift.h)|" \
     "$root/scripts/peftswift.pc.in" > "$prefix/lib/pkgconfig/peftswift.pc"
+mkdir -p "$prefix/bin"
+cc -std=c11 -O2 -Wall -Wextra -Werror -I"$prefix/include" "$root/Sources/peftswift-cli/peftswift.c" \
+    -L"$prefix/lib" -lpeftswift -Wl,-rpath,'$ORIGIN/../lib' -o "$prefix/bin/peftswift"
 echo "$prefix/lib/libpeftswift.so"

@@ -24,7 +24,7 @@ static void infallible(const char *what, int ok) {
     if (!ok) failures++;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     /* ---- core */
     infallible("pst_version_string() is non-NULL", pst_version_string() != NULL);
     infallible("pst_abi_version() == PST_ABI_VERSION", pst_abi_version() == PST_ABI_VERSION);
@@ -373,6 +373,216 @@ int main(void) {
     infallible("bitsandbytes checkpoint round trip", pst_bnb_load(bpath, "proj", &lq2, NULL, 0, &hb) == PST_OK && hb == 0 && lq2);
     pst_quant_free(lq2);
     pst_quant_free(bq);
+
+    /* ---- language models (argv[1]: Tests/fixtures/llm/tiny_llama.gguf) */
+    {
+    const char *gguf = argc > 1 ? argv[1] : "Tests/fixtures/llm/tiny_llama.gguf";
+    pst_llm *M = NULL;
+    pst_llm_load_params lp;
+    EXPECT(pst_llm_load_params_init(NULL), PST_ERR_INVALID_ARG, "pst_llm_load_params_init");
+    if (pst_llm_load_params_init(&lp) != PST_OK) failures++;
+    EXPECT(pst_llm_load(NULL, &lp, &M), PST_ERR_INVALID_ARG, "pst_llm_load");
+    EXPECT(pst_llm_load(gguf, &lp, NULL), PST_ERR_INVALID_ARG, "pst_llm_load");
+    EXPECT(pst_llm_load("/nonexistent/model.gguf", &lp, &M), PST_ERR_NOT_FOUND, "pst_llm_load");
+    EXPECT(pst_llm_load(junk, &lp, &M), PST_ERR_CORRUPT, "pst_llm_load");
+    EXPECT(pst_llm_load(dir, &lp, &M), PST_ERR_NOT_FOUND, "pst_llm_load");   /* a directory without config.json */
+    lp.blocksize = 48;
+    EXPECT(pst_llm_load(gguf, &lp, &M), PST_ERR_INVALID_ARG, "pst_llm_load");
+    lp.blocksize = 64; lp.quant_type = 9;
+    EXPECT(pst_llm_load(gguf, &lp, &M), PST_ERR_INVALID_ARG, "pst_llm_load");
+    lp.quant_type = PST_QUANT_NF4; lp.pretokenizer = 9;
+    EXPECT(pst_llm_load(gguf, &lp, &M), PST_ERR_INVALID_ARG, "pst_llm_load");
+    lp.pretokenizer = PST_PRETOK_AUTO; lp.struct_size = 3;
+    EXPECT(pst_llm_load(gguf, &lp, &M), PST_ERR_INVALID_ARG, "pst_llm_load");
+    infallible("pst_llm_load(tiny_llama.gguf)", pst_llm_load(gguf, NULL, &M) == PST_OK && M);
+    if (!M) { printf("FAIL cannot load %s: %s\n", gguf, pst_last_error()); return 1; }
+    pst_llm_info li;
+    memset(&li, 0, sizeof li);
+    EXPECT(pst_llm_get_info(M, &li), PST_ERR_INVALID_ARG, "pst_llm_get_info");     /* struct_size 0 */
+    EXPECT(pst_llm_get_info(NULL, &li), PST_ERR_INVALID_ARG, "pst_llm_get_info");
+    li.struct_size = sizeof li;
+    infallible("pst_llm_get_info", pst_llm_get_info(M, &li) == PST_OK && li.layers == 1 && li.vocab == 264 && li.quantized == 1);
+    int32_t ids[64];
+    int64_t nids = 0;
+    EXPECT(pst_llm_tokenize(NULL, "the", 3, 0, ids, 64, &nids), PST_ERR_INVALID_ARG, "pst_llm_tokenize");
+    EXPECT(pst_llm_tokenize(M, "the", 3, 0, ids, 64, NULL), PST_ERR_INVALID_ARG, "pst_llm_tokenize");
+    EXPECT(pst_llm_tokenize(M, NULL, 3, 0, ids, 64, &nids), PST_ERR_INVALID_ARG, "pst_llm_tokenize");
+    EXPECT(pst_llm_tokenize(M, "\xff\xfe", 2, 0, ids, 64, &nids), PST_ERR_INVALID_ARG, "pst_llm_tokenize");
+    EXPECT(pst_llm_tokenize(M, "the", 3, 64, ids, 64, &nids), PST_ERR_INVALID_ARG, "pst_llm_tokenize");
+    EXPECT(pst_llm_tokenize(M, "the cat", 7, 0, ids, 1, &nids), PST_ERR_INVALID_ARG, "pst_llm_tokenize");
+    int64_t sized = nids;
+    infallible("pst_llm_tokenize sizing call reports the count", sized > 1 && sized <= 7);
+    infallible("pst_llm_tokenize", pst_llm_tokenize(M, "the cat", 7, PST_TOKENIZE_PARSE_SPECIAL, ids, 64, &nids) == PST_OK && nids == sized);
+    EXPECT(pst_llm_chat_prompt(M, NULL, NULL, ids, 64, &nids), PST_ERR_INVALID_ARG, "pst_llm_chat_prompt");
+    EXPECT(pst_llm_chat_prompt(M, "hi", NULL, ids, 2, &nids), PST_ERR_INVALID_ARG, "pst_llm_chat_prompt");
+    infallible("pst_llm_chat_prompt", pst_llm_chat_prompt(M, "hi", "be brief", ids, 64, &nids) == PST_OK && nids > 5);
+    char txt[256];
+    int64_t tlen = 0;
+    int32_t badid[1] = {100000};
+    EXPECT(pst_llm_detokenize(M, badid, 1, 0, txt, sizeof txt, &tlen), PST_ERR_INVALID_ARG, "pst_llm_detokenize");
+    EXPECT(pst_llm_detokenize(M, ids, nids, 0, txt, 2, &tlen), PST_ERR_INVALID_ARG, "pst_llm_detokenize");
+    EXPECT(pst_llm_detokenize(M, ids, nids, 7, txt, sizeof txt, &tlen), PST_ERR_INVALID_ARG, "pst_llm_detokenize");
+    EXPECT(pst_llm_detokenize(M, ids, nids, 0, txt, sizeof txt, NULL), PST_ERR_INVALID_ARG, "pst_llm_detokenize");
+    infallible("pst_llm_detokenize", pst_llm_detokenize(M, ids, nids, 0, txt, sizeof txt, &tlen) == PST_OK && strstr(txt, "hi"));
+    static float logits[2 * 8 * 264];
+    int32_t seq[16] = {116, 257, 32, 99, 97, 116, 32, 259, 116, 104, 101, 32, 99, 97, 116, 46};
+    EXPECT(pst_llm_logits(M, seq, 2, 8, logits, 100), PST_ERR_INVALID_ARG, "pst_llm_logits");
+    EXPECT(pst_llm_logits(M, NULL, 2, 8, logits, 2 * 8 * 264), PST_ERR_INVALID_ARG, "pst_llm_logits");
+    EXPECT(pst_llm_logits(M, seq, 0, 8, logits, 2 * 8 * 264), PST_ERR_INVALID_ARG, "pst_llm_logits");
+    EXPECT(pst_llm_logits(M, badid, 1, 1, logits, 264), PST_ERR_INVALID_ARG, "pst_llm_logits");
+    infallible("pst_llm_logits", pst_llm_logits(M, seq, 2, 8, logits, 2 * 8 * 264) == PST_OK && isfinite(logits[100]));
+    int32_t longseq[200] = {0};
+    static float biglogits[200 * 264];
+    EXPECT(pst_llm_logits(M, longseq, 1, 200, biglogits, 200 * 264), PST_ERR_INVALID_ARG, "pst_llm_logits"); /* beyond context 128 */
+    float loss = 0;
+    EXPECT(pst_llm_backward(M), PST_ERR_MISUSE, "pst_llm_backward");
+    EXPECT(pst_llm_backward(NULL), PST_ERR_INVALID_ARG, "pst_llm_backward");
+    EXPECT(pst_llm_loss(M, seq, NULL, 2, 8, NULL), PST_ERR_INVALID_ARG, "pst_llm_loss");
+    int32_t badlab[16];
+    for (int i = 0; i < 16; i++) badlab[i] = seq[i];
+    badlab[5] = 9999;
+    EXPECT(pst_llm_loss(M, seq, badlab, 2, 8, &loss), PST_ERR_INVALID_ARG, "pst_llm_loss");
+    EXPECT(pst_llm_zero_grad(NULL), PST_ERR_INVALID_ARG, "pst_llm_zero_grad");
+    EXPECT(pst_llm_set_training(NULL, 1), PST_ERR_INVALID_ARG, "pst_llm_set_training");
+    pst_lora_params llp;
+    if (pst_lora_params_init(&llp) != PST_OK) failures++;
+    EXPECT(pst_llm_add_adapter(M, "a", &llp, "q_proj,nope_proj"), PST_ERR_INVALID_ARG, "pst_llm_add_adapter");
+    EXPECT(pst_llm_add_adapter(M, "a", &llp, " , "), PST_ERR_INVALID_ARG, "pst_llm_add_adapter");
+    EXPECT(pst_llm_add_adapter(NULL, "a", &llp, NULL), PST_ERR_INVALID_ARG, "pst_llm_add_adapter");
+    llp.r = 0;
+    EXPECT(pst_llm_add_adapter(M, "a", &llp, NULL), PST_ERR_INVALID_ARG, "pst_llm_add_adapter");
+    llp.r = 4;
+    infallible("pst_llm_add_adapter", pst_llm_add_adapter(M, "a", &llp, "q_proj, v_proj") == PST_OK);
+    EXPECT(pst_llm_add_adapter(M, "a", &llp, NULL), PST_ERR_EXISTS, "pst_llm_add_adapter");
+    infallible("pst_llm_set_training", pst_llm_set_training(M, 1) == PST_OK);
+    infallible("pst_llm_loss + pst_llm_backward", pst_llm_loss(M, seq, NULL, 2, 8, &loss) == PST_OK && loss > 0 &&
+               pst_llm_backward(M) == PST_OK && pst_llm_zero_grad(M) == PST_OK);
+    int64_t nmod = 0;
+    EXPECT(pst_llm_module_count(M, NULL), PST_ERR_INVALID_ARG, "pst_llm_module_count");
+    infallible("pst_llm_module_count", pst_llm_module_count(M, &nmod) == PST_OK && nmod == 7);
+    const char *mp = NULL;
+    EXPECT(pst_llm_module_at(M, 7, &mp), PST_ERR_INVALID_ARG, "pst_llm_module_at");
+    EXPECT(pst_llm_module_at(M, -1, &mp), PST_ERR_INVALID_ARG, "pst_llm_module_at");
+    infallible("pst_llm_module_at", pst_llm_module_at(M, 0, &mp) == PST_OK && strcmp(mp, "model.layers.0.self_attn.q_proj") == 0);
+    float *td = NULL;
+    int64_t tr = 0, tc = 0;
+    EXPECT(pst_llm_adapter_tensor(M, "model.layers.0.mlp.up_proj", "a", PST_LORA_A, &td, &tr, &tc), PST_ERR_NOT_FOUND, "pst_llm_adapter_tensor");
+    EXPECT(pst_llm_adapter_tensor(M, "model.layers.9.self_attn.q_proj", "a", PST_LORA_A, &td, &tr, &tc), PST_ERR_NOT_FOUND, "pst_llm_adapter_tensor");
+    EXPECT(pst_llm_adapter_tensor(M, mp, "a", 7, &td, &tr, &tc), PST_ERR_INVALID_ARG, "pst_llm_adapter_tensor");
+    EXPECT(pst_llm_adapter_tensor(M, mp, "a", PST_LORA_A, NULL, &tr, &tc), PST_ERR_INVALID_ARG, "pst_llm_adapter_tensor");
+    infallible("pst_llm_adapter_tensor", pst_llm_adapter_tensor(M, mp, "a", PST_LORA_B, &td, &tr, &tc) == PST_OK && tr == 64 && tc == 4);
+    EXPECT(pst_llm_set_adapter(M, "zz"), PST_ERR_NOT_FOUND, "pst_llm_set_adapter");
+    infallible("pst_llm_set_adapter(NULL) disables all", pst_llm_set_adapter(M, NULL) == PST_OK && pst_llm_set_adapter(M, "a") == PST_OK);
+    char adir2[512];
+    snprintf(adir2, sizeof adir2, "%s/llm_adapter", dir);
+    EXPECT(pst_llm_save_adapter(M, "zz", adir2), PST_ERR_NOT_FOUND, "pst_llm_save_adapter");
+    EXPECT(pst_llm_save_adapter(M, "a", NULL), PST_ERR_INVALID_ARG, "pst_llm_save_adapter");
+    char underfile[600];
+    snprintf(underfile, sizeof underfile, "%s/x", junk);   /* a directory below a regular file */
+    EXPECT(pst_llm_save_adapter(M, "a", underfile), PST_ERR_IO, "pst_llm_save_adapter");
+    infallible("pst_llm_save_adapter", pst_llm_save_adapter(M, "a", adir2) == PST_OK);
+    EXPECT(pst_llm_load_adapter(M, adir2, "a"), PST_ERR_EXISTS, "pst_llm_load_adapter");
+    EXPECT(pst_llm_load_adapter(M, dir, "b"), PST_ERR_NOT_FOUND, "pst_llm_load_adapter");
+    EXPECT(pst_llm_load_adapter(M, NULL, "b"), PST_ERR_INVALID_ARG, "pst_llm_load_adapter");
+    infallible("pst_llm_load_adapter", pst_llm_load_adapter(M, adir2, "b") == PST_OK);
+    EXPECT(pst_llm_delete_adapter(M, "zz"), PST_ERR_NOT_FOUND, "pst_llm_delete_adapter");
+    EXPECT(pst_llm_delete_adapter(M, NULL), PST_ERR_INVALID_ARG, "pst_llm_delete_adapter");
+    infallible("pst_llm_delete_adapter", pst_llm_delete_adapter(M, "b") == PST_OK);
+    pst_generate_params gp;
+    EXPECT(pst_generate_params_init(NULL), PST_ERR_INVALID_ARG, "pst_generate_params_init");
+    if (pst_generate_params_init(&gp) != PST_OK) failures++;
+    int32_t gen[16];
+    int64_t ngen = 0;
+    EXPECT(pst_llm_generate(M, seq, 0, &gp, NULL, NULL, gen, 16, &ngen), PST_ERR_INVALID_ARG, "pst_llm_generate");
+    EXPECT(pst_llm_generate(M, badid, 1, &gp, NULL, NULL, gen, 16, &ngen), PST_ERR_INVALID_ARG, "pst_llm_generate");
+    EXPECT(pst_llm_generate(M, seq, 8, &gp, NULL, NULL, NULL, 16, &ngen), PST_ERR_INVALID_ARG, "pst_llm_generate");
+    gp.max_new_tokens = 1000;   /* beyond the context */
+    EXPECT(pst_llm_generate(M, seq, 8, &gp, NULL, NULL, gen, 16, &ngen), PST_ERR_INVALID_ARG, "pst_llm_generate");
+    gp.max_new_tokens = 8; gp.temperature = -1;
+    EXPECT(pst_llm_generate(M, seq, 8, &gp, NULL, NULL, gen, 16, &ngen), PST_ERR_INVALID_ARG, "pst_llm_generate");
+    gp.temperature = 0; gp.stop_count = 2; gp.stop_ids = NULL;
+    EXPECT(pst_llm_generate(M, seq, 8, &gp, NULL, NULL, gen, 16, &ngen), PST_ERR_INVALID_ARG, "pst_llm_generate");
+    gp.stop_count = 0; gp.stop_at_eos = 0;
+    infallible("pst_llm_generate", pst_llm_generate(M, seq, 8, &gp, NULL, NULL, gen, 16, &ngen) == PST_OK && ngen == 8);
+
+    /* trainer */
+    char tpath[512], bad8[512], empty[512], jl[512], outdir[512], ckpath[512];
+    snprintf(tpath, sizeof tpath, "%s/data.txt", dir);
+    snprintf(bad8, sizeof bad8, "%s/latin1.txt", dir);
+    snprintf(empty, sizeof empty, "%s/empty.txt", dir);
+    snprintf(jl, sizeof jl, "%s/bad.jsonl", dir);
+    snprintf(outdir, sizeof outdir, "%s/run", dir);
+    FILE *tf = fopen(tpath, "wb");
+    if (tf) { for (int i = 0; i < 40; i++) fputs("the cat in the hat sat on the mat. ", tf); fclose(tf); }
+    tf = fopen(bad8, "wb");
+    if (tf) { fputs("caf\xe9 au lait", tf); fclose(tf); }
+    tf = fopen(empty, "wb");
+    if (tf) fclose(tf);
+    tf = fopen(jl, "wb");
+    if (tf) { fputs("{\"instruction\": \"hi\", \"response\": \"hello\"}\n{\"instruction\": 3}\n", tf); fclose(tf); }
+    pst_trainer_params tp;
+    EXPECT(pst_trainer_params_init(NULL), PST_ERR_INVALID_ARG, "pst_trainer_params_init");
+    if (pst_trainer_params_init(&tp) != PST_OK) failures++;
+    tp.seq_len = 32; tp.steps = 4; tp.batch_size = 2; tp.checkpoint_every = 2; tp.output_dir = outdir;
+    pst_trainer *T = NULL;
+    const char *data[1] = {tpath}, *dbad[1] = {bad8}, *dempty[1] = {empty}, *djl[1] = {jl}, *dnull[1] = {NULL};
+    const char *dmissing[1] = {"/nonexistent/data.txt"};
+    EXPECT(pst_trainer_create(M, data, 0, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    EXPECT(pst_trainer_create(M, dnull, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    EXPECT(pst_trainer_create(M, dbad, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    EXPECT(pst_trainer_create(M, dempty, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    EXPECT(pst_trainer_create(M, dmissing, 1, &tp, &T), PST_ERR_NOT_FOUND, "pst_trainer_create");
+    tp.data_format = PST_DATA_JSONL;
+    EXPECT(pst_trainer_create(M, djl, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    tp.data_format = 5;
+    EXPECT(pst_trainer_create(M, data, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    tp.data_format = PST_DATA_TEXT; tp.seq_len = 4096;   /* beyond the context */
+    EXPECT(pst_trainer_create(M, data, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    tp.seq_len = 32; tp.learning_rate = -1;
+    EXPECT(pst_trainer_create(M, data, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    tp.learning_rate = 1e-3; tp.schedule = 42;
+    EXPECT(pst_trainer_create(M, data, 1, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    tp.schedule = PST_LR_COSINE; tp.adapter_name = "a";
+    EXPECT(pst_trainer_create(M, data, 1, &tp, &T), PST_ERR_EXISTS, "pst_trainer_create");
+    tp.adapter_name = "t"; tp.resume_from = dir;   /* not a checkpoint */
+    EXPECT(pst_trainer_create(M, data, 1, &tp, &T), PST_ERR_NOT_FOUND, "pst_trainer_create");
+    tp.resume_from = NULL;
+    infallible("pst_trainer_create", pst_trainer_create(M, data, 1, &tp, &T) == PST_OK && T);
+    if (!T) { printf("FAIL trainer: %s\n", pst_last_error()); return 1; }
+    pst_train_progress pr;
+    memset(&pr, 0, sizeof pr);
+    EXPECT(pst_trainer_step(T, &pr), PST_ERR_INVALID_ARG, "pst_trainer_step");   /* struct_size 0 */
+    EXPECT(pst_trainer_step(NULL, NULL), PST_ERR_INVALID_ARG, "pst_trainer_step");
+    pr.struct_size = sizeof pr;
+    infallible("pst_trainer_step", pst_trainer_step(T, &pr) == PST_OK && pr.step == 1 && pr.loss > 0);
+    EXPECT(pst_trainer_train(NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_trainer_train");
+    infallible("pst_trainer_train", pst_trainer_train(T, NULL, NULL) == PST_OK);
+    EXPECT(pst_trainer_step(T, &pr), PST_ERR_MISUSE, "pst_trainer_step");   /* all steps done */
+    pst_trainer_info ti;
+    memset(&ti, 0, sizeof ti);
+    EXPECT(pst_trainer_get_info(T, &ti), PST_ERR_INVALID_ARG, "pst_trainer_get_info");
+    ti.struct_size = sizeof ti;
+    infallible("pst_trainer_get_info", pst_trainer_get_info(T, &ti) == PST_OK && ti.completed_steps == 4 && ti.seq_len == 32);
+    EXPECT(pst_trainer_save_adapter(T, NULL), PST_ERR_INVALID_ARG, "pst_trainer_save_adapter");
+    EXPECT(pst_trainer_save_adapter(T, underfile), PST_ERR_IO, "pst_trainer_save_adapter");
+    EXPECT(pst_trainer_save_checkpoint(NULL, outdir), PST_ERR_INVALID_ARG, "pst_trainer_save_checkpoint");
+    EXPECT(pst_trainer_save_checkpoint(T, "/proc/nope/ck"), PST_ERR_IO, "pst_trainer_save_checkpoint");
+    int64_t cklen = 0;
+    EXPECT(pst_trainer_latest_checkpoint(NULL, ckpath, sizeof ckpath, &cklen), PST_ERR_INVALID_ARG, "pst_trainer_latest_checkpoint");
+    EXPECT(pst_trainer_latest_checkpoint(dir, ckpath, sizeof ckpath, &cklen), PST_ERR_NOT_FOUND, "pst_trainer_latest_checkpoint");
+    EXPECT(pst_trainer_latest_checkpoint(outdir, ckpath, 3, &cklen), PST_ERR_INVALID_ARG, "pst_trainer_latest_checkpoint");
+    infallible("pst_trainer_latest_checkpoint", pst_trainer_latest_checkpoint(outdir, ckpath, sizeof ckpath, &cklen) == PST_OK &&
+               strstr(ckpath, "checkpoint-4") != NULL);
+    pst_trainer_free(T);
+    pst_trainer_free(NULL);
+    /* resuming a finished run's checkpoint with a different dataset is refused */
+    tp.resume_from = ckpath;
+    infallible("pst_llm_delete_adapter(t)", pst_llm_delete_adapter(M, "t") == PST_OK);
+    const char *d2[2] = {tpath, tpath};
+    EXPECT(pst_trainer_create(M, d2, 2, &tp, &T), PST_ERR_INVALID_ARG, "pst_trainer_create");
+    pst_llm_free(M);
+    pst_llm_free(NULL);
+    }
 
     return failures == 0 ? 0 : 1;
 }

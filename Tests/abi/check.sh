@@ -71,7 +71,7 @@ run "bad-input program builds" bash -c \
     "cc -std=c11 -Wall -Wextra -Werror -Wno-unused-result '$root/Tests/abi/bad_input.c' \$(pkg-config --cflags --libs peftswift) -o '$work/bad_input'"
 missing="$(while read -r f; do grep -q "\b$f(" "$root/Tests/abi/bad_input.c" || echo "$f"; done < "$work/declared")"
 if [ -z "$missing" ]; then ok "bad_input.c calls every declared function"; else bad "bad_input.c calls every declared function" "missing: $missing"; fi
-out="$("$work/bad_input" 2>&1)"; rc=$?
+out="$("$work/bad_input" "$root/Tests/fixtures/llm/tiny_llama.gguf" 2>&1)"; rc=$?
 echo "$out" | grep -E '^(PASS|FAIL)' | sed 's/^/  /'
 if [ $rc -eq 0 ]; then ok "every function rejects NULL/undersized/invalid arguments with a status and a message"
 else bad "bad input" "$(echo "$out" | grep FAIL)"; fi

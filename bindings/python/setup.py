@@ -37,7 +37,7 @@ class BuildSwiftThenExt(build_ext):
 native = Extension(
     "peftswift._native",
     sources=["src/_native.c"],
-    depends=["src/quant.inc.c", "src/lora.inc.c", "src/optim.inc.c", "src/files.inc.c"],
+    depends=["src/quant.inc.c", "src/lora.inc.c", "src/optim.inc.c", "src/files.inc.c", "src/llm.inc.c"],
     libraries=["peftswift"],
     runtime_library_dirs=["$ORIGIN"],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"],

@@ -63,6 +63,8 @@ typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
 typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
 typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
 typedef struct pst_safetensors { uint8_t pst_reserved_; } pst_safetensors;
+typedef struct pst_llm { uint8_t pst_reserved_; } pst_llm;
+typedef struct pst_trainer { uint8_t pst_reserved_; } pst_trainer;
 
 /* ---- LoRA */
 #define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
@@ -184,5 +186,138 @@ typedef struct pst_tensor {
     const void *data;              /* little-endian elements, row-major */
     int64_t byte_count;            /* product(shape) * element size */
 } pst_tensor;
+
+/* ---- Language models (pst_llm_*): a Llama-architecture model with its tokenizer, loaded from
+ * a GGUF file or a Hugging Face checkpoint directory. */
+
+/* Pre-tokenizer of the byte-level BPE tokenizer (pst_llm_load_params.pretokenizer) */
+#define PST_PRETOK_AUTO 0    /* the file's own (tokenizer.ggml.pre / tokenizer.json) */
+#define PST_PRETOK_GPT2 1    /* the GPT-2 pattern alone: what transformers rebuilds from a GGUF */
+#define PST_PRETOK_DIGITS 2  /* digits isolated, then GPT-2 (SmolLM2's own tokenizer.json, llama.cpp "smollm") */
+
+/* How pst_llm_load builds the model. Initialize with pst_llm_load_params_init. */
+typedef struct pst_llm_load_params {
+    size_t struct_size;    /* sizeof(pst_llm_load_params) */
+    int32_t quantize;      /* 1 (default): the 7 projections of every layer become 4-bit (QLoRA's
+                              base) as they load; 0: they stay fp32. Embeddings, norms, LM head: fp32 */
+    int32_t quant_type;    /* PST_QUANT_NF4 (default) or PST_QUANT_FP4 */
+    int32_t blocksize;     /* 64 (default), 32 ... 4096, a power of two */
+    int32_t double_quant;  /* 1 (default): double quantization of the block constants */
+    int32_t pretokenizer;  /* PST_PRETOK_* (default PST_PRETOK_AUTO) */
+} pst_llm_load_params;
+
+/* What a loaded model is (pst_llm_get_info). */
+typedef struct pst_llm_info {
+    size_t struct_size;       /* sizeof(pst_llm_info) */
+    int32_t layers;
+    int32_t hidden;
+    int32_t intermediate;
+    int32_t heads;
+    int32_t kv_heads;
+    int32_t head_dim;
+    int32_t vocab;
+    int32_t max_positions;    /* the context length */
+    int32_t tied_embeddings;  /* 1 when the LM head is the token embedding */
+    int32_t quantized;        /* 1 when the projections are 4-bit */
+    int32_t bos_id;           /* -1 when the tokenizer has none */
+    int32_t eos_id;           /* -1 when the tokenizer has none */
+    int32_t has_tokenizer;    /* 0 for a checkpoint directory without a supported tokenizer */
+    int32_t adapter_count;    /* distinct adapter names attached */
+    float rms_eps;
+    float rope_theta;
+    int64_t parameter_count;  /* of the base model (4-bit weights count as parameters) */
+    int64_t base_bytes;       /* memory of the frozen base's weights as held now */
+} pst_llm_info;
+
+/* pst_llm_tokenize flags */
+#define PST_TOKENIZE_ADD_SPECIAL 1    /* add BOS/EOS as the tokenizer's defaults say */
+#define PST_TOKENIZE_PARSE_SPECIAL 2  /* text like "<|im_end|>" becomes the special token */
+/* pst_llm_detokenize flags */
+#define PST_DETOKENIZE_SKIP_SPECIAL 1 /* leave special tokens out */
+
+/* Text generation (pst_llm_generate). Initialize with pst_generate_params_init. */
+typedef struct pst_generate_params {
+    size_t struct_size;        /* sizeof(pst_generate_params) */
+    int32_t max_new_tokens;    /* 64 */
+    float temperature;         /* 0 (default): greedy; > 0: sampling */
+    float top_p;               /* 1 (default): off; nucleus sampling in (0, 1] */
+    int32_t top_k;             /* 0 (default): off */
+    uint64_t seed;             /* seeds sampling; 0 */
+    int32_t disable_adapters;  /* 1: generate with the base model alone; 0 (default) */
+    int32_t stop_at_eos;       /* 1 (default): stop after the tokenizer's EOS (and <|im_end|> if present) */
+    const int32_t *stop_ids;   /* more stop tokens (may be NULL) */
+    int32_t stop_count;
+} pst_generate_params;
+
+/* Called by pst_llm_generate with each new token and its bytes (a token may end inside a UTF-8
+ * sequence: concatenate the bytes). Return 0 to go on, nonzero to stop. */
+typedef int32_t (*pst_token_callback)(int32_t token, const char *bytes, size_t byte_count, void *user);
+
+/* ---- Fine-tuning (pst_trainer_*) */
+#define PST_DATA_TEXT 0    /* UTF-8 text files, tokenized and packed into seq_len rows (causal LM) */
+#define PST_DATA_JSONL 1   /* JSON Lines of {"instruction": ..., "response": ...}, rendered with the
+                              ChatML template, loss on the responses only, one row per example */
+
+/* A fine-tuning run. Initialize with pst_trainer_params_init; QLoRA's defaults. */
+typedef struct pst_trainer_params {
+    size_t struct_size;            /* sizeof(pst_trainer_params) */
+    int32_t data_format;           /* PST_DATA_TEXT (default) or PST_DATA_JSONL */
+    int32_t seq_len;               /* 256 (2 ... the model's context) */
+    int64_t steps;                 /* optimizer steps, 100 */
+    int32_t batch_size;            /* sequences per micro-batch, 4 */
+    int32_t gradient_accumulation; /* micro-batches per step, 1 */
+    double learning_rate;          /* 2e-4 */
+    int64_t warmup_steps;          /* 0 */
+    int32_t schedule;              /* PST_LR_COSINE (default), PST_LR_LINEAR, PST_LR_CONSTANT(_WARMUP) */
+    double weight_decay;           /* 0 */
+    double clip_norm;              /* max gradient L2 norm, 1.0; 0 = off */
+    int32_t optimizer_state;       /* PST_OPTIM_STATE_F32 (default) or PST_OPTIM_STATE_8BIT */
+    int64_t paged_budget_bytes;    /* optimizer state paged under this RAM budget; 0 (default) = unpaged */
+    int32_t lora_r;                /* 16 */
+    float lora_alpha;              /* 32 */
+    float lora_dropout;            /* 0.05 */
+    const char *target_modules;    /* comma-separated (q_proj,k_proj,...); NULL = all 7 projections */
+    uint64_t seed;                 /* adapter init, dropout masks, data order; 42 */
+    int32_t shuffle;               /* 1: visit the rows in a seeded random order each epoch */
+    int64_t checkpoint_every;      /* write output_dir/checkpoint-<step> every N steps; 0 = never */
+    const char *output_dir;        /* where pst_trainer_train saves the final adapter; NULL = nowhere */
+    int32_t recompute;             /* 1: activation recomputation (less memory, ~1/3 more compute) */
+    const char *adapter_name;      /* "default" when NULL */
+    const char *resume_from;       /* a checkpoint directory to resume (bit-exact); NULL = fresh */
+    const char *text_separator;    /* PST_DATA_TEXT: split files into documents at this string
+                                      (e.g. "\n\n"); NULL = one document per file */
+    const char *system_prompt;     /* PST_DATA_JSONL: a ChatML system turn for every row; NULL = none */
+} pst_trainer_params;
+
+/* Reported after each optimizer step (pst_trainer_step, the pst_trainer_train callback). */
+typedef struct pst_train_progress {
+    size_t struct_size;        /* sizeof(pst_train_progress) */
+    int64_t step;              /* steps done, 1 after the first */
+    int64_t total_steps;
+    float loss;                /* mean over the step's target tokens */
+    float grad_norm;           /* before clipping (0 when clipping is off) */
+    double learning_rate;      /* the rate this step used */
+    double tokens_per_second;  /* all positions of the step's sequences / the step's time */
+    int64_t resident_bytes;    /* the process's resident set size now */
+    double elapsed_seconds;    /* since the trainer was created */
+    const char *checkpoint;    /* the checkpoint written after this step, or NULL; valid until the
+                                  next call on the trainer */
+} pst_train_progress;
+
+/* Called by pst_trainer_train after each step. Return 0 to go on, nonzero to stop (the trainer
+ * stays usable: pst_trainer_save_checkpoint, then resume later). */
+typedef int32_t (*pst_progress_callback)(const pst_train_progress *progress, void *user);
+
+/* What a trainer is training on (pst_trainer_get_info). */
+typedef struct pst_trainer_info {
+    size_t struct_size;        /* sizeof(pst_trainer_info) */
+    int64_t rows;              /* sequences in the dataset */
+    int32_t seq_len;
+    int64_t tokens;            /* rows * seq_len */
+    int64_t target_tokens;     /* positions that carry a loss */
+    int64_t completed_steps;
+    int64_t total_steps;
+    int64_t trainable_parameters;
+} pst_trainer_info;
 
 #endif /* PEFTSWIFT_TYPES_H */

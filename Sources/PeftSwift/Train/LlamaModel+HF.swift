@@ -29,6 +29,11 @@ extension LlamaModel {
     /// `PST_ERR_UNSUPPORTED` for another architecture or dtype, `PST_ERR_CORRUPT` for a tensor
     /// whose shape disagrees with config.json.
     public convenience init(huggingFaceDirectory dir: String, qlora: Bool = false) throws(PSTError) {
+        try self.init(huggingFaceDirectory: dir, options: qlora ? .qlora : .dense)
+    }
+
+    /// `init(huggingFaceDirectory:qlora:)` with explicit load options.
+    public convenience init(huggingFaceDirectory dir: String, options: LlamaLoadOptions) throws(PSTError) {
         let cpath = dir + "/config.json"
         let root = try JSON.parse(try FileSystem.readAll(cpath, limit: 16 << 20), source: cpath)
         guard case .object(let cfg) = HFConfigValue(root) else { throw .corrupt("\(cpath): not a JSON object") }
@@ -66,7 +71,7 @@ extension LlamaModel {
         } else {
             throw .notFound("\(dir): neither model.safetensors nor model.safetensors.index.json")
         }
-        try self.init(config: hp, options: qlora ? .qlora : .dense) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+        try self.init(config: hp, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
             guard let path = whereIs[name] else { throw .notFound("\(dir): tensor '\(name)' is missing") }
             let f: SafeTensorsFile
             if let o = files[path] { f = o } else { f = try SafeTensorsFile(path: path); files[path] = f }

@@ -367,9 +367,44 @@ public final class Trainer {
                                       baseModelNameOrPath: baseModelNameOrPath, taskType: "CAUSAL_LM", inferenceMode: true)
     }
 
-    /// Writes a resumable checkpoint into `directory` (created if needed).
+    /// Writes a resumable checkpoint as the directory `directory`, atomically as a whole: the
+    /// files go into `<directory>.partial` (fsynced), which is then renamed to `directory`
+    /// (replacing an older checkpoint of that name). A crash or kill at any moment leaves
+    /// either the complete old directory, the complete new one, or (only if one existed
+    /// before) none under that name: never a mix.
     public func saveCheckpoint(to directory: String) throws(PSTError) {
-        try FileSystem.makeDirectories(directory)
+        var dir = directory
+        while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+        let (parent, _) = AtomicFile.splitPath(dir)
+        if !parent.isEmpty && parent != "." { try FileSystem.makeDirectories(parent) }
+        let tmp = dir + ".partial"
+        try FileSystem.removeFlatDirectory(tmp)
+        try FileSystem.makeDirectories(tmp)
+        try writeCheckpointFiles(tmp)
+        try FileSystem.removeFlatDirectory(dir)
+        guard rename(tmp, dir) == 0 else { throw .io("\(tmp) -> \(dir): rename failed: \(errnoDescription())") }
+        try FileSystem.syncDirectory(parent.isEmpty ? "." : parent)
+    }
+
+    /// The newest complete checkpoint (`checkpoint-<N>` holding trainer_state.json, largest N)
+    /// under `directory`, or nil.
+    public static func latestCheckpoint(in directory: String) -> String? {
+        guard let d = opendir(directory) else { return nil }
+        defer { closedir(d) }
+        var best: (Int, String)? = nil
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasPrefix("checkpoint-"), let n = Int(name.dropFirst("checkpoint-".count)), n >= 0 else { continue }
+            let path = directory + "/" + name
+            guard access(path + "/" + trainerStateFileName, R_OK) == 0 else { continue }
+            if best == nil || n > best!.0 { best = (n, path) }
+        }
+        return best?.1
+    }
+
+    func writeCheckpointFiles(_ directory: String) throws(PSTError) {
         try saveAdapter(to: directory)
         try AtomicFile.write(directory + "/" + Trainer.optimizerFileName, bytes: try optimizer.saveState())
         var o = JSONObject()
@@ -403,6 +438,34 @@ public final class Trainer {
 }
 
 extension FileSystem {
+    /// Removes a directory that holds only regular files (a checkpoint); a missing path is fine.
+    static func removeFlatDirectory(_ path: String) throws(PSTError) {
+        guard let d = opendir(path) else {
+            if errno == ENOENT { return }
+            throw .io("\(path): cannot open directory: \(errnoDescription())")
+        }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        closedir(d)
+        for n in names where unlink(path + "/" + n) != 0 && errno != ENOENT {
+            throw .io("\(path)/\(n): cannot remove: \(errnoDescription())")
+        }
+        guard rmdir(path) == 0 || errno == ENOENT else { throw .io("\(path): cannot remove: \(errnoDescription())") }
+    }
+
+    /// fsync of a directory (makes a rename in it durable).
+    static func syncDirectory(_ path: String) throws(PSTError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io("\(path): cannot open directory: \(errnoDescription())") }
+        defer { close(fd) }
+        _ = fsync(fd)
+    }
+
     /// Reads a /proc file (size reported as 0, so read until EOF), at most 4 KiB.
     static func readAllProc(_ path: String) throws(PSTError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)

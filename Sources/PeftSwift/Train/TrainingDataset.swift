@@ -167,6 +167,13 @@ public final class TrainingDataset {
         return (ids, (0..<ids.count).map { $0 >= prompt })
     }
 
+    /// The ids of a one-turn ChatML prompt ending with the assistant header, as
+    /// `renderChatML` renders the prompt part (what generation continues from).
+    public static func chatPrompt(_ user: String, tokenizer: BPETokenizer, system: String? = nil) throws(PSTError) -> [Int32] {
+        let (ids, trained) = try renderChatML(InstructionExample(instruction: user, response: ""), tokenizer: tokenizer, system: system)
+        return Array(ids[0..<(trained.firstIndex(of: true) ?? ids.count)])
+    }
+
     /// Chat fine-tuning data: one row per example in ChatML (`renderChatML`), loss only on the
     /// response tokens (labels −100 elsewhere), padded to `seqLen` with EOS (labels −100);
     /// longer examples are truncated to `seqLen`. Throws for no examples, an example whose
@@ -191,6 +198,44 @@ public final class TrainingDataset {
             for _ in n..<seqLen { ids.append(pad); labels.append(ignoreIndex) }
         }
         return try TrainingDataset(ids: ids, labels: labels, seqLen: seqLen, vocab: tokenizer.vocabSize)
+    }
+
+    /// `instructions` over JSON Lines files: each non-blank line is an object with string
+    /// fields "instruction" and "response" ("prompt"/"completion" are accepted too). Throws
+    /// `PST_ERR_INVALID_ARG` naming the file and line of a line that is not such an object,
+    /// invalid UTF-8, or files without any example.
+    public static func instructionFiles(_ paths: [String], tokenizer: BPETokenizer, seqLen: Int,
+                                        maxPositions: Int? = nil, system: String? = nil,
+                                        maxFileBytes: Int = 1 << 30) throws(PSTError) -> TrainingDataset {
+        guard !paths.isEmpty else { throw .invalidArgument("no JSON Lines files given") }
+        var examples: [InstructionExample] = []
+        for p in paths {
+            let bytes = try FileSystem.readAll(p, limit: maxFileBytes)
+            _ = try decodeUTF8(bytes, source: p)
+            var line = 0
+            for raw in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+                line += 1
+                if raw.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+                let v: JSONValue
+                do { v = try JSON.parse(Array(raw), source: "\(p):\(line)") } catch {
+                    throw .invalidArgument("\(p):\(line): not a JSON object (\(error.message))")
+                }
+                guard let o = v.objectValue else { throw .invalidArgument("\(p):\(line): not a JSON object") }
+                guard let i = (o["instruction"] ?? o["prompt"])?.stringValue,
+                      let r = (o["response"] ?? o["completion"])?.stringValue else {
+                    throw .invalidArgument("\(p):\(line): needs string fields \"instruction\" and \"response\"")
+                }
+                examples.append(InstructionExample(instruction: i, response: r))
+            }
+        }
+        guard !examples.isEmpty else {
+            throw .invalidArgument("\(paths.joined(separator: ", ")): no instruction examples (the files are empty)")
+        }
+        do {
+            return try instructions(examples, tokenizer: tokenizer, seqLen: seqLen, maxPositions: maxPositions, system: system)
+        } catch {
+            throw PSTError(status: error.status, "\(paths.joined(separator: ", ")): \(error.message)")
+        }
     }
 
     /// FNV-1a (64-bit) over the sequence length, ids and labels: identifies the data a

@@ -20,6 +20,7 @@ from ._native import (  # noqa: F401  (the error hierarchy lives in the C layer)
     UnsupportedError,
 )
 from . import files  # noqa: F401
+from . import llm  # noqa: F401
 from .files import load_adapter, load_bnb_checkpoint, save_adapter, save_bnb_checkpoint  # noqa: F401
 from .lora import LoraLinear  # noqa: F401
 from .optim import AdamW, PagedBuffer, Pager, lr_multiplier  # noqa: F401

@@ -3,6 +3,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import files as files
+from . import llm as llm
 from .files import load_adapter as load_adapter
 from .files import load_bnb_checkpoint as load_bnb_checkpoint
 from .files import save_adapter as save_adapter

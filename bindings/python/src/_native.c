@@ -123,8 +123,9 @@ static PyMethodDef methods_core[] = {
 #include "lora.inc.c"
 #include "optim.inc.c"
 #include "files.inc.c"
+#include "llm.inc.c"
 
-static PyMethodDef *native_parts[] = {methods_quant, methods_lora, methods_optim, methods_files, NULL};
+static PyMethodDef *native_parts[] = {methods_quant, methods_lora, methods_optim, methods_files, methods_llm, NULL};
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "peftswift._native",

@@ -63,7 +63,7 @@ def proj_shapes(hf_model):
 
 
 def two_sequences(tok, T=40):
-    a = tok(CHAT + "The capital of France is Paris, a city on the Seine.", add_special_tokens=False)["input_ids"]
+    a = tok(CHAT + "The capital of France is Paris, a city on the Seine known for the Eiffel Tower, the Louvre and its cafés.", add_special_tokens=False)["input_ids"]
     b = tok(TEXT, add_special_tokens=False)["input_ids"]
     assert len(a) >= T and len(b) >= T
     return np.array([a[:T], b[:T]], dtype=np.int64)
@@ -200,7 +200,10 @@ def test_nf4_logits_match_bitsandbytes_own_quantization(hf, hf_nf4, ps_nf4):
 
 # ---------------------------------------------------------------- LoRA gradients
 
-def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads"):
+def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads", f64=False):
+    """Loss and every LoRA gradient of peftswift vs PEFT for one batch (2 x 24, some labels
+    -100) with identical random A and nonzero B. Returns the per-tensor errors (max|d|/max|g|)
+    of peftswift vs PEFT, and with f64 also of both against PEFT in float64 (the arbiter)."""
     ids = two_sequences(tok, T=24)
     labels = ids.copy()
     labels[0, :5] = -100  # a prompt that takes no loss
@@ -209,6 +212,7 @@ def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads"):
     pm = R.with_lora(hf_base, r=r, lora_alpha=alpha)
     R.set_peft_lora(pm, weights)
     ref_loss, ref_grads = R.loss_and_grads(pm, ids, labels)
+    del pm
 
     ps.add_adapter(name, r=r, lora_alpha=alpha, lora_dropout=0.0)
     mods = ps.adapter_modules(name)
@@ -219,28 +223,63 @@ def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads"):
     ps.zero_grad()
     loss = ps.loss(ids, labels)
     ps.backward()
-    assert abs(loss - ref_loss) <= 1e-4 * abs(ref_loss), f"loss {loss} vs PEFT {ref_loss}"
-    worst = (0.0, None)
+    print(f"loss {loss!r} vs PEFT {ref_loss!r}")
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), f"loss {loss} vs PEFT {ref_loss}"
+    ours = {}
     for path, (gA, gB) in ref_grads.items():
-        a, b = ps.grad_A(path, name), ps.grad_B(path, name)
+        a, b = ps.grad_A(path, name).copy(), ps.grad_B(path, name).copy()
         assert a.shape == gA.shape and b.shape == gB.shape
-        for what, ours, ref in (("A", a, gA), ("B", b, gB)):
-            e = R.rel_err(ours, ref)
-            if e > worst[0]:
-                worst = (e, f"{path}.lora_{what}")
-    return worst
+        assert np.abs(a).max() > 0 and np.abs(b).max() > 0, path
+        ours[path] = (a, b)
+    errs = {f"{p}.lora_{w}": R.rel_err(ours[p][k], ref_grads[p][k]) for p in ours for k, w in ((0, "A"), (1, "B"))}
+    if not f64:
+        return errs, None
+    m64 = copy.deepcopy(hf_base)
+    for prm in m64.parameters():
+        prm.data = prm.data.double()
+    for buf in m64.buffers():
+        if buf.is_floating_point():
+            buf.data = buf.data.double()
+    pm64 = R.with_lora(m64, r=r, lora_alpha=alpha, copy_model=False)
+    R.set_peft_lora(pm64, {k: (a.astype(np.float64), b.astype(np.float64)) for k, (a, b) in weights.items()})
+    loss64, g64 = R.loss_and_grads(pm64, ids, labels)
+    assert abs(loss - loss64) <= 1e-5 * abs(loss64)
+    arb = {"peftswift": [], "torch fp32": []}
+    for p in ours:
+        for k in (0, 1):
+            arb["peftswift"].append(R.rel_err(ours[p][k], g64[p][k]))
+            arb["torch fp32"].append(R.rel_err(ref_grads[p][k], g64[p][k]))
+    return errs, {k: np.array(v) for k, v in arb.items()}
+
+
+def _worst(errs):
+    where = max(errs, key=errs.get)
+    return errs[where], where
 
 
 def test_lora_gradients_match_peft_dense(hf, rng):
+    """Dense base. The gradients of the small LoRA tensors are ill-conditioned sums over 30
+    layers: fp32 PyTorch itself is ~2e-5 (max over tensors) from float64, so peftswift vs PEFT
+    is held to 1e-4 and, against the float64 arbiter, to the same accuracy as PyTorch fp32."""
     ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
-    worst, where = _grads_case(ps, hf[0], hf[1], rng)
+    errs, arb = _grads_case(ps, hf[0], hf[1], rng, f64=True)
+    worst, where = _worst(errs)
+    ours, torch32 = arb["peftswift"], arb["torch fp32"]
+    print(f"vs PEFT fp32: worst {worst:.3g} ({where}); vs float64: peftswift max {ours.max():.3g} median "
+          f"{np.median(ours):.3g}, torch fp32 max {torch32.max():.3g} median {np.median(torch32):.3g}")
     assert worst <= 1e-4, f"worst gradient {where}: {worst:.3g}"
+    assert ours.max() <= 2.5 * torch32.max() and np.median(ours) <= 2 * np.median(torch32), \
+        "peftswift's gradients are less accurate than PyTorch fp32's"
 
 
 def test_lora_gradients_match_peft_nf4(hf, hf_nf4, rng):
+    """NF4 + double-quant base (bitsandbytes Linear4bit holding the same codes)."""
     ps = llm.Model.load(GGUF, quantize=True, pretokenizer="gpt2")
-    worst, where = _grads_case(ps, hf_nf4, hf[1], rng)
+    errs, _ = _grads_case(ps, hf_nf4, hf[1], rng)
+    worst, where = _worst(errs)
+    print(f"vs PEFT on bitsandbytes: worst {worst:.3g} ({where}), median {np.median(list(errs.values())):.3g}")
     assert worst <= 1e-4, f"worst gradient {where}: {worst:.3g}"
+    assert np.median(list(errs.values())) <= 1e-5
 
 
 # ---------------------------------------------------------------- trainer, adapter files, resume
@@ -351,8 +390,10 @@ def test_greedy_generation_matches_transformers(hf, ps_dense):
     else:
         assert len(ref) == 24 and ours == ref
     streamed = []
-    again = ps_dense.generate(prompt, max_new_tokens=8, on_token=lambda t: streamed.append(t))
-    assert list(again) == ref[:8] and streamed == ref[:8]
+    again = ps_dense.generate(prompt, max_new_tokens=8, on_token=lambda t, b: streamed.append((t, b)))
+    assert list(again) == ref[:8] and [t for t, _ in streamed] == ref[:8]
+    # the streamed bytes are the text of the tokens
+    assert b"".join(b for _, b in streamed).decode("utf-8") == tok.decode(ref[:8])
 
 
 # ---------------------------------------------------------------- bad input
@@ -390,7 +431,7 @@ def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
     with pytest.raises(peftswift.InvalidArgumentError) as e:
         llm.Trainer(ps_nf4, [str(good)], seq_len=ps_nf4.info["max_positions"] + 1, steps=1)
     assert str(ps_nf4.info["max_positions"] + 1) in str(e.value)
-    with pytest.raises(peftswift.InvalidArgumentError) as e:
+    with pytest.raises(ValueError) as e:  # checked in Python (peftswift.InvalidArgumentError is a ValueError too)
         llm.Trainer(ps_nf4, [str(good)], seq_len=32, steps=1, format="csv")
     assert "csv" in str(e.value)
     with pytest.raises((peftswift.NotFoundError, peftswift.IOError)) as e:

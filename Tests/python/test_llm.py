@@ -58,6 +58,14 @@ def hf_nf4(hf):
     return R.to_4bit(hf[0], codes="peftswift")
 
 
+@pytest.fixture(scope="module")
+def nf4_ref(hf, hf_nf4):
+    """(ids, logits) of bitsandbytes with peftswift's codes on two_sequences (its CPU 4-bit
+    forward is slow: computed once)."""
+    ids = two_sequences(hf[1])
+    return ids, R.logits(hf_nf4, ids)
+
+
 def proj_shapes(hf_model):
     return {p: (getattr(par, a).in_features, getattr(par, a).out_features) for p, par, a in R.projection_modules(hf_model)}
 
@@ -160,41 +168,46 @@ def test_dense_logits_match_transformers(hf, ps_dense):
     ours = ps_dense.logits(ids)
     assert ours.shape == ref.shape and ours.dtype == np.float32
     err = R.rel_err(ours, ref)
-    assert err <= 1e-4, f"dense logits: max|d|/max|z| = {err:.3g}"
-    # 1-D input -> (T, V)
+    print(f"dense logits vs transformers: max|d|/max|z| = {err:.3g}")
+    # fp32 rounding over 30 layers is ~2e-6 here; 2e-5 leaves room for thread-count effects
+    assert err <= 2e-5, f"dense logits: max|d|/max|z| = {err:.3g}"
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    # 1-D input -> (T, V), the same numbers as row 1 of the batch
     one = ps_dense.logits(ids[1])
     assert one.shape == ref.shape[1:]
-    assert R.rel_err(one, ref[1]) <= 1e-4
+    assert R.rel_err(one, ref[1]) <= 2e-5
 
 
-def test_nf4_logits_match_bitsandbytes_same_codes(hf, hf_nf4, ps_nf4):
+def test_nf4_logits_match_bitsandbytes_same_codes(hf, nf4_ref, ps_nf4):
     """NF4 + double quant base against bitsandbytes' Linear4bit (fp32 compute) computing with
     the same codes: the dequantized weights are identical, so only fp32 rounding remains."""
-    ids = two_sequences(hf[1])
-    ref = R.logits(hf_nf4, ids)
+    ids, ref = nf4_ref
     ours = ps_nf4.logits(ids)
     err = R.rel_err(ours, ref)
-    assert err <= 1e-4, f"nf4 logits vs bitsandbytes (same codes): max|d|/max|z| = {err:.3g}"
-    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
+    print(f"nf4 logits vs bitsandbytes with the same codes: max|d|/max|z| = {err:.3g}")
+    assert err <= 2e-5, f"nf4 logits vs bitsandbytes (same codes): max|d|/max|z| = {err:.3g}"
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
     # and the 4-bit base is really quantized (not the dense weights): far from the fp32 logits
     assert R.rel_err(ours, R.logits(hf[0], ids)) > 1e-2
 
 
-def test_nf4_logits_match_bitsandbytes_own_quantization(hf, hf_nf4, ps_nf4):
+def test_nf4_logits_match_bitsandbytes_own_quantization(hf, nf4_ref, ps_nf4):
     """Against bitsandbytes quantizing the weights itself. Its 4-bit codes are ours, but its CPU
     lookup table picks a neighbour of the nearest 8-bit code for some nested absmax values, so
     a few blocks' scales differ by one or a few steps of the 8-bit dynamic code (< ~1 %): the
     logits then differ by more than rounding, bounded here by the spread the scale steps cause."""
     own = R.to_4bit(hf[0], codes="bitsandbytes")
-    ids = two_sequences(hf[1])
+    ids, same = nf4_ref
     ref = R.logits(own, ids)
-    same = R.logits(hf_nf4, ids)
+    del own
     ours = ps_nf4.logits(ids)
     err = R.rel_err(ours, ref)
     spread = R.rel_err(same, ref)  # bitsandbytes with our codes vs bitsandbytes with its own
-    assert err <= spread + 1e-4, f"nf4 logits vs bitsandbytes: {err:.3g} (its own code choice accounts for {spread:.3g})"
-    assert err <= 2e-2
     agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    print(f"nf4 logits vs bitsandbytes' own quantization: {err:.3g} (bitsandbytes with our codes vs its own: "
+          f"{spread:.3g}); argmax agreement {agree}")
+    assert err <= spread + 2e-5, f"nf4 logits vs bitsandbytes: {err:.3g} (its own code choice accounts for {spread:.3g})"
+    assert err <= 1e-2
     assert agree >= 0.95, f"argmax agreement {agree}"
 
 
@@ -315,7 +328,8 @@ def test_trained_adapter_loads_in_peft_and_reproduces_logits(hf, tmp_path):
     ref = R.logits(pm, ids)
     ours = ps.logits(ids)
     err = R.rel_err(ours, ref)
-    assert err <= 1e-4, f"trained adapter logits vs PEFT: {err:.3g}"
+    print(f"trained adapter: peftswift vs PEFT logits {err:.3g}")
+    assert err <= 2e-5, f"trained adapter logits vs PEFT: {err:.3g}"
     # the adapter matters: the logits moved away from the base model's
     moved = R.rel_err(ref, R.logits(model, ids))
     assert moved > 10 * max(err, 1e-6), f"the trained adapter barely changes the logits ({moved:.3g})"
@@ -326,7 +340,7 @@ def test_trained_adapter_loads_in_peft_and_reproduces_logits(hf, tmp_path):
         np.testing.assert_array_equal(layers[path].lora_B["default"].weight.detach().numpy(), ps.lora_B(path))
 
 
-def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, tmp_path):
+def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, nf4_ref, tmp_path):
     data = _text_file(tmp_path)
     ps = llm.Model.load(GGUF, quantize=True, pretokenizer="gpt2")
     t = llm.Trainer(ps, [str(data)], seq_len=32, steps=2, learning_rate=1e-3, r=4, lora_alpha=8, seed=3)
@@ -336,9 +350,13 @@ def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, tmp_path):
     pm = peft.PeftModel.from_pretrained(copy.deepcopy(hf_nf4), str(out))
     pm.eval()
     ps.eval()
-    ids = two_sequences(hf[1], T=32)
-    err = R.rel_err(ps.logits(ids), R.logits(pm, ids))
-    assert err <= 1e-4, f"QLoRA adapter logits vs PEFT on bitsandbytes: {err:.3g}"
+    ids, base = nf4_ref
+    ref = R.logits(pm, ids)
+    err = R.rel_err(ps.logits(ids), ref)
+    print(f"QLoRA adapter: peftswift vs PEFT on bitsandbytes logits {err:.3g}")
+    assert err <= 2e-5, f"QLoRA adapter logits vs PEFT on bitsandbytes: {err:.3g}"
+    moved = R.rel_err(ref, base)
+    assert moved > 10 * max(err, 1e-6), f"the trained adapter barely changes the logits ({moved:.3g})"
 
 
 def _trainer_kwargs(steps):
@@ -424,10 +442,10 @@ def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
     empty.write_bytes(b"")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 20)
-    for bad in (empty, latin1):
+    for files in ([empty], [latin1], [good, latin1]):
         with pytest.raises(peftswift.InvalidArgumentError) as e:
-            llm.Trainer(ps_nf4, [str(good), str(bad)], seq_len=32, steps=1)
-        assert bad.name in str(e.value), str(e.value)
+            llm.Trainer(ps_nf4, [str(f) for f in files], seq_len=32, steps=1)
+        assert files[-1].name in str(e.value), str(e.value)
     with pytest.raises(peftswift.InvalidArgumentError) as e:
         llm.Trainer(ps_nf4, [str(good)], seq_len=ps_nf4.info["max_positions"] + 1, steps=1)
     assert str(ps_nf4.info["max_positions"] + 1) in str(e.value)
@@ -442,3 +460,21 @@ def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
     with pytest.raises(peftswift.InvalidArgumentError) as e:
         llm.Trainer(ps_nf4, [str(bad_jsonl)], seq_len=32, steps=1, format="jsonl")
     assert "bad.jsonl" in str(e.value)
+
+
+def test_empty_data_file_among_good_ones_is_rejected(ps_nf4, tmp_path):
+    """An empty file in the data list is an error naming it (like a lone empty file), not
+    silently skipped: a truncated or mis-exported file must not shrink the training set
+    unnoticed. Fails on the engine as merged: TrainingDataset.packedTextFiles /
+    instructionFiles drop empty files and only complain when all of them are empty."""
+    good = _text_file(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(peftswift.InvalidArgumentError, match="empty.txt"):
+        llm.Trainer(ps_nf4, [str(good), str(empty)], seq_len=32, steps=1)
+    good_jsonl = tmp_path / "good.jsonl"
+    good_jsonl.write_text('{"instruction": "Say hi.", "response": "Hi!"}\n')
+    empty_jsonl = tmp_path / "empty.jsonl"
+    empty_jsonl.write_bytes(b"")
+    with pytest.raises(peftswift.InvalidArgumentError, match="empty.jsonl"):
+        llm.Trainer(ps_nf4, [str(good_jsonl), str(empty_jsonl)], seq_len=32, steps=1, format="jsonl")

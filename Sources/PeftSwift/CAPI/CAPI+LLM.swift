@@ -204,6 +204,28 @@ public func pst_llm_get_info(_ llm: UnsafeMutablePointer<pst_llm>?, _ info: Unsa
 
 // MARK: - Tokenizer
 
+/// Copies ids into a caller's buffer after the sizing rule of pst_llm_tokenize: *count gets
+/// the number of ids first; a too-small capacity (or NULL buffer) is PST_ERR_INVALID_ARG.
+func copyOutIDs(_ out: [Int32], _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
+                _ count: UnsafeMutablePointer<Int64>) throws(PSTError) {
+    count.pointee = Int64(out.count)
+    try requireCapacity("ids", have: ids == nil ? 0 : capacity, need: out.count, unit: "ids")
+    if let ids, !out.isEmpty { out.withUnsafeBufferPointer { ids.update(from: $0.baseAddress!, count: out.count) } }
+}
+
+/// Copies a string NUL-terminated into a caller's buffer after the sizing rule of
+/// pst_llm_detokenize: *length gets its byte length first.
+func copyOutString(_ s: String, _ name: StaticString, _ text: UnsafeMutablePointer<CChar>?, _ capacity: Int,
+                   _ length: UnsafeMutablePointer<Int64>) throws(PSTError) {
+    let u = Array(s.utf8)
+    length.pointee = Int64(u.count)
+    try requireCapacity(name, have: text == nil ? 0 : capacity, need: u.count + 1)
+    if let text {
+        u.withUnsafeBytes { UnsafeMutableRawPointer(text).copyMemory(from: $0.baseAddress!, byteCount: u.count) }
+        text[u.count] = 0
+    }
+}
+
 /// Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
 /// Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
 /// may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
@@ -229,9 +251,7 @@ public func pst_llm_tokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ text: Unsa
         let add = flags & PST_TOKENIZE_ADD_SPECIAL != 0
         let out = tok.encode(s, addBOS: add ? nil : false, addEOS: add ? nil : false,
                              parseSpecial: flags & PST_TOKENIZE_PARSE_SPECIAL != 0)
-        n.pointee = Int64(out.count)
-        try requireCapacity("ids", have: ids == nil ? 0 : capacity, need: out.count, unit: "ids")
-        if let ids { out.withUnsafeBufferPointer { ids.update(from: $0.baseAddress!, count: out.count) } }
+        try copyOutIDs(out, ids, capacity, n)
     }
 }
 
@@ -250,9 +270,7 @@ public func pst_llm_chat_prompt(_ llm: UnsafeMutablePointer<pst_llm>?, _ user: U
         let u = try longCString(user, "user"), sys = try system == nil ? nil : longCString(system, "system")
         let tok = try h.requireTokenizer()
         let out = try TrainingDataset.chatPrompt(u, tokenizer: tok, system: sys)
-        n.pointee = Int64(out.count)
-        try requireCapacity("ids", have: ids == nil ? 0 : capacity, need: out.count, unit: "ids")
-        if let ids { out.withUnsafeBufferPointer { ids.update(from: $0.baseAddress!, count: out.count) } }
+        try copyOutIDs(out, ids, capacity, n)
     }
 }
 
@@ -288,13 +306,7 @@ public func pst_llm_detokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: Uns
             }
         }
         let s = tok.decode(list, skipSpecial: flags & PST_DETOKENIZE_SKIP_SPECIAL != 0)
-        let u = Array(s.utf8)
-        len.pointee = Int64(u.count)
-        try requireCapacity("text", have: text == nil ? 0 : capacity, need: u.count + 1)
-        if let text {
-            u.withUnsafeBytes { UnsafeMutableRawPointer(text).copyMemory(from: $0.baseAddress!, byteCount: u.count) }
-            text[u.count] = 0
-        }
+        try copyOutString(s, "text", text, capacity, len)
     }
 }
 
@@ -878,12 +890,6 @@ public func pst_trainer_latest_checkpoint(_ directory: UnsafePointer<CChar>?, _ 
         len.pointee = 0
         let dir = try cString(directory, "directory")
         guard let found = Trainer.latestCheckpoint(in: dir) else { throw .notFound("directory \"\(dir)\" holds no complete checkpoint-<N>") }
-        let u = Array(found.utf8)
-        len.pointee = Int64(u.count)
-        try requireCapacity("path", have: path == nil ? 0 : capacity, need: u.count + 1)
-        if let path {
-            u.withUnsafeBytes { UnsafeMutableRawPointer(path).copyMemory(from: $0.baseAddress!, byteCount: u.count) }
-            path[u.count] = 0
-        }
+        try copyOutString(found, "path", path, capacity, len)
     }
 }

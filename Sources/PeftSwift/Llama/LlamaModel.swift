@@ -376,21 +376,43 @@ public final class LlamaModel {
         try runForward(ids, batch: batch, seqLen: seqLen)
         validRows = rows
         let mv = rows.count
+        let dn = ws!.dn.baseAddress
+        dn.update(repeating: 0, count: m * H)
         if mv == 0 { pendingBackward = true; return 0 }
-        if (logitsBuffer?.count ?? 0) < mv * V { logitsBuffer = nil; logitsBuffer = try AlignedBuffer<Float>(count: mv * V) }
-        let z = logitsBuffer!
-        // gather the target rows of the final hidden state (tmpH as scratch), then z = h·Wᵀ
+        // The LM head and the cross-entropy run over chunks of target rows, and each chunk's
+        // share of the backward, dh = dz·W_head, is taken right away and scattered into the
+        // M × H gradient of the final norm's output (ws.dn, free until backward): only
+        // chunk × vocab logits exist at once (all M × vocab would be a step's largest buffer,
+        // 200 MB at 1024 × 49152). The forward-only cost is the dh product, which every
+        // training step needs anyway.
+        let chunk = min(mv, max(1, headChunkRows), max(1, m / 2))
+        if (logitsBuffer?.count ?? 0) < chunk * V { logitsBuffer = nil; logitsBuffer = try AlignedBuffer<Float>(count: chunk * V) }
+        let z = logitsBuffer!.baseAddress
         let hs = ws!.tmpH.baseAddress, nf = normedFinal!.baseAddress
-        for (i, r) in rows.enumerated() { (hs + i * H).update(from: nf + Int(r) * H, count: H) }
-        GEMM.sgemm(transA: false, transB: true, m: mv, n: V, k: H, alpha: 1, a: hs, lda: H, b: headWeight, ldb: H,
-                   beta: 0, c: z.baseAddress, ldc: V)
+        let dh = hs + chunk * H      // tmpH holds M × H floats: chunk rows of input, then chunk rows of dh
         let n = Float(normalizer ?? mv)
-        let sum = targets.withUnsafeBufferPointer { tp in
-            LlamaKernels.crossEntropy(z.baseAddress, rows: mv, n: V, targets: tp.baseAddress!, scale: 1 / n)
+        var sum = 0.0
+        var c0 = 0
+        while c0 < mv {
+            let cm = min(chunk, mv - c0)
+            for i in 0..<cm { (hs + i * H).update(from: nf + Int(rows[c0 + i]) * H, count: H) }
+            GEMM.sgemm(transA: false, transB: true, m: cm, n: V, k: H, alpha: 1, a: hs, lda: H, b: headWeight, ldb: H,
+                       beta: 0, c: z, ldc: V)
+            sum += targets.withUnsafeBufferPointer { tp in
+                LlamaKernels.crossEntropy(z, rows: cm, n: V, targets: tp.baseAddress! + c0, scale: 1 / n)
+            }
+            GEMM.sgemm(transA: false, transB: false, m: cm, n: H, k: V, alpha: 1, a: z, lda: V, b: headWeight, ldb: H,
+                       beta: 0, c: dh, ldc: H)
+            for i in 0..<cm { (dn + Int(rows[c0 + i]) * H).update(from: dh + i * H, count: H) }
+            c0 += cm
         }
         pendingBackward = true
         return Float(sum / Double(n))
     }
+
+    /// Target rows per LM-head chunk in `loss` (at most M / 2 there, as tmpH holds the chunk's
+    /// inputs and its dh side by side; 256 rows × 49152 vocab = 50 MB of logits).
+    var headChunkRows = 256
 
     /// `loss(ids:labels:batch:seqLen:ignoreIndex:normalizer:)` on arrays.
     public func loss(ids: [Int32], labels: [Int32], batch: Int, seqLen: Int, ignoreIndex: Int32 = -100,
@@ -409,14 +431,9 @@ public final class LlamaModel {
         pendingBackward = false
         let mv = validRows.count
         if mv == 0 { return }
-        let m = ws.batch * ws.seqLen, H = config.hidden, V = config.vocab
-        // dh (target rows) = dz · W_head, scattered into the M × H gradient of the final norm's output
-        let dh = ws.tmpH.baseAddress
-        GEMM.sgemm(transA: false, transB: false, m: mv, n: H, k: V, alpha: 1, a: logitsBuffer!.baseAddress, lda: V,
-                   b: headWeight, ldb: H, beta: 0, c: dh, ldc: H)
+        let m = ws.batch * ws.seqLen, H = config.hidden
+        // dn already holds d loss / d RMSNorm(h_L) (the LM head's backward ran in `loss`)
         let dn = ws.dn.baseAddress
-        dn.update(repeating: 0, count: m * H)
-        for (i, r) in validRows.enumerated() { (dn + Int(r) * H).update(from: dh + i * H, count: H) }
         LlamaKernels.rmsNormBackward(dn, layerInputs[config.layers].baseAddress, finalNorm.baseAddress,
                                      rstd: rstdFinal!.baseAddress, ws.dres.baseAddress, rows: m, n: H, accumulate: false)
         for l in layers.reversed() {

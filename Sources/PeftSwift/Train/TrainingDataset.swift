@@ -92,7 +92,8 @@ public final class TrainingDataset {
 
     /// `packedText` over UTF-8 text files, one document per file (or, with `separator`, each
     /// file split at that string, e.g. "\n\n"). Throws `PST_ERR_NOT_FOUND`/`PST_ERR_IO` for
-    /// unreadable files and `PST_ERR_INVALID_ARG` naming the file and byte offset of invalid UTF-8.
+    /// unreadable files and `PST_ERR_INVALID_ARG` naming the file and byte offset of invalid UTF-8,
+    /// or a file with no text (empty or whitespace only).
     public static func packedTextFiles(_ paths: [String], tokenizer: BPETokenizer, seqLen: Int,
                                        maxPositions: Int? = nil, separator: String? = nil,
                                        maxFileBytes: Int = 1 << 30) throws(PSTError) -> TrainingDataset {
@@ -101,6 +102,9 @@ public final class TrainingDataset {
         for p in paths {
             let bytes = try FileSystem.readAll(p, limit: maxFileBytes)
             let text = try decodeUTF8(bytes, source: p)
+            guard text.unicodeScalars.contains(where: { !$0.properties.isWhitespace }) else {
+                throw .invalidArgument("\(p): the file is empty (no text to train on)")
+            }
             if let separator, !separator.isEmpty {
                 docs += splitString(text, separator).filter { !$0.isEmpty }
             } else {
@@ -212,6 +216,7 @@ public final class TrainingDataset {
         for p in paths {
             let bytes = try FileSystem.readAll(p, limit: maxFileBytes)
             _ = try decodeUTF8(bytes, source: p)
+            let before = examples.count
             var line = 0
             for raw in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
                 line += 1
@@ -227,6 +232,7 @@ public final class TrainingDataset {
                 }
                 examples.append(InstructionExample(instruction: i, response: r))
             }
+            guard examples.count > before else { throw .invalidArgument("\(p): the file is empty (no instruction examples)") }
         }
         guard !examples.isEmpty else {
             throw .invalidArgument("\(paths.joined(separator: ", ")): no instruction examples (the files are empty)")

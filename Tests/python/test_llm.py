@@ -552,8 +552,8 @@ def test_bad_training_input_is_rejected_before_any_work(ps_nf4, tmp_path):
 def test_empty_data_file_among_good_ones_is_rejected(ps_nf4, tmp_path):
     """An empty file in the data list is an error naming it (like a lone empty file), not
     silently skipped: a truncated or mis-exported file must not shrink the training set
-    unnoticed. Fails on the engine as merged: TrainingDataset.packedTextFiles /
-    instructionFiles drop empty files and only complain when all of them are empty."""
+    unnoticed. (Found by this test: the engine used to drop such files; fixed on main in
+    "Training data: an empty ... file ... is an error naming the file, also among other files".)"""
     good = _text_file(tmp_path)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")

@@ -5,7 +5,6 @@ gradients, PEFT adapter output of the trainer, bit-exact resume, greedy generati
 Every model is loaded once per module; the reference side lives in llm_reference.py."""
 import copy
 import json
-import os
 import unicodedata
 import warnings
 

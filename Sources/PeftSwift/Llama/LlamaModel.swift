@@ -315,8 +315,8 @@ public final class LlamaModel {
         for l in layers {
             let acts = recomputeActivations ? stored[0] : stored[l.index]
             rngSnapshots.append(l.linears.map { $0.rngStates })
-            try l.forward(config, x: layerInputs[l.index].baseAddress, out: layerInputs[l.index + 1].baseAddress,
-                          acts: acts, ws: ws)
+            try Prof.time(23) { () throws(PSTError) in try l.forward(config, x: layerInputs[l.index].baseAddress, out: layerInputs[l.index + 1].baseAddress,
+                          acts: acts, ws: ws) }
             if recomputeActivations { for p in l.linears { p.releaseForwardCache() } }
         }
         LlamaKernels.rmsNorm(layerInputs[config.layers].baseAddress, finalNorm.baseAddress, normedFinal!.baseAddress,
@@ -382,12 +382,12 @@ public final class LlamaModel {
         // gather the target rows of the final hidden state (tmpH as scratch), then z = h·Wᵀ
         let hs = ws!.tmpH.baseAddress, nf = normedFinal!.baseAddress
         for (i, r) in rows.enumerated() { (hs + i * H).update(from: nf + Int(r) * H, count: H) }
-        GEMM.sgemm(transA: false, transB: true, m: mv, n: V, k: H, alpha: 1, a: hs, lda: H, b: headWeight, ldb: H,
-                   beta: 0, c: z.baseAddress, ldc: V)
+        Prof.time(12) { GEMM.sgemm(transA: false, transB: true, m: mv, n: V, k: H, alpha: 1, a: hs, lda: H, b: headWeight, ldb: H,
+                   beta: 0, c: z.baseAddress, ldc: V) }
         let n = Float(normalizer ?? mv)
-        let sum = targets.withUnsafeBufferPointer { tp in
+        let sum = Prof.time(13) { targets.withUnsafeBufferPointer { tp in
             LlamaKernels.crossEntropy(z.baseAddress, rows: mv, n: V, targets: tp.baseAddress!, scale: 1 / n)
-        }
+        } }
         pendingBackward = true
         return Float(sum / Double(n))
     }
@@ -412,8 +412,8 @@ public final class LlamaModel {
         let m = ws.batch * ws.seqLen, H = config.hidden, V = config.vocab
         // dh (target rows) = dz · W_head, scattered into the M × H gradient of the final norm's output
         let dh = ws.tmpH.baseAddress
-        GEMM.sgemm(transA: false, transB: false, m: mv, n: H, k: V, alpha: 1, a: logitsBuffer!.baseAddress, lda: V,
-                   b: headWeight, ldb: H, beta: 0, c: dh, ldc: H)
+        Prof.time(14) { GEMM.sgemm(transA: false, transB: false, m: mv, n: H, k: V, alpha: 1, a: logitsBuffer!.baseAddress, lda: V,
+                   b: headWeight, ldb: H, beta: 0, c: dh, ldc: H) }
         let dn = ws.dn.baseAddress
         dn.update(repeating: 0, count: m * H)
         for (i, r) in validRows.enumerated() { (dn + Int(r) * H).update(from: dh + i * H, count: H) }
@@ -427,11 +427,11 @@ public final class LlamaModel {
                 for (p, s) in zip(l.linears, rngSnapshots[l.index]) { p.restoreRng(s) }
                 // recompute the layer (its output, equal to the next layer's input, goes to the
                 // free dn buffer and is discarded)
-                try l.forward(config, x: x, out: ws.dn.baseAddress, acts: acts, ws: ws)
+                try Prof.time(27) { () throws(PSTError) in try l.forward(config, x: x, out: ws.dn.baseAddress, acts: acts, ws: ws) }
             } else {
                 acts = stored[l.index]
             }
-            try l.backward(config, x: x, acts: acts, ws: ws, inputGradient: l.index > 0)
+            try Prof.time(24) { () throws(PSTError) in try l.backward(config, x: x, acts: acts, ws: ws, inputGradient: l.index > 0) }
             if recomputeActivations { for p in l.linears { p.releaseForwardCache() } }
         }
     }

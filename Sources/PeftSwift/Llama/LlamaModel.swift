@@ -317,7 +317,11 @@ public final class LlamaModel {
             rngSnapshots.append(l.linears.map { $0.rngStates })
             try Prof.time(23) { () throws(PSTError) in try l.forward(config, x: layerInputs[l.index].baseAddress, out: layerInputs[l.index + 1].baseAddress,
                           acts: acts, ws: ws) }
-            if recomputeActivations { for p in l.linears { p.releaseForwardCache() } }
+            if recomputeActivations {
+                // the next layer to run is l+1, or (after the last) this one again in backward
+                let next = layers[min(l.index + 1, layers.count - 1)]
+                for (p, q) in zip(l.linears, next.linears) { p.handOverForwardCache(to: q) }
+            }
         }
         LlamaKernels.rmsNorm(layerInputs[config.layers].baseAddress, finalNorm.baseAddress, normedFinal!.baseAddress,
                              rstd: rstdFinal!.baseAddress, rows: m, n: H, eps: config.rmsEps)
@@ -432,7 +436,11 @@ public final class LlamaModel {
                 acts = stored[l.index]
             }
             try Prof.time(24) { () throws(PSTError) in try l.backward(config, x: x, acts: acts, ws: ws, inputGradient: l.index > 0) }
-            if recomputeActivations { for p in l.linears { p.releaseForwardCache() } }
+            if recomputeActivations {
+                // to layer l−1, recomputed next (layer 0 keeps them for the next step's forward)
+                let next = layers[max(l.index - 1, 0)]
+                for (p, q) in zip(l.linears, next.linears) { p.handOverForwardCache(to: q) }
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _Builtin_intrinsics.intel
 
 // Fast kernels of the LoRA layer's dropout, each with a plain twin (`...Reference`) that the
 // tests hold it to bit for bit.
@@ -31,20 +32,7 @@ enum LoraKernels {
         let s0 = rng.state
         parallelChunks(n, grain: 16384) { lo, hi in
             var s = s0 &+ UInt64(truncatingIfNeeded: lo) &* SplitMix64.gamma
-            let iv = SIMD8<Float>(repeating: inv), zero = SIMD8<Float>()
             var i = lo
-            while i + 8 <= hi {
-                var k = SIMD8<UInt32>()
-                for l in 0..<8 {
-                    s &+= SplitMix64.gamma
-                    k[l] = SplitMix64.mix(s) >> 40 < threshold ? 1 : 0
-                }
-                let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-                let dv = (xv * iv).replacing(with: zero, where: k .== 0)
-                UnsafeMutableRawPointer(d + i).storeBytes(of: dv, as: SIMD8<Float>.self)
-                UnsafeMutableRawPointer(mask + i).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: k), as: SIMD8<UInt8>.self)
-                i += 8
-            }
             while i < hi {
                 s &+= SplitMix64.gamma
                 let k: UInt8 = SplitMix64.mix(s) >> 40 < threshold ? 1 : 0
@@ -71,12 +59,15 @@ enum LoraKernels {
     static func maskedAddSerial(_ dx: UnsafeMutablePointer<Float>, _ t: UnsafePointer<Float>, _ mask: UnsafePointer<UInt8>,
                                 count n: Int, inv: Float) {
         let iv = SIMD8<Float>(repeating: inv)
+        let zero = _mm256_setzero_si256()
         var i = 0
         while i + 8 <= n {
-            let m = SIMD8<UInt32>(truncatingIfNeeded: UnsafeRawPointer(mask + i).loadUnaligned(as: SIMD8<UInt8>.self))
+            // 8 mask bytes → 8 lanes of all-ones where nonzero (vpmovzxbd + vpcmpgtd)
+            let m8 = _mm_cvtsi64_si128(Int64(bitPattern: UnsafeRawPointer(mask + i).loadUnaligned(as: UInt64.self)))
+            let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(m8), zero))
             let dv = UnsafeRawPointer(dx + i).loadUnaligned(as: SIMD8<Float>.self)
             let tv = UnsafeRawPointer(t + i).loadUnaligned(as: SIMD8<Float>.self)
-            let r = dv.replacing(with: dv + tv * iv, where: m .!= 0)
+            let r: SIMD8<Float> = _mm256_blendv_ps(dv, dv + tv * iv, keep)
             UnsafeMutableRawPointer(dx + i).storeBytes(of: r, as: SIMD8<Float>.self)
             i += 8
         }

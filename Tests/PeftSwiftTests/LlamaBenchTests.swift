@@ -52,7 +52,7 @@ extension LlamaBenchTests {
     @Test(.enabled(if: ProcessInfo.processInfo.environment["PST_BENCH"] == "1"))
     func gemmShapes() throws {
         let m = 1024
-        for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+        for (n, k) in [(576, 576), (192, 576), (1536, 576), (576, 1536), (576, 192), (49152, 576)] {
             let a = try AlignedBuffer<Float>(count: m * k), w = try AlignedBuffer<Float>(count: n * k), c = try AlignedBuffer<Float>(count: m * n)
             for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 }
             for i in 0..<w.count { w[i] = Float(i % 5) * 0.1 }

@@ -29,6 +29,7 @@ import Testing
             m.recomputeActivations = recompute
             var fw: [Double] = [], bw: [Double] = []
             for _ in 0..<3 {
+                Prof.reset()
                 m.zeroGrad()
                 let a = DispatchTime.now().uptimeNanoseconds
                 let loss = try m.loss(ids: ids, labels: ids, batch: b, seqLen: t)
@@ -37,6 +38,7 @@ import Testing
                 let e = DispatchTime.now().uptimeNanoseconds
                 fw.append(Double(mid - a) / 1e9); bw.append(Double(e - mid) / 1e9)
                 #expect(loss.isFinite)
+                if Prof.enabled { print("profile (step \(fw.last! + bw.last!)):\n" + Prof.report()) }
             }
             let best = zip(fw, bw).map { $0 + $1 }.min()!
             print(String(format: "SmolLM2-135M %@ step (B=%d, T=%d, recompute=%@): forward %.2f s, backward %.2f s, best step %.2f s",
@@ -50,7 +52,7 @@ extension LlamaBenchTests {
     @Test(.enabled(if: ProcessInfo.processInfo.environment["PST_BENCH"] == "1"))
     func gemmShapes() throws {
         let m = 1024
-        for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+        for (n, k) in [(576, 576), (192, 576), (1536, 576), (576, 1536), (576, 192), (49152, 576)] {
             let a = try AlignedBuffer<Float>(count: m * k), w = try AlignedBuffer<Float>(count: n * k), c = try AlignedBuffer<Float>(count: m * n)
             for i in 0..<a.count { a[i] = Float(i % 7) * 0.1 }
             for i in 0..<w.count { w[i] = Float(i % 5) * 0.1 }

@@ -217,3 +217,52 @@ import Testing
         #expect(throws: PSTError.self) { try dy.withUnsafeBufferPointer { try fresh.backward($0, m: 1, dx: nil) } }
     }
 }
+
+extension LoraTests {
+    /// The parallel dropout kernel draws the same masks as its scalar twin (bit for bit, and
+    /// leaves the generator in the same state), at sizes around the chunk and SIMD edges.
+    @Test(arguments: [1, 7, 8, 9, 1000, 40_003])
+    func dropoutKernelEqualsReference(n: Int) {
+        let x = Self.randoms(n, seed: UInt64(n))
+        for keep: Float in [0.95, 0.5, 0.9] {
+            var d1 = [Float](repeating: 7, count: n), d2 = d1
+            var m1 = [UInt8](repeating: 7, count: n), m2 = m1
+            var g1 = SplitMix64(seed: 42), g2 = g1
+            _ = g1.next(); _ = g2.next()
+            x.withUnsafeBufferPointer { xp in
+                LoraKernels.dropout(xp.baseAddress!, &d1, &m1, count: n, keep: keep, inv: 1 / keep, rng: &g1)
+                LoraKernels.dropoutReference(xp.baseAddress!, &d2, &m2, count: n, keep: keep, inv: 1 / keep, rng: &g2)
+            }
+            #expect(m1 == m2)
+            #expect(d1 == d2)
+            #expect(g1.state == g2.state)
+        }
+    }
+
+    /// The blocked masked LoRA input gradient equals the product into a full temporary
+    /// followed by the plain masked add.
+    @Test(arguments: [(1, 5), (7, 33), (100, 576), (61, 1536)])
+    func maskedLoraDxEqualsReference(m: Int, n: Int) {
+        let r = 16
+        let g = Self.randoms(m * r, seed: 1), a = Self.randoms(r * n, seed: 2), dx0 = Self.randoms(m * n, seed: 3)
+        var mg = SplitMix64(seed: 4)
+        let mask = (0..<(m * n)).map { _ in UInt8(mg.next() % 3 == 0 ? 0 : 1) }
+        var fast = dx0, ref = dx0
+        var tmp = [Float](repeating: 0, count: m * n)
+        for i in 0..<m { for j in 0..<n {
+            var s: Float = 0
+            for k in 0..<r { s += g[i * r + k] * a[k * n + j] }
+            tmp[i * n + j] = 0.7 * s
+        } }
+        LoraKernels.maskedAddReference(&ref, tmp, mask, count: m * n, inv: 1.25)
+        LoraKernels.maskedLoraDx(m: m, n: n, r: r, c: 0.7, g: g, a: a, mask: mask, inv: 1.25, dx: &fast)
+        for i in 0..<(m * n) {
+            #expect(abs(fast[i] - ref[i]) <= 1e-5 * max(1, abs(ref[i])), "dx[\(i)]")
+        }
+        // the vectorized masked add alone is exact
+        var v = dx0, w = dx0
+        LoraKernels.maskedAddSerial(&v, tmp, mask, count: m * n, inv: 1.25)
+        LoraKernels.maskedAddReference(&w, tmp, mask, count: m * n, inv: 1.25)
+        #expect(v == w)
+    }
+}

@@ -118,7 +118,31 @@ extension LoraLinear {
         cacheDropped = [:]
         cacheMasks = [:]
         cacheT = [:]
+        cacheG = nil
         invalidateCache()
+    }
+
+    /// Recomputation: hands the buffers forward kept for backward to `other` (the layer at the
+    /// same position in the next layer to run, which overwrites them), so that they are not
+    /// freed and page-faulted in again for every layer. This layer's cache is invalidated.
+    /// Adapters are matched by position; `other === self` only invalidates.
+    func handOverForwardCache(to other: LoraLinear) {
+        defer { invalidateCache() }
+        if other === self { return }
+        other.cacheX = cacheX ?? other.cacheX
+        other.cacheG = cacheG ?? other.cacheG
+        for (a, b) in zip(adapters, other.adapters) {
+            let ia = ObjectIdentifier(a), ib = ObjectIdentifier(b)
+            if let d = cacheDropped[ia] { other.cacheDropped[ib] = d }
+            if let mk = cacheMasks[ia] { other.cacheMasks[ib] = mk }
+            if let t = cacheT[ia] { other.cacheT[ib] = t }
+        }
+        other.invalidateCache()
+        cacheX = nil
+        cacheG = nil
+        cacheDropped = [:]
+        cacheMasks = [:]
+        cacheT = [:]
     }
 
     /// The dropout generators of every adapter (recomputation replays the same masks).
@@ -156,24 +180,24 @@ extension LlamaDecoderLayer {
         let B = ws.batch, T = ws.seqLen, m = B * T, H = c.hidden
         let n = ws.normed
         LlamaKernels.rmsNorm(x, inputNorm.baseAddress, n.baseAddress, rstd: acts.rstd1.baseAddress, rows: m, n: H, eps: c.rmsEps)
-        try qProj.forward(buf(n), m: m, mbuf(acts.q))
-        try kProj.forward(buf(n), m: m, mbuf(acts.k))
-        try vProj.forward(buf(n), m: m, mbuf(acts.v))
+        try Prof.time(25) { () throws(PSTError) in try qProj.forward(buf(n), m: m, mbuf(acts.q)) }
+        try Prof.time(25) { () throws(PSTError) in try kProj.forward(buf(n), m: m, mbuf(acts.k)) }
+        try Prof.time(25) { () throws(PSTError) in try vProj.forward(buf(n), m: m, mbuf(acts.v)) }
         LlamaKernels.rope(acts.q.baseAddress, rows: m, seqLen: T, heads: c.heads, headDim: c.headDim,
                           cos: ws.cos.baseAddress, sin: ws.sin.baseAddress, inverse: false)
         LlamaKernels.rope(acts.k.baseAddress, rows: m, seqLen: T, heads: c.kvHeads, headDim: c.headDim,
                           cos: ws.cos.baseAddress, sin: ws.sin.baseAddress, inverse: false)
         let shape = AttentionShape(batch: B, seqLen: T, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
-        LlamaAttention.forward(shape, q: acts.q.baseAddress, k: acts.k.baseAddress, v: acts.v.baseAddress,
-                               out: ws.attn.baseAddress, probs: acts.probs.baseAddress)
-        try oProj.forward(buf(ws.attn), m: m, mbuf(ws.tmpH))
+        Prof.time(8) { LlamaAttention.forward(shape, q: acts.q.baseAddress, k: acts.k.baseAddress, v: acts.v.baseAddress,
+                               out: ws.attn.baseAddress, probs: acts.probs.baseAddress) }
+        try Prof.time(25) { () throws(PSTError) in try oProj.forward(buf(ws.attn), m: m, mbuf(ws.tmpH)) }
         addVectors(x, ws.tmpH.baseAddress, acts.h1.baseAddress, m * H)
         LlamaKernels.rmsNorm(acts.h1.baseAddress, postAttentionNorm.baseAddress, n.baseAddress, rstd: acts.rstd2.baseAddress,
                              rows: m, n: H, eps: c.rmsEps)
-        try gateProj.forward(buf(n), m: m, mbuf(acts.gate))
-        try upProj.forward(buf(n), m: m, mbuf(acts.up))
+        try Prof.time(25) { () throws(PSTError) in try gateProj.forward(buf(n), m: m, mbuf(acts.gate)) }
+        try Prof.time(25) { () throws(PSTError) in try upProj.forward(buf(n), m: m, mbuf(acts.up)) }
         LlamaKernels.swiglu(acts.gate.baseAddress, acts.up.baseAddress, ws.act.baseAddress, count: m * c.intermediate)
-        try downProj.forward(buf(ws.act), m: m, mbuf(ws.tmpH))
+        try Prof.time(25) { () throws(PSTError) in try downProj.forward(buf(ws.act), m: m, mbuf(ws.tmpH)) }
         addVectors(acts.h1.baseAddress, ws.tmpH.baseAddress, out, m * H)
     }
 
@@ -184,36 +208,36 @@ extension LlamaDecoderLayer {
                   inputGradient: Bool) throws(PSTError) {
         let B = ws.batch, T = ws.seqLen, m = B * T, H = c.hidden, I = c.intermediate
         // MLP: dact = dres·W_down (+ LoRA), then SwiGLU backward in place over gate/up
-        try downProj.backward(buf(ws.dres), m: m, dx: mbuf(ws.act))
+        try Prof.time(26) { () throws(PSTError) in try downProj.backward(buf(ws.dres), m: m, dx: mbuf(ws.act)) }
         LlamaKernels.swigluBackward(ws.act.baseAddress, acts.gate.baseAddress, acts.up.baseAddress,
                                     dg: acts.gate.baseAddress, du: acts.up.baseAddress, count: m * I)
-        try gateProj.backward(buf(acts.gate), m: m, dx: mbuf(ws.dn))
-        try upProj.backward(buf(acts.up), m: m, dx: mbuf(ws.tmpH))
+        try Prof.time(26) { () throws(PSTError) in try gateProj.backward(buf(acts.gate), m: m, dx: mbuf(ws.dn)) }
+        try Prof.time(26) { () throws(PSTError) in try upProj.backward(buf(acts.up), m: m, dx: mbuf(ws.tmpH)) }
         addVectors(ws.dn.baseAddress, ws.tmpH.baseAddress, ws.dn.baseAddress, m * H)
         // dh1 = dres + RMSNorm backward
         LlamaKernels.rmsNormBackward(ws.dn.baseAddress, acts.h1.baseAddress, postAttentionNorm.baseAddress,
                                      rstd: acts.rstd2.baseAddress, ws.dres.baseAddress, rows: m, n: H, accumulate: true)
         // attention
-        try oProj.backward(buf(ws.dres), m: m, dx: mbuf(ws.dattn))
+        try Prof.time(26) { () throws(PSTError) in try oProj.backward(buf(ws.dres), m: m, dx: mbuf(ws.dattn)) }
         let shape = AttentionShape(batch: B, seqLen: T, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
-        LlamaAttention.backward(shape, dout: ws.dattn.baseAddress, q: acts.q.baseAddress, k: acts.k.baseAddress,
+        Prof.time(9) { LlamaAttention.backward(shape, dout: ws.dattn.baseAddress, q: acts.q.baseAddress, k: acts.k.baseAddress,
                                 v: acts.v.baseAddress, probs: acts.probs.baseAddress, dq: ws.dq.baseAddress,
                                 dk: ws.dk.baseAddress, dv: ws.dv.baseAddress, scratch: ws.attnScratch.baseAddress,
-                                threads: ws.attnThreads)
+                                threads: ws.attnThreads) }
         LlamaKernels.rope(ws.dq.baseAddress, rows: m, seqLen: T, heads: c.heads, headDim: c.headDim,
                           cos: ws.cos.baseAddress, sin: ws.sin.baseAddress, inverse: true)
         LlamaKernels.rope(ws.dk.baseAddress, rows: m, seqLen: T, heads: c.kvHeads, headDim: c.headDim,
                           cos: ws.cos.baseAddress, sin: ws.sin.baseAddress, inverse: true)
         if !inputGradient {
-            try qProj.backward(buf(ws.dq), m: m, dx: nil)
-            try kProj.backward(buf(ws.dk), m: m, dx: nil)
-            try vProj.backward(buf(ws.dv), m: m, dx: nil)
+            try Prof.time(26) { () throws(PSTError) in try qProj.backward(buf(ws.dq), m: m, dx: nil) }
+            try Prof.time(26) { () throws(PSTError) in try kProj.backward(buf(ws.dk), m: m, dx: nil) }
+            try Prof.time(26) { () throws(PSTError) in try vProj.backward(buf(ws.dv), m: m, dx: nil) }
             return
         }
-        try qProj.backward(buf(ws.dq), m: m, dx: mbuf(ws.dn))
-        try kProj.backward(buf(ws.dk), m: m, dx: mbuf(ws.tmpH))
+        try Prof.time(26) { () throws(PSTError) in try qProj.backward(buf(ws.dq), m: m, dx: mbuf(ws.dn)) }
+        try Prof.time(26) { () throws(PSTError) in try kProj.backward(buf(ws.dk), m: m, dx: mbuf(ws.tmpH)) }
         addVectors(ws.dn.baseAddress, ws.tmpH.baseAddress, ws.dn.baseAddress, m * H)
-        try vProj.backward(buf(ws.dv), m: m, dx: mbuf(ws.tmpH))
+        try Prof.time(26) { () throws(PSTError) in try vProj.backward(buf(ws.dv), m: m, dx: mbuf(ws.tmpH)) }
         addVectors(ws.dn.baseAddress, ws.tmpH.baseAddress, ws.dn.baseAddress, m * H)
         LlamaKernels.rmsNormBackward(ws.dn.baseAddress, x, inputNorm.baseAddress, rstd: acts.rstd1.baseAddress,
                                      ws.dres.baseAddress, rows: m, n: H, accumulate: true)

@@ -315,9 +315,13 @@ public final class LlamaModel {
         for l in layers {
             let acts = recomputeActivations ? stored[0] : stored[l.index]
             rngSnapshots.append(l.linears.map { $0.rngStates })
-            try l.forward(config, x: layerInputs[l.index].baseAddress, out: layerInputs[l.index + 1].baseAddress,
-                          acts: acts, ws: ws)
-            if recomputeActivations { for p in l.linears { p.releaseForwardCache() } }
+            try Prof.time(23) { () throws(PSTError) in try l.forward(config, x: layerInputs[l.index].baseAddress, out: layerInputs[l.index + 1].baseAddress,
+                          acts: acts, ws: ws) }
+            if recomputeActivations {
+                // the next layer to run is l+1, or (after the last) this one again in backward
+                let next = layers[min(l.index + 1, layers.count - 1)]
+                for (p, q) in zip(l.linears, next.linears) { p.handOverForwardCache(to: q) }
+            }
         }
         LlamaKernels.rmsNorm(layerInputs[config.layers].baseAddress, finalNorm.baseAddress, normedFinal!.baseAddress,
                              rstd: rstdFinal!.baseAddress, rows: m, n: H, eps: config.rmsEps)
@@ -444,12 +448,16 @@ public final class LlamaModel {
                 for (p, s) in zip(l.linears, rngSnapshots[l.index]) { p.restoreRng(s) }
                 // recompute the layer (its output, equal to the next layer's input, goes to the
                 // free dn buffer and is discarded)
-                try l.forward(config, x: x, out: ws.dn.baseAddress, acts: acts, ws: ws)
+                try Prof.time(27) { () throws(PSTError) in try l.forward(config, x: x, out: ws.dn.baseAddress, acts: acts, ws: ws) }
             } else {
                 acts = stored[l.index]
             }
-            try l.backward(config, x: x, acts: acts, ws: ws, inputGradient: l.index > 0)
-            if recomputeActivations { for p in l.linears { p.releaseForwardCache() } }
+            try Prof.time(24) { () throws(PSTError) in try l.backward(config, x: x, acts: acts, ws: ws, inputGradient: l.index > 0) }
+            if recomputeActivations {
+                // to layer l−1, recomputed next (layer 0 keeps them for the next step's forward)
+                let next = layers[max(l.index - 1, 0)]
+                for (p, q) in zip(l.linears, next.linears) { p.handOverForwardCache(to: q) }
+            }
         }
     }
 }

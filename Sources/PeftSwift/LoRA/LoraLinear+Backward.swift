@@ -24,14 +24,11 @@ extension LoraLinear {
         }
         let dyp = dy.baseAddress!
         // g buffers are needed for dA and dx; allocate before touching any output
-        var gs: [AlignedBuffer<Float>] = []
-        for a in cacheUsed { gs.append(try AlignedBuffer<Float>(count: m * a.config.r)) }
-        var tmp: AlignedBuffer<Float>? = nil
-        if dx != nil, cacheUsed.contains(where: { cacheMasks[ObjectIdentifier($0)] != nil }) {
-            tmp = try AlignedBuffer<Float>(count: m * inFeatures)
-        }
+        let tA = Prof.now()
+        let g = try ensure(&cacheG, m * (cacheUsed.map { $0.config.r }.max() ?? 0))
 
-        if let dx {
+        if Prof.enabled { Prof.ns[7] += Prof.now() - tA }
+        if let dx { Prof.time(4) {
             let dxp = dx.baseAddress!
             switch base {
             case .dense(let w):
@@ -41,36 +38,39 @@ extension LoraLinear {
                 GEMM.sgemm(transA: false, transB: false, m: m, n: inFeatures, k: outFeatures, alpha: 1,
                            a: dyp, lda: outFeatures, b: LoraLinear.panels(q), beta: 0, c: dxp, ldc: inFeatures)
             }
-        }
+        } }
         if accumulateBiasGrad, let gb = gradBias {
             let g = gb.baseAddress
             for i in 0..<m { addRow(g, dyp + i * outFeatures, outFeatures) }
         }
-        for (idx, a) in cacheUsed.enumerated() {
+        for a in cacheUsed {
             let id = ObjectIdentifier(a)
             let r = a.config.r
             let c = a.weight * a.scaling
             let t = cacheT[id]!.baseAddress
             let xd = UnsafePointer(cacheDropped[id]?.baseAddress ?? cacheX!.baseAddress)
-            let g = gs[idx].baseAddress
+            let g = g.baseAddress
             // g (M×r) = dy (M×out) · B (out×r)
+            Prof.time(16) {
             GEMM.sgemm(transA: false, transB: false, m: m, n: r, k: outFeatures, alpha: 1,
-                       a: dyp, lda: outFeatures, b: a.b.baseAddress, ldb: r, beta: 0, c: g, ldc: r)
+                       a: dyp, lda: outFeatures, b: a.b.baseAddress, ldb: r, beta: 0, c: g, ldc: r) }
             // dB (out×r) += c · dyᵀ (out×M) · t (M×r)
+            Prof.time(17) {
             GEMM.sgemm(transA: true, transB: false, m: outFeatures, n: r, k: m, alpha: c,
-                       a: dyp, lda: outFeatures, b: t, ldb: r, beta: 1, c: a.gradB.baseAddress, ldc: r)
+                       a: dyp, lda: outFeatures, b: t, ldb: r, beta: 1, c: a.gradB.baseAddress, ldc: r) }
             // dA (r×in) += c · gᵀ (r×M) · xd (M×in)
+            Prof.time(18) {
             GEMM.sgemm(transA: true, transB: false, m: r, n: inFeatures, k: m, alpha: c,
-                       a: g, lda: r, b: xd, ldb: inFeatures, beta: 1, c: a.gradA.baseAddress, ldc: inFeatures)
+                       a: g, lda: r, b: xd, ldb: inFeatures, beta: 1, c: a.gradA.baseAddress, ldc: inFeatures) }
             guard let dx else { continue }
             let dxp = dx.baseAddress!
-            if let mask = cacheMasks[id], let tmp {
+            if let mask = cacheMasks[id] {
                 // dx += c · (g·A) ⊙ mask / (1−p)
-                GEMM.sgemm(transA: false, transB: false, m: m, n: inFeatures, k: r, alpha: c,
-                           a: g, lda: r, b: a.a.baseAddress, ldb: inFeatures, beta: 0, c: tmp.baseAddress, ldc: inFeatures)
                 let inv = 1 / (1 - a.config.dropout)
-                let mp = mask.baseAddress, tp = tmp.baseAddress
-                for i in 0..<(m * inFeatures) where mp[i] != 0 { dxp[i] += tp[i] * inv }
+                Prof.time(6) {
+                    LoraKernels.maskedLoraDx(m: m, n: inFeatures, r: r, c: c, g: g, a: a.a.baseAddress,
+                                             mask: mask.baseAddress, inv: inv, dx: dxp)
+                }
             } else {
                 GEMM.sgemm(transA: false, transB: false, m: m, n: inFeatures, k: r, alpha: c,
                            a: g, lda: r, b: a.a.baseAddress, ldb: inFeatures, beta: 1, c: dxp, ldc: inFeatures)

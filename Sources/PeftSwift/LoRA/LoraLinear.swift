@@ -46,6 +46,7 @@ public final class LoraLinear {
     var cacheMasks: [ObjectIdentifier: AlignedBuffer<UInt8>] = [:]
     var cacheT: [ObjectIdentifier: AlignedBuffer<Float>] = [:]         // M × r per adapter: xd·Aᵀ
     var cacheUsed: [LoraAdapter] = []                                  // adapters that contributed
+    var cacheG: AlignedBuffer<Float>? = nil                            // M × r scratch of backward
 
     /// A layer over a dense fp32 base (`weight`: out × in, copied) with an optional bias (out).
     public init(dense weight: UnsafeBufferPointer<Float>, outFeatures: Int, inFeatures: Int,
@@ -185,7 +186,7 @@ public final class LoraLinear {
         }
         let xp = x.baseAddress!, yp = y.baseAddress!
         // base
-        baseForward(xp, m: m, yp)
+        Prof.time(0) { baseForward(xp, m: m, yp) }
         if let bias {
             let b = bias.baseAddress
             for i in 0..<m { addRow(yp + i * outFeatures, b, outFeatures) }
@@ -195,20 +196,23 @@ public final class LoraLinear {
         cacheUsed = used
         cacheM = m
         if used.isEmpty { return }
-        let xs = try ensure(&cacheX, m * inFeatures)
-        xs.baseAddress.update(from: xp, count: m * inFeatures)
+        // backward reads x itself only for adapters without dropout
+        if used.contains(where: { !(training && $0.config.dropout > 0) }) {
+            let xs = try ensure(&cacheX, m * inFeatures)
+            Prof.time(2) { xs.baseAddress.update(from: xp, count: m * inFeatures) }
+        } else {
+            cacheX = nil
+        }
         for a in used {
             let r = a.config.r
-            var xd = UnsafePointer(xs.baseAddress)
+            var xd = UnsafePointer(cacheX?.baseAddress ?? UnsafeMutablePointer(mutating: xp))
             if training && a.config.dropout > 0 {
                 let id = ObjectIdentifier(a)
                 let d = try ensure(&cacheDropped[id], m * inFeatures)
                 let mask = try ensureU8(&cacheMasks[id], m * inFeatures)
                 let keep = 1 - a.config.dropout, inv = 1 / keep
-                for i in 0..<(m * inFeatures) {
-                    let k: UInt8 = a.rng.nextFloat() < keep ? 1 : 0
-                    mask[i] = k
-                    d[i] = k == 1 ? xp[i] * inv : 0
+                Prof.time(1) {
+                    LoraKernels.dropout(xp, d.baseAddress, mask.baseAddress, count: m * inFeatures, keep: keep, inv: inv, rng: &a.rng)
                 }
                 xd = UnsafePointer(d.baseAddress)
             } else {
@@ -217,11 +221,13 @@ public final class LoraLinear {
             }
             let t = try ensure(&cacheT[ObjectIdentifier(a)], m * r)
             // t (M×r) = xd (M×in) · Aᵀ
+            Prof.time(3) {
             GEMM.sgemm(transA: false, transB: true, m: m, n: r, k: inFeatures, alpha: 1,
                        a: xd, lda: inFeatures, b: a.a.baseAddress, ldb: inFeatures, beta: 0, c: t.baseAddress, ldc: r)
             // y += c · t · Bᵀ
             GEMM.sgemm(transA: false, transB: true, m: m, n: outFeatures, k: r, alpha: a.weight * a.scaling,
                        a: t.baseAddress, lda: r, b: a.b.baseAddress, ldb: r, beta: 1, c: yp, ldc: outFeatures)
+            }
         }
     }
 

@@ -2,7 +2,9 @@
 import Glibc
 #endif
 
-// TEMPORARY phase profiler (PST_PROFILE=1).
+// Phase profiler for performance work (PST_PROFILE=1 in the environment; off by default, when
+// each Prof.time is one branch). The totals are not synchronized: phases timed on several
+// threads at once can lose updates, so read them as estimates. LlamaBenchTests prints them.
 enum Prof {
     nonisolated(unsafe) static let enabled: Bool = getenv("PST_PROFILE") != nil
     nonisolated(unsafe) static var ns = [Int](repeating: 0, count: 32)

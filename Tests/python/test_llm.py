@@ -280,7 +280,12 @@ def _grads_case(ps, hf_base, tok, rng, r=8, alpha=16, name="grads", f64=False):
         for k in (0, 1):
             arb["peftswift"].append(R.rel_err(ours[p][k], g64[p][k]))
             arb["torch fp32"].append(R.rel_err(ref_grads[p][k], g64[p][k]))
-    return errs, {k: np.array(v) for k, v in arb.items()}
+    out = {k: np.array(v) for k, v in arb.items()}
+    # all gradients as one vector: ||x - g64|| / ||g64|| (not dominated by one small tensor)
+    flat64 = np.concatenate([g64[p][k].ravel() for p in ours for k in (0, 1)])
+    out["peftswift joint"] = np.linalg.norm(np.concatenate([ours[p][k].ravel() for p in ours for k in (0, 1)]) - flat64) / np.linalg.norm(flat64)
+    out["torch joint"] = np.linalg.norm(np.concatenate([np.asarray(ref_grads[p][k], np.float64).ravel() for p in ours for k in (0, 1)]) - flat64) / np.linalg.norm(flat64)
+    return errs, out
 
 
 def _worst(errs):
@@ -290,17 +295,24 @@ def _worst(errs):
 
 def test_lora_gradients_match_peft_dense(hf, rng):
     """Dense base. The gradients of the small LoRA tensors are ill-conditioned sums over 30
-    layers: fp32 PyTorch itself is ~2e-5 (max over tensors) from float64, so peftswift vs PEFT
-    is held to 1e-4 and, against the float64 arbiter, to the same accuracy as PyTorch fp32."""
+    layers: fp32 PyTorch itself is typically ~2e-5 (max over tensors) from float64, and on some
+    draws a tensor whose entries nearly cancel is 1e-3 off (seen: PST_SEED=4097903392, torch
+    1.7e-3, peftswift 4.9e-4). So peftswift vs PEFT is held to 1e-5 in the median, and against
+    the float64 arbiter to PyTorch fp32's own accuracy:
+    jointly, in the median, and tensor by tensor (5x PyTorch's error on the same tensor + 5e-5)."""
     ps = llm.Model.load(GGUF, quantize=False, pretokenizer="gpt2")
     errs, arb = _grads_case(ps, hf[0], hf[1], rng, f64=True)
     worst, where = _worst(errs)
     ours, torch32 = arb["peftswift"], arb["torch fp32"]
     print(f"vs PEFT fp32: worst {worst:.3g} ({where}); vs float64: peftswift max {ours.max():.3g} median "
           f"{np.median(ours):.3g}, torch fp32 max {torch32.max():.3g} median {np.median(torch32):.3g}")
-    assert worst <= 1e-4, f"worst gradient {where}: {worst:.3g}"
-    assert ours.max() <= 2.5 * torch32.max() and np.median(ours) <= 2 * np.median(torch32), \
+    print(f"all gradients as one vector vs float64: peftswift {arb['peftswift joint']:.3g}, torch fp32 {arb['torch joint']:.3g}")
+    assert np.median(list(errs.values())) <= 1e-5
+    assert arb["peftswift joint"] <= 2 * arb["torch joint"] + 1e-7, \
         "peftswift's gradients are less accurate than PyTorch fp32's"
+    assert np.median(ours) <= 2 * np.median(torch32)
+    bad = np.flatnonzero(ours > 5 * torch32 + 5e-5)
+    assert bad.size == 0, f"tensors {bad.tolist()}: peftswift {ours[bad]} vs torch fp32 {torch32[bad]} (from float64)"
 
 
 def test_lora_gradients_match_peft_nf4(hf, hf_nf4, rng):
@@ -308,9 +320,13 @@ def test_lora_gradients_match_peft_nf4(hf, hf_nf4, rng):
     ps = llm.Model.load(GGUF, quantize=True, pretokenizer="gpt2")
     errs, _ = _grads_case(ps, hf_nf4, hf[1], rng)
     worst, where = _worst(errs)
-    print(f"vs PEFT on bitsandbytes: worst {worst:.3g} ({where}), median {np.median(list(errs.values())):.3g}")
-    assert worst <= 1e-4, f"worst gradient {where}: {worst:.3g}"
-    assert np.median(list(errs.values())) <= 1e-5
+    e = np.array(list(errs.values()))
+    print(f"vs PEFT on bitsandbytes: worst {worst:.3g} ({where}), median {np.median(e):.3g}, "
+          f"95th percentile {np.percentile(e, 95):.3g}")
+    # as on the dense base, a draw can make one tensor's entries nearly cancel (fp32 PyTorch is
+    # then itself ~1e-3 from float64): the bulk is held tight, the worst tensor loosely
+    assert np.median(e) <= 1e-5 and np.percentile(e, 95) <= 5e-5
+    assert worst <= 5e-3, f"worst gradient {where}: {worst:.3g}"
 
 
 # ---------------------------------------------------------------- trainer, adapter files, resume

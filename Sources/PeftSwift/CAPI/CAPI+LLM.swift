@@ -19,6 +19,8 @@ final class LLMHandle {
     private var busy = pthread_mutex_t()
     /// NUL-terminated module paths, for pst_llm_module_at.
     lazy var modulePaths: [CStringBox] = model.loraModules.map { CStringBox($0.modulePath) }
+    /// Projection by module path (the set is fixed once the model is loaded).
+    lazy var moduleByPath: [String: LoraLinear] = Dictionary(uniqueKeysWithValues: model.loraModules.map { ($0.modulePath, $0.layer) })
 
     init(model: LlamaModel, tokenizer: BPETokenizer?, tokenizerError: PSTError?, path: String, quantized: Bool) {
         self.model = model
@@ -523,7 +525,7 @@ public func pst_llm_adapter_tensor(_ llm: UnsafeMutablePointer<pst_llm>?, _ modu
         guard (PST_LORA_A...PST_LORA_GRAD_B).contains(which) else {
             throw .invalidArgument("which (\(which)) is not PST_LORA_A, _B, _GRAD_A or _GRAD_B")
         }
-        guard let lin = h.model.loraModules.first(where: { $0.modulePath == path })?.layer else {
+        guard let lin = h.moduleByPath[path] else {
             throw .notFound("module_path \"\(path)\" is not a projection of this model (e.g. model.layers.0.self_attn.q_proj)")
         }
         guard let a = lin.adapter(named: name) else { throw .notFound("module \"\(path)\" has no adapter \"\(name)\"") }

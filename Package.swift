@@ -38,7 +38,8 @@ let package = Package(
     targets: [
         .target(
             name: "CPeftSwift",
-            cSettings: [.unsafeFlags(["-march=x86-64-v3", "-O2"])]
+            // baseline x86-64 on purpose: cpu.c and entry.c run before the CPU check (no -march here)
+            cSettings: [.unsafeFlags(["-O2"])]
         ),
         .target(
             name: "PeftSwift",

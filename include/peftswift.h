@@ -66,6 +66,8 @@ typedef int32_t pst_status;
 #define PST_ERR_EXISTS 9          /* a named item already exists */
 #define PST_ERR_NONFINITE 10      /* NaN or +-Inf in an input that must be finite */
 #define PST_ERR_INTERNAL 11       /* a bug in peftswift: please report it */
+#define PST_ERR_UNSUPPORTED_CPU 12 /* this CPU lacks an instruction set the library needs (x86-64-v3:
+                                    AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE); the message names them */
 
 /* ---- Element types of tensors crossing the ABI */
 #define PST_DTYPE_F32 0
@@ -408,6 +410,18 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_set_num_threads(int32_t n) PST_NOEXCE
  * Returns the number of threads the kernels use.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_get_num_threads(void) PST_NOEXCEPT;
+
+/**
+ * Returns PST_OK when this CPU runs the library, else PST_ERR_UNSUPPORTED_CPU with a last
+ * error naming the missing instruction-set features. The library is built for x86-64-v3
+ * (AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE; Intel Haswell / AMD Excavator or newer).
+ * On a CPU without them every pst_ function answers without running engine code: functions
+ * returning pst_status return PST_ERR_UNSUPPORTED_CPU, pst_*_free do nothing,
+ * pst_4bit_packed_bytes and pst_blockwise_count return -1, pst_get_num_threads returns 0;
+ * pst_abi_version, pst_version_string, pst_status_string and pst_last_error work as usual.
+ * Call it first to report the problem early (the Python module's import does).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_cpu_check(void) PST_NOEXCEPT;
 
 /* ---- from Sources/PeftSwift/CAPI/CAPI+Files.swift ------------------------------------------------- */
 

@@ -2,8 +2,11 @@
 """Generates include/peftswift.h from the Swift sources.
 
 The declarations come from the compiler's generated header (PeftSwift-Swift.h, the plain C
-section that Swift 6.3 writes for `@c(pst_...) public func`); each function's documentation is
-the `///` comment above its `@c` attribute in Sources/PeftSwift. The hand-written parts are
+section that Swift 6.3 writes for `@c(pstimpl_...) public func`); each function's documentation
+is the `///` comment above its `@c` attribute in Sources/PeftSwift. The Swift functions are
+exported under `pstimpl_NAME` and declared here as `pst_NAME`: the `pst_NAME` the library exports
+is the CPU-checking entry in Sources/CPeftSwift/entry.c (scripts/gen_entry.py), which calls
+`pstimpl_NAME` only on a CPU that runs the engine. The hand-written parts are
 Sources/CPeftSwift/include/peftswift_types.h (status codes, constants, types) and
 scripts/header_overview.txt.
 
@@ -17,20 +20,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def swift_docs():
-    """name -> (source file, line, doc lines) for every @c(pst_...) in the engine."""
+    """pst_name -> (source file, line, doc lines) for every @c(pstimpl_...) in the engine."""
     out = {}
     for path in sorted((ROOT / "Sources/PeftSwift").rglob("*.swift")):
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
-            m = re.match(r"\s*@c\((pst_\w+)\)", line)
+            m = re.match(r"\s*@c\(pstimpl_(\w+)\)", line)
             if not m:
+                if re.match(r"\s*@c\(", line):
+                    sys.exit(f"gen_header: {path}:{i + 1}: @c names must start with pstimpl_")
                 continue
             doc = []
             j = i - 1
             while j >= 0 and lines[j].strip().startswith("///"):
                 doc.insert(0, lines[j].strip()[3:].rstrip())
                 j -= 1
-            out[m.group(1)] = (path.relative_to(ROOT).as_posix(), i, doc)
+            out["pst_" + m.group(1)] = (path.relative_to(ROOT).as_posix(), i, doc)
     return out
 
 
@@ -40,15 +45,15 @@ def generated_decls(text):
     for line in text.splitlines():
         if not line.startswith("SWIFT_EXTERN "):
             continue
-        m = re.search(r"\b(pst_\w+)\(", line)
+        m = re.search(r"\bpstimpl_(\w+)\(", line)
         if not m:
             continue
-        d = line[len("SWIFT_EXTERN "):]
+        d = line[len("SWIFT_EXTERN "):].replace("pstimpl_", "pst_", 1)
         d = d.replace(" _Nullable", "").replace(" _Nonnull", "").replace(" _Null_unspecified", "")
         d = d.replace(" SWIFT_WARN_UNUSED_RESULT", "").replace(" SWIFT_NOEXCEPT", "")
         d = d.rstrip(";").strip()
         warn = "PST_WARN_UNUSED_RESULT " if d.startswith("int32_t ") or d.startswith("pst_status ") else ""
-        decls[m.group(1)] = f"PST_API {warn}{d} PST_NOEXCEPT;"
+        decls["pst_" + m.group(1)] = f"PST_API {warn}{d} PST_NOEXCEPT;"
     return decls
 
 

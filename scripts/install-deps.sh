@@ -8,6 +8,7 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v qemu-x86_64 >/dev/null || need+=(qemu-user)   # the old-CPU checks (Tests/abi/check.sh)
 inc="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
 [ -f "$inc/Python.h" ] || need+=(libpython3-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -1,5 +1,6 @@
 /* The C target carries include/peftswift_types.h into Swift and keeps the per-thread last-error
- * buffer (C11 _Thread_local: no allocation, no destructor, valid until the thread's next call). */
+ * buffer (C11 _Thread_local: no allocation, no destructor, valid until the thread's next call),
+ * and the status names. Compiled for baseline x86-64: it runs before the CPU check (entry.c). */
 #include "peftswift_types.h"
 #include "pst_shim.h"
 #include <string.h>
@@ -19,3 +20,22 @@ void pstshim_set_error(const char *msg, size_t len) {
 void pstshim_clear_error(void) { pstshim_error_buf[0] = 0; }
 
 const char *pstshim_last_error(void) { return pstshim_error_buf; }
+
+const char *pstshim_status_string(int32_t status) {
+    switch (status) {
+    case PST_OK: return "ok";
+    case PST_ERR_INVALID_ARG: return "invalid argument";
+    case PST_ERR_OUT_OF_MEMORY: return "out of memory";
+    case PST_ERR_SHAPE: return "shape mismatch";
+    case PST_ERR_UNSUPPORTED: return "unsupported";
+    case PST_ERR_MISUSE: return "misuse";
+    case PST_ERR_IO: return "I/O error";
+    case PST_ERR_CORRUPT: return "corrupt data";
+    case PST_ERR_NOT_FOUND: return "not found";
+    case PST_ERR_EXISTS: return "already exists";
+    case PST_ERR_NONFINITE: return "non-finite value";
+    case PST_ERR_INTERNAL: return "internal error";
+    case PST_ERR_UNSUPPORTED_CPU: return "unsupported CPU";
+    default: return "unknown status";
+    }
+}

@@ -33,6 +33,9 @@ int main(int argc, char **argv) {
     EXPECT(pst_set_num_threads(0), PST_ERR_INVALID_ARG, "pst_set_num_threads");
     EXPECT(pst_set_num_threads(100000), PST_ERR_INVALID_ARG, "pst_set_num_threads");
     infallible("pst_get_num_threads() >= 1", pst_get_num_threads() >= 1);
+    /* this host runs the tests, so it runs the library; older CPUs: the qemu checks in check.sh */
+    infallible("pst_cpu_check() == PST_OK on the test host", pst_cpu_check() == PST_OK && pst_last_error()[0] == 0);
+    infallible("pst_status_string(PST_ERR_UNSUPPORTED_CPU)", strcmp(pst_status_string(PST_ERR_UNSUPPORTED_CPU), "unsupported CPU") == 0);
 
     /* ---- quantization: flat kernels */
     float x[100], out[100], absmax[4], code16[16], code256[256];

@@ -80,5 +80,26 @@ echo "$out" | grep -E '^(PASS|FAIL)' | sed 's/^/  /'
 if [ $rc -eq 0 ]; then ok "every function rejects NULL/undersized/invalid arguments with a status and a message"
 else bad "bad input" "$(echo "$out" | grep FAIL)"; fi
 
+# 7. an older CPU (no AVX2/FMA/F16C): every function answers PST_ERR_UNSUPPORTED_CPU (or its
+#    documented value), never SIGILL. qemu-user runs the programs as those CPUs would; a
+#    Haswell model (x86-64-v3, the oldest the library supports) must still compute.
+run "entry points (Sources/CPeftSwift/entry.c) are the ones the header generates" bash -c \
+    "python3 '$root/scripts/gen_entry.py' '$hdr' '$work/entry.c' && diff -u '$root/Sources/CPeftSwift/entry.c' '$work/entry.c'"
+if command -v qemu-x86_64 >/dev/null; then
+    run "old-CPU program builds (every declared function, from the header)" bash -c \
+        "python3 '$root/Tests/abi/gen_old_cpu.py' '$hdr' > '$work/old_cpu.c' && cc -std=c11 -Wall -Wextra -Werror -Wno-unused-result '$work/old_cpu.c' \$(pkg-config --cflags --libs peftswift) -o '$work/old_cpu'"
+    for case in Nehalem:avx SandyBridge:f16c Haswell-noTSX,avx2=off:avx2 Haswell-noTSX,fma=off:fma; do
+        model="${case%:*}" lacks="${case##*:}"
+        run "qemu-x86_64 -cpu $model: every function answers PST_ERR_UNSUPPORTED_CPU naming $lacks" bash -c \
+            "env -u LD_LIBRARY_PATH qemu-x86_64 -cpu '$model' '$work/old_cpu' '$lacks' 2>&1 | grep -v '^qemu-x86_64: warning' | tee '$work/old_cpu.log' && grep -q ', 0 failed' '$work/old_cpu.log'"
+    done
+    run "qemu-x86_64 -cpu Nehalem: examples/quantize.c fails with a clear message (exit 1, no signal)" bash -c \
+        "env -u LD_LIBRARY_PATH qemu-x86_64 -cpu Nehalem '$work/quantize' > '$work/q.log' 2>&1; rc=\$?; cat '$work/q.log'; [ \$rc -eq 1 ] && grep -q 'unsupported CPU' '$work/q.log'"
+    run "qemu-x86_64 -cpu Haswell-noTSX (x86-64-v3): examples/quantize.c runs and computes" bash -c \
+        "env -u LD_LIBRARY_PATH qemu-x86_64 -cpu Haswell-noTSX '$work/quantize' 2>&1 | grep -v '^qemu-x86_64: warning' | tee '$work/qh.log' && grep -q 'round trip: max' '$work/qh.log'"
+else
+    bad "qemu-x86_64 not found (scripts/install-deps.sh installs qemu-user): the old-CPU checks did not run"
+fi
+
 echo "abi: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -108,3 +108,21 @@ def test_type_stubs_cover_the_public_api():
     public = [n for n in dir(peftswift) if not n.startswith("_") and n not in ("quant", "lora", "optim", "files", "llm")]
     missing = [n for n in public if n not in stubs]
     assert not missing, f"not in the .pyi stubs: {missing}"
+
+
+def test_import_on_a_cpu_without_avx2_is_an_import_error(tmp_path):
+    """The library is built for x86-64-v3. On an older CPU `import peftswift` must raise an
+    ImportError naming the missing features, never die of SIGILL. qemu-user runs this Python as
+    a Nehalem (no AVX) and a Haswell without AVX2 would; scripts/install-deps.sh installs it."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.fail("qemu-x86_64 is missing: scripts/install-deps.sh installs qemu-user")
+    code = ("import sys\n"
+            "try:\n    import peftswift\nexcept ImportError as e:\n    print('IMPORTERROR', e); sys.exit(3)\n"
+            "print('IMPORTED'); sys.exit(0)\n")
+    for model, lacks in (("Nehalem", "avx2"), ("Haswell-noTSX,avx2=off,fma=off", "fma")):
+        r = subprocess.run([qemu, "-cpu", model, sys.executable, "-c", code], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+        out = r.stdout + r.stderr
+        assert r.returncode == 3, f"{model}: exit {r.returncode} (negative: killed by a signal)\n{out[-2000:]}"
+        assert "peftswift cannot run on this CPU" in out and lacks in out and "x86-64-v3" in out, out[-2000:]

@@ -30,6 +30,8 @@ typedef int32_t pst_status;
 #define PST_ERR_EXISTS 9          /* a named item already exists */
 #define PST_ERR_NONFINITE 10      /* NaN or +-Inf in an input that must be finite */
 #define PST_ERR_INTERNAL 11       /* a bug in peftswift: please report it */
+#define PST_ERR_UNSUPPORTED_CPU 12 /* this CPU lacks an instruction set the library needs (x86-64-v3:
+                                    AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE); the message names them */
 
 /* ---- Element types of tensors crossing the ABI */
 #define PST_DTYPE_F32 0

@@ -7,34 +7,33 @@ import CPeftSwift
 
 /// Returns the library's version, "MAJOR.MINOR.PATCH" (a static string; never free it).
 /// Compare with PST_VERSION_STRING to check the header and the library agree.
-@c(pst_version_string)
+@c(pstimpl_version_string)
 public func pst_version_string() -> UnsafePointer<CChar> {
     UnsafeRawPointer(Version.string.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
 /// Returns the library's ABI version. A program built against this header should check
 /// `pst_abi_version() == PST_ABI_VERSION` before any other call.
-@c(pst_abi_version)
+@c(pstimpl_abi_version)
 public func pst_abi_version() -> Int32 { Version.abi }
 
 /// Returns a static, human-readable name for a status code ("ok", "invalid argument", ...);
 /// unknown codes give "unknown status". Never NULL; never free it.
-@c(pst_status_string)
+@c(pstimpl_status_string)
 public func pst_status_string(_ status: Int32) -> UnsafePointer<CChar> {
-    let s = PSTError.name(of: status)
-    return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+    pstshim_status_string(status)
 }
 
 /// Returns the message of the last failed pst_ call on the calling thread ("" after a
 /// success). It names the function, the argument and the value. The pointer stays valid
 /// until this thread's next pst_ call; copy it to keep it. Never NULL; never free it.
-@c(pst_last_error)
+@c(pstimpl_last_error)
 public func pst_last_error() -> UnsafePointer<CChar> { LastError.current }
 
 /// Sets how many threads the kernels use (1 ... 1024; the default is the number of online
 /// CPUs). Applies process-wide from the next call on.
 /// Errors: PST_ERR_INVALID_ARG when n is outside 1 ... 1024.
-@c(pst_set_num_threads)
+@c(pstimpl_set_num_threads)
 public func pst_set_num_threads(_ n: Int32) -> Int32 {
     cEntry("pst_set_num_threads") { () throws(PSTError) in
         guard n >= 1 && n <= 1024 else { throw .invalidArgument("n (\(n)) must be in 1...1024") }
@@ -43,5 +42,19 @@ public func pst_set_num_threads(_ n: Int32) -> Int32 {
 }
 
 /// Returns the number of threads the kernels use.
-@c(pst_get_num_threads)
+@c(pstimpl_get_num_threads)
 public func pst_get_num_threads() -> Int32 { Int32(Threads.count) }
+
+/// Returns PST_OK when this CPU runs the library, else PST_ERR_UNSUPPORTED_CPU with a last
+/// error naming the missing instruction-set features. The library is built for x86-64-v3
+/// (AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE; Intel Haswell / AMD Excavator or newer).
+/// On a CPU without them every pst_ function answers without running engine code: functions
+/// returning pst_status return PST_ERR_UNSUPPORTED_CPU, pst_*_free do nothing,
+/// pst_4bit_packed_bytes and pst_blockwise_count return -1, pst_get_num_threads returns 0;
+/// pst_abi_version, pst_version_string, pst_status_string and pst_last_error work as usual.
+/// Call it first to report the problem early (the Python module's import does).
+@c(pstimpl_cpu_check)
+public func pst_cpu_check() -> Int32 {
+    // Reached only through the exported pst_cpu_check, which has checked the CPU already.
+    cEntry("pst_cpu_check") { () throws(PSTError) in }
+}

@@ -68,7 +68,7 @@ func checkTensorStruct(_ p: UnsafeMutablePointer<pst_tensor>?, _ name: StaticStr
 /// handed out without copying. Free with pst_safetensors_free.
 /// Errors: PST_ERR_IO (cannot open/map), PST_ERR_CORRUPT (malformed file; the message names
 /// the file and the problem), PST_ERR_INVALID_ARG.
-@c(pst_safetensors_open)
+@c(pstimpl_safetensors_open)
 public func pst_safetensors_open(_ path: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_safetensors>?>?) -> Int32 {
     cEntry("pst_safetensors_open") { () throws(PSTError) in
         let o = try required(out, "out")
@@ -80,7 +80,7 @@ public func pst_safetensors_open(_ path: UnsafePointer<CChar>?, _ out: UnsafeMut
 
 /// Closes a file opened by pst_safetensors_open (unmapping it); NULL is a no-op. Pointers
 /// from pst_safetensors_tensor_at/_find/_metadata_at become invalid.
-@c(pst_safetensors_free)
+@c(pstimpl_safetensors_free)
 public func pst_safetensors_free(_ st: UnsafeMutablePointer<pst_safetensors>?) {
     if let st { releaseHandle(st, as: SafeTensorsHandle.self) }
 }
@@ -88,7 +88,7 @@ public func pst_safetensors_free(_ st: UnsafeMutablePointer<pst_safetensors>?) {
 /// Writes the number of tensors to *count and of __metadata__ entries to *metadata_count
 /// (either may be NULL).
 /// Errors: PST_ERR_INVALID_ARG.
-@c(pst_safetensors_count)
+@c(pstimpl_safetensors_count)
 public func pst_safetensors_count(_ st: UnsafeMutablePointer<pst_safetensors>?, _ count: UnsafeMutablePointer<Int64>?,
                                   _ metadata_count: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_safetensors_count") { () throws(PSTError) in
@@ -101,7 +101,7 @@ public func pst_safetensors_count(_ st: UnsafeMutablePointer<pst_safetensors>?, 
 /// Describes tensor index (0 ... count-1, in the file's data order) in *out (out->struct_size
 /// must be sizeof(pst_tensor)); out->data points into the mapping, no copy.
 /// Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
-@c(pst_safetensors_tensor_at)
+@c(pstimpl_safetensors_tensor_at)
 public func pst_safetensors_tensor_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64, _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
     cEntry("pst_safetensors_tensor_at") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
@@ -115,7 +115,7 @@ public func pst_safetensors_tensor_at(_ st: UnsafeMutablePointer<pst_safetensors
 
 /// Describes the tensor called name in *out (as pst_safetensors_tensor_at).
 /// Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG.
-@c(pst_safetensors_find)
+@c(pstimpl_safetensors_find)
 public func pst_safetensors_find(_ st: UnsafeMutablePointer<pst_safetensors>?, _ name: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
     cEntry("pst_safetensors_find") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
@@ -131,7 +131,7 @@ public func pst_safetensors_find(_ st: UnsafeMutablePointer<pst_safetensors>?, _
 /// The index-th __metadata__ entry: *key and *value point to NUL-terminated strings owned by
 /// the file handle.
 /// Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
-@c(pst_safetensors_metadata_at)
+@c(pstimpl_safetensors_metadata_at)
 public func pst_safetensors_metadata_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64,
                                         _ key: UnsafeMutablePointer<UnsafePointer<CChar>?>?,
                                         _ value: UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> Int32 {
@@ -153,7 +153,7 @@ public func pst_safetensors_metadata_at(_ st: UnsafeMutablePointer<pst_safetenso
 /// written. Tensor data is read during the call only.
 /// Errors: PST_ERR_INVALID_ARG (NULLs, unknown dtype, byte_count disagreeing with the shape,
 /// duplicate names), PST_ERR_IO.
-@c(pst_safetensors_write)
+@c(pstimpl_safetensors_write)
 public func pst_safetensors_write(_ path: UnsafePointer<CChar>?, _ tensors: UnsafePointer<pst_tensor>?, _ count: Int64,
                                   _ meta_keys: UnsafePointer<UnsafePointer<CChar>?>?, _ meta_values: UnsafePointer<UnsafePointer<CChar>?>?,
                                   _ meta_count: Int64) -> Int32 {
@@ -231,7 +231,7 @@ func layerList(_ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?, _ path
 /// PeftModel.from_pretrained loads the directory onto the matching model.
 /// base_model_name_or_path may be NULL. Files are written atomically.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (a layer lacks the adapter), PST_ERR_IO.
-@c(pst_peft_save)
+@c(pstimpl_peft_save)
 public func pst_peft_save(_ directory: UnsafePointer<CChar>?, _ adapter_name: UnsafePointer<CChar>?,
                           _ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?, _ module_paths: UnsafePointer<UnsafePointer<CChar>?>?,
                           _ count: Int32, _ base_model_name_or_path: UnsafePointer<CChar>?) -> Int32 {
@@ -250,7 +250,7 @@ public func pst_peft_save(_ directory: UnsafePointer<CChar>?, _ adapter_name: Un
 /// Errors: PST_ERR_IO, PST_ERR_CORRUPT (malformed files, with the file named),
 /// PST_ERR_NOT_FOUND (a tensor the layers need is missing), PST_ERR_SHAPE, PST_ERR_EXISTS
 /// (as_name taken), PST_ERR_UNSUPPORTED, PST_ERR_INVALID_ARG.
-@c(pst_peft_load)
+@c(pstimpl_peft_load)
 public func pst_peft_load(_ directory: UnsafePointer<CChar>?, _ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?,
                           _ module_paths: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32, _ as_name: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_peft_load") { () throws(PSTError) in
@@ -265,7 +265,7 @@ public func pst_peft_load(_ directory: UnsafePointer<CChar>?, _ layers: UnsafePo
 /// weight.nested_absmax, weight.nested_quant_map, weight.quant_state.bitsandbytes__nf4|fp4,
 /// and bias when biases[i] is not NULL (shape[0] floats). biases may be NULL. Atomic write.
 /// Errors: PST_ERR_INVALID_ARG (a weight not 2-D, NULLs), PST_ERR_IO.
-@c(pst_bnb_save)
+@c(pstimpl_bnb_save)
 public func pst_bnb_save(_ path: UnsafePointer<CChar>?, _ weights: UnsafePointer<UnsafeMutablePointer<pst_quant>?>?,
                          _ biases: UnsafePointer<UnsafePointer<Float>?>?, _ modules: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32) -> Int32 {
     cEntry("pst_bnb_save") { () throws(PSTError) in
@@ -292,7 +292,7 @@ public func pst_bnb_save(_ path: UnsafePointer<CChar>?, _ weights: UnsafePointer
 /// and bias is not NULL, bias_capacity >= shape[0] floats of it are copied; *has_bias (may be
 /// NULL) says whether there was one. Every field is validated against the others.
 /// Errors: PST_ERR_IO, PST_ERR_CORRUPT, PST_ERR_NOT_FOUND, PST_ERR_SHAPE, PST_ERR_INVALID_ARG.
-@c(pst_bnb_load)
+@c(pstimpl_bnb_load)
 public func pst_bnb_load(_ path: UnsafePointer<CChar>?, _ module: UnsafePointer<CChar>?,
                          _ weight: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?,
                          _ bias: UnsafeMutablePointer<Float>?, _ bias_capacity: Int, _ has_bias: UnsafeMutablePointer<Int32>?) -> Int32 {

@@ -90,7 +90,7 @@ func optionalCString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PS
 
 /// Fills *p with the defaults: NF4, blocksize 64, double quantization, the file's own pre-tokenizer.
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
-@c(pst_llm_load_params_init)
+@c(pstimpl_llm_load_params_init)
 public func pst_llm_load_params_init(_ p: UnsafeMutablePointer<pst_llm_load_params>?) -> Int32 {
     cEntry("pst_llm_load_params_init") { () throws(PSTError) in
         try required(p, "params").pointee = pst_llm_load_params(
@@ -109,7 +109,7 @@ public func pst_llm_load_params_init(_ p: UnsafeMutablePointer<pst_llm_load_para
 /// PST_ERR_CORRUPT (not GGUF/safetensors, tensors disagreeing with the metadata),
 /// PST_ERR_UNSUPPORTED (another architecture, tensor type, RoPE scaling, tokenizer), PST_ERR_IO,
 /// PST_ERR_OUT_OF_MEMORY.
-@c(pst_llm_load)
+@c(pstimpl_llm_load)
 public func pst_llm_load(_ path: UnsafePointer<CChar>?, _ params: UnsafePointer<pst_llm_load_params>?,
                          _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_llm>?>?) -> Int32 {
     cEntry("pst_llm_load") { () throws(PSTError) in
@@ -162,14 +162,14 @@ public func pst_llm_load(_ path: UnsafePointer<CChar>?, _ params: UnsafePointer<
 }
 
 /// Frees a model; NULL is a no-op. Trainers made from it keep it alive until they are freed.
-@c(pst_llm_free)
+@c(pstimpl_llm_free)
 public func pst_llm_free(_ llm: UnsafeMutablePointer<pst_llm>?) {
     if let llm { releaseHandle(llm, as: LLMHandle.self) }
 }
 
 /// Fills *info (info->struct_size must be sizeof(pst_llm_info)).
 /// Errors: PST_ERR_INVALID_ARG.
-@c(pst_llm_get_info)
+@c(pstimpl_llm_get_info)
 public func pst_llm_get_info(_ llm: UnsafeMutablePointer<pst_llm>?, _ info: UnsafeMutablePointer<pst_llm_info>?) -> Int32 {
     cEntry("pst_llm_get_info") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -233,7 +233,7 @@ func copyOutString(_ s: String, _ name: StaticString, _ text: UnsafeMutablePoint
 /// may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
 /// set, so a caller can size the buffer with a first call.
 /// Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
-@c(pst_llm_tokenize)
+@c(pstimpl_llm_tokenize)
 public func pst_llm_tokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ text: UnsafePointer<CChar>?, _ text_len: Int,
                              _ flags: Int32, _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
                              _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
@@ -261,7 +261,7 @@ public func pst_llm_tokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ text: Unsa
 /// [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
 /// system may be NULL. Sizing as pst_llm_tokenize.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
-@c(pst_llm_chat_prompt)
+@c(pstimpl_llm_chat_prompt)
 public func pst_llm_chat_prompt(_ llm: UnsafeMutablePointer<pst_llm>?, _ user: UnsafePointer<CChar>?,
                                 _ system: UnsafePointer<CChar>?, _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
                                 _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
@@ -288,7 +288,7 @@ func longCString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTErr
 /// small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
 /// are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
 /// Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
-@c(pst_llm_detokenize)
+@c(pstimpl_llm_detokenize)
 public func pst_llm_detokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ count: Int,
                                _ flags: Int32, _ text: UnsafeMutablePointer<CChar>?, _ capacity: Int,
                                _ length: UnsafeMutablePointer<Int64>?) -> Int32 {
@@ -325,7 +325,7 @@ func readIDs(_ ids: UnsafePointer<Int32>?, _ batch: Int64, _ seqLen: Int64) thro
 /// ids (batch * seq_len token ids). Runs with dropout off (evaluation), with the active adapters.
 /// Errors: PST_ERR_INVALID_ARG (NULL, ids out of range, capacity, seq_len beyond the context),
 /// PST_ERR_MISUSE (handle busy), PST_ERR_OUT_OF_MEMORY.
-@c(pst_llm_logits)
+@c(pstimpl_llm_logits)
 public func pst_llm_logits(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ batch: Int64,
                            _ seq_len: Int64, _ logits: UnsafeMutablePointer<Float>?, _ capacity: Int) -> Int32 {
     cEntry("pst_llm_logits") { () throws(PSTError) in
@@ -348,7 +348,7 @@ public func pst_llm_logits(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafeP
 /// ignored, the mean over the targets. Dropout applies in training mode (pst_llm_set_training).
 /// Keeps what pst_llm_backward needs.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE, PST_ERR_OUT_OF_MEMORY.
-@c(pst_llm_loss)
+@c(pstimpl_llm_loss)
 public func pst_llm_loss(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ labels: UnsafePointer<Int32>?,
                          _ batch: Int64, _ seq_len: Int64, _ loss: UnsafeMutablePointer<Float>?) -> Int32 {
     cEntry("pst_llm_loss") { () throws(PSTError) in
@@ -363,7 +363,7 @@ public func pst_llm_loss(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePoi
 /// Backward of the last pst_llm_loss: adds d loss / d A and d loss / d B into the gradients of
 /// every active adapter (read them with pst_llm_adapter_tensor; clear with pst_llm_zero_grad).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (no pending loss, handle busy).
-@c(pst_llm_backward)
+@c(pstimpl_llm_backward)
 public func pst_llm_backward(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
     cEntry("pst_llm_backward") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -373,7 +373,7 @@ public func pst_llm_backward(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
 
 /// Zeroes every adapter's gradients.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
-@c(pst_llm_zero_grad)
+@c(pstimpl_llm_zero_grad)
 public func pst_llm_zero_grad(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
     cEntry("pst_llm_zero_grad") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -383,7 +383,7 @@ public func pst_llm_zero_grad(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
 
 /// Training mode (1: LoRA dropout on in pst_llm_loss) or evaluation (0, the state after loading).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
-@c(pst_llm_set_training)
+@c(pstimpl_llm_set_training)
 public func pst_llm_set_training(_ llm: UnsafeMutablePointer<pst_llm>?, _ training: Int32) -> Int32 {
     cEntry("pst_llm_set_training") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -416,7 +416,7 @@ extension String {
 /// own seed derived from params->seed; B starts at zero. All or nothing. It becomes active
 /// wherever it is the first adapter; use pst_llm_set_adapter to choose.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_EXISTS, PST_ERR_MISUSE (handle busy), PST_ERR_OUT_OF_MEMORY.
-@c(pst_llm_add_adapter)
+@c(pstimpl_llm_add_adapter)
 public func pst_llm_add_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: UnsafePointer<CChar>?,
                                 _ params: UnsafePointer<pst_lora_params>?, _ target_modules: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_llm_add_adapter") { () throws(PSTError) in
@@ -445,7 +445,7 @@ public func pst_llm_add_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: U
 
 /// Deletes the adapter called name from every projection.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged, handle busy).
-@c(pst_llm_delete_adapter)
+@c(pstimpl_llm_delete_adapter)
 public func pst_llm_delete_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_llm_delete_adapter") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -457,7 +457,7 @@ public func pst_llm_delete_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name
 /// Makes name the only active adapter on every projection that has it (others: none active);
 /// name NULL disables all adapters (the base model alone).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (no projection has it), PST_ERR_MISUSE.
-@c(pst_llm_set_adapter)
+@c(pstimpl_llm_set_adapter)
 public func pst_llm_set_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_llm_set_adapter") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -481,7 +481,7 @@ public func pst_llm_set_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: U
 
 /// The number of projections (layers * 7), each addressable by its Hugging Face module path.
 /// Errors: PST_ERR_INVALID_ARG.
-@c(pst_llm_module_count)
+@c(pstimpl_llm_module_count)
 public func pst_llm_module_count(_ llm: UnsafeMutablePointer<pst_llm>?, _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_llm_module_count") { () throws(PSTError) in
         let h = try llmObject(llm)
@@ -492,7 +492,7 @@ public func pst_llm_module_count(_ llm: UnsafeMutablePointer<pst_llm>?, _ count:
 /// The index-th projection's module path ("model.layers.0.self_attn.q_proj", PEFT's key
 /// prefix), owned by the handle (valid until pst_llm_free).
 /// Errors: PST_ERR_INVALID_ARG (NULL, index out of range).
-@c(pst_llm_module_at)
+@c(pstimpl_llm_module_at)
 public func pst_llm_module_at(_ llm: UnsafeMutablePointer<pst_llm>?, _ index: Int64,
                               _ path: UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> Int32 {
     cEntry("pst_llm_module_at") { () throws(PSTError) in
@@ -511,7 +511,7 @@ public func pst_llm_module_at(_ llm: UnsafeMutablePointer<pst_llm>?, _ index: In
 /// into the model (read and write; valid until the adapter is deleted or the model freed);
 /// *rows and *cols (may be NULL) receive its shape, row-major.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (no such module or adapter).
-@c(pst_llm_adapter_tensor)
+@c(pstimpl_llm_adapter_tensor)
 public func pst_llm_adapter_tensor(_ llm: UnsafeMutablePointer<pst_llm>?, _ module_path: UnsafePointer<CChar>?,
                                    _ adapter: UnsafePointer<CChar>?, _ which: Int32,
                                    _ data: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
@@ -546,7 +546,7 @@ public func pst_llm_adapter_tensor(_ llm: UnsafeMutablePointer<pst_llm>?, _ modu
 /// adapter_model.safetensors, Hugging Face module names, task type CAUSAL_LM) that
 /// PeftModel.from_pretrained loads onto the transformers model. Each file is written atomically.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_IO, PST_ERR_MISUSE.
-@c(pst_llm_save_adapter)
+@c(pstimpl_llm_save_adapter)
 public func pst_llm_save_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ adapter: UnsafePointer<CChar>?,
                                  _ directory: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_llm_save_adapter") { () throws(PSTError) in
@@ -566,7 +566,7 @@ public func pst_llm_save_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ adapte
 /// (NULL: "default"); all or nothing. It becomes active wherever it is the first adapter.
 /// Errors: PST_ERR_INVALID_ARG (a tensor for no projection of this model), PST_ERR_SHAPE, PST_ERR_NOT_FOUND,
 /// PST_ERR_EXISTS, PST_ERR_CORRUPT, PST_ERR_UNSUPPORTED, PST_ERR_IO, PST_ERR_MISUSE.
-@c(pst_llm_load_adapter)
+@c(pstimpl_llm_load_adapter)
 public func pst_llm_load_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ directory: UnsafePointer<CChar>?,
                                  _ name: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_llm_load_adapter") { () throws(PSTError) in
@@ -593,7 +593,7 @@ public func pst_llm_load_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ direct
 
 /// Fills *p with the defaults: 64 new tokens, greedy, stop at EOS.
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
-@c(pst_generate_params_init)
+@c(pstimpl_generate_params_init)
 public func pst_generate_params_init(_ p: UnsafeMutablePointer<pst_generate_params>?) -> Int32 {
     cEntry("pst_generate_params_init") { () throws(PSTError) in
         try required(p, "params").pointee = pst_generate_params(
@@ -610,7 +610,7 @@ public func pst_generate_params_init(_ p: UnsafeMutablePointer<pst_generate_para
 /// (at most capacity are stored). params may be NULL (the defaults).
 /// Errors: PST_ERR_INVALID_ARG (NULL, ids out of range, prompt + max_new_tokens beyond the
 /// context, bad params), PST_ERR_MISUSE (handle busy, a merged adapter with disable_adapters).
-@c(pst_llm_generate)
+@c(pstimpl_llm_generate)
 public func pst_llm_generate(_ llm: UnsafeMutablePointer<pst_llm>?, _ prompt: UnsafePointer<Int32>?, _ prompt_count: Int,
                              _ params: UnsafePointer<pst_generate_params>?, _ callback: pst_token_callback?,
                              _ user: UnsafeMutableRawPointer?, _ out: UnsafeMutablePointer<Int32>?, _ capacity: Int,
@@ -671,7 +671,7 @@ public func pst_llm_generate(_ llm: UnsafeMutablePointer<pst_llm>?, _ prompt: Un
 
 /// Fills *p with QLoRA's defaults (see pst_trainer_params).
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
-@c(pst_trainer_params_init)
+@c(pstimpl_trainer_params_init)
 public func pst_trainer_params_init(_ p: UnsafeMutablePointer<pst_trainer_params>?) -> Int32 {
     cEntry("pst_trainer_params_init") { () throws(PSTError) in
         try required(p, "params").pointee = pst_trainer_params(
@@ -730,7 +730,7 @@ func trainerConfig(_ p: pst_trainer_params) throws(PSTError) -> TrainerConfig {
 /// Errors: PST_ERR_INVALID_ARG (params, data: empty, not UTF-8, bad JSON Lines; seq_len beyond
 /// the context), PST_ERR_NOT_FOUND, PST_ERR_IO, PST_ERR_EXISTS (adapter name taken),
 /// PST_ERR_CORRUPT (a damaged checkpoint), PST_ERR_UNSUPPORTED (no tokenizer), PST_ERR_MISUSE.
-@c(pst_trainer_create)
+@c(pstimpl_trainer_create)
 public func pst_trainer_create(_ llm: UnsafeMutablePointer<pst_llm>?, _ data_paths: UnsafePointer<UnsafePointer<CChar>?>?,
                                _ data_count: Int32, _ params: UnsafePointer<pst_trainer_params>?,
                                _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_trainer>?>?) -> Int32 {
@@ -783,7 +783,7 @@ public func pst_trainer_create(_ llm: UnsafeMutablePointer<pst_llm>?, _ data_pat
 }
 
 /// Frees a trainer (its optimizer state and data); NULL is a no-op. The adapter stays on the model.
-@c(pst_trainer_free)
+@c(pstimpl_trainer_free)
 public func pst_trainer_free(_ trainer: UnsafeMutablePointer<pst_trainer>?) {
     guard let trainer else { return }
     let t = object(trainer, as: TrainerHandle.self)
@@ -804,7 +804,7 @@ func fillProgress(_ p: TrainerProgress, _ t: TrainerHandle) -> pst_train_progres
 /// fills *progress (may be NULL; else struct_size must be sizeof(pst_train_progress)).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (all steps done, model busy), PST_ERR_NONFINITE
 /// (the loss diverged; no update is made), PST_ERR_IO (checkpoint), PST_ERR_OUT_OF_MEMORY.
-@c(pst_trainer_step)
+@c(pstimpl_trainer_step)
 public func pst_trainer_step(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ progress: UnsafeMutablePointer<pst_train_progress>?) -> Int32 {
     cEntry("pst_trainer_step") { () throws(PSTError) in
         let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
@@ -823,7 +823,7 @@ public func pst_trainer_step(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ pr
 /// early (then nothing more is saved: call pst_trainer_save_checkpoint to keep the state).
 /// After the last step, saves the adapter to params->output_dir when it was given.
 /// Errors: as pst_trainer_step.
-@c(pst_trainer_train)
+@c(pstimpl_trainer_train)
 public func pst_trainer_train(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ callback: pst_progress_callback?,
                               _ user: UnsafeMutableRawPointer?) -> Int32 {
     cEntry("pst_trainer_train") { () throws(PSTError) in
@@ -842,7 +842,7 @@ public func pst_trainer_train(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ c
 
 /// Saves the trained adapter as a PEFT directory (as pst_llm_save_adapter).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
-@c(pst_trainer_save_adapter)
+@c(pstimpl_trainer_save_adapter)
 public func pst_trainer_save_adapter(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ directory: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_trainer_save_adapter") { () throws(PSTError) in
         let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
@@ -854,7 +854,7 @@ public func pst_trainer_save_adapter(_ trainer: UnsafeMutablePointer<pst_trainer
 /// Writes a resumable checkpoint (adapter, optimizer state, step, data position, RNGs) as the
 /// directory `directory`, atomically as a whole (written beside it, then renamed).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
-@c(pst_trainer_save_checkpoint)
+@c(pstimpl_trainer_save_checkpoint)
 public func pst_trainer_save_checkpoint(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ directory: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_trainer_save_checkpoint") { () throws(PSTError) in
         let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
@@ -865,7 +865,7 @@ public func pst_trainer_save_checkpoint(_ trainer: UnsafeMutablePointer<pst_trai
 
 /// Fills *info (info->struct_size must be sizeof(pst_trainer_info)).
 /// Errors: PST_ERR_INVALID_ARG.
-@c(pst_trainer_get_info)
+@c(pstimpl_trainer_get_info)
 public func pst_trainer_get_info(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ info: UnsafeMutablePointer<pst_trainer_info>?) -> Int32 {
     cEntry("pst_trainer_get_info") { () throws(PSTError) in
         let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
@@ -884,7 +884,7 @@ public func pst_trainer_get_info(_ trainer: UnsafeMutablePointer<pst_trainer>?, 
 /// largest N), NUL-terminated into path (capacity bytes); *length receives its byte length
 /// (0 and PST_ERR_NOT_FOUND when there is none). Sizing as pst_llm_detokenize.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
-@c(pst_trainer_latest_checkpoint)
+@c(pstimpl_trainer_latest_checkpoint)
 public func pst_trainer_latest_checkpoint(_ directory: UnsafePointer<CChar>?, _ path: UnsafeMutablePointer<CChar>?,
                                           _ capacity: Int, _ length: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_trainer_latest_checkpoint") { () throws(PSTError) in

@@ -16,7 +16,7 @@ func cString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTError) 
 
 /// Fills *p with the defaults: r 8, alpha 8, dropout 0, no rsLoRA, kaiming init, seed 0.
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
-@c(pst_lora_params_init)
+@c(pstimpl_lora_params_init)
 public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) -> Int32 {
     cEntry("pst_lora_params_init") { () throws(PSTError) in
         let p = try required(p, "params")
@@ -29,7 +29,7 @@ public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) ->
 /// row-major (torch's Linear.weight), copied; bias (out_features floats) may be NULL.
 /// weight_count is the number of floats at weight. Free with pst_lora_free.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_NONFINITE, PST_ERR_OUT_OF_MEMORY.
-@c(pst_lora_create_dense)
+@c(pstimpl_lora_create_dense)
 public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_count: Int, _ out_features: Int64, _ in_features: Int64,
                                   _ bias: UnsafePointer<Float>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> Int32 {
     cEntry("pst_lora_create_dense") { () throws(PSTError) in
@@ -49,7 +49,7 @@ public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_coun
 /// The layer takes its own reference to the quantized tensor, so pst_quant_free(base) may be
 /// called at any time after this. bias (out_features floats) may be NULL.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE (base not 2-D), PST_ERR_OUT_OF_MEMORY.
-@c(pst_lora_create_quantized)
+@c(pstimpl_lora_create_quantized)
 public func pst_lora_create_quantized(_ base: UnsafeMutablePointer<pst_quant>?, _ bias: UnsafePointer<Float>?,
                                       _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> Int32 {
     cEntry("pst_lora_create_quantized") { () throws(PSTError) in
@@ -64,14 +64,14 @@ public func pst_lora_create_quantized(_ base: UnsafeMutablePointer<pst_quant>?, 
 
 /// Frees a layer and all its adapters; NULL is a no-op. Pointers from
 /// pst_lora_adapter_tensor and pst_lora_bias become invalid.
-@c(pst_lora_free)
+@c(pstimpl_lora_free)
 public func pst_lora_free(_ layer: UnsafeMutablePointer<pst_lora>?) {
     if let layer { releaseHandle(layer, as: LoraLinear.self) }
 }
 
 /// Writes the layer's features and adapter count; any output may be NULL.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
-@c(pst_lora_info)
+@c(pstimpl_lora_info)
 public func pst_lora_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ in_features: UnsafeMutablePointer<Int64>?,
                           _ out_features: UnsafeMutablePointer<Int64>?, _ adapter_count: UnsafeMutablePointer<Int32>?) -> Int32 {
     cEntry("pst_lora_info") { () throws(PSTError) in
@@ -86,7 +86,7 @@ public func pst_lora_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ in_feature
 /// defaults of pst_lora_params_init). B starts at zero. The first adapter becomes active.
 /// Errors: PST_ERR_INVALID_ARG (bad r, alpha, dropout, init, struct_size or name),
 /// PST_ERR_EXISTS (the name is taken), PST_ERR_OUT_OF_MEMORY.
-@c(pst_lora_add_adapter)
+@c(pstimpl_lora_add_adapter)
 public func pst_lora_add_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?,
                                  _ params: UnsafePointer<pst_lora_params>?) -> Int32 {
     cEntry("pst_lora_add_adapter") { () throws(PSTError) in
@@ -111,7 +111,7 @@ public func pst_lora_add_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ nam
 
 /// Deletes the adapter called name (it must not be merged).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged).
-@c(pst_lora_delete_adapter)
+@c(pstimpl_lora_delete_adapter)
 public func pst_lora_delete_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?) -> Int32 {
     cEntry("pst_lora_delete_adapter") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
@@ -122,7 +122,7 @@ public func pst_lora_delete_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ 
 /// Chooses the active adapters: names[0 .. count) with weights[0 .. count) (NULL: all 1).
 /// count 0 disables all adapters (names may then be NULL).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (changing a merged adapter's weight).
-@c(pst_lora_set_active)
+@c(pstimpl_lora_set_active)
 public func pst_lora_set_active(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: UnsafePointer<UnsafePointer<CChar>?>?,
                                 _ weights: UnsafePointer<Float>?, _ count: Int32) -> Int32 {
     cEntry("pst_lora_set_active") { () throws(PSTError) in
@@ -140,7 +140,7 @@ public func pst_lora_set_active(_ layer: UnsafeMutablePointer<pst_lora>?, _ name
 
 /// Switches training mode (dropout on) or eval mode (dropout off). Layers start in training mode.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
-@c(pst_lora_set_training)
+@c(pstimpl_lora_set_training)
 public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ training: Bool) -> Int32 {
     cEntry("pst_lora_set_training") { () throws(PSTError) in
         object(try required(layer, "layer"), as: LoraLinear.self).training = training
@@ -150,7 +150,7 @@ public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ tr
 /// y (m x out) = x (m x in) W^T + bias + sum over active adapters of w * s * dropout(x) A^T B^T.
 /// x_count and y_capacity are in floats. In training mode the layer keeps what backward needs.
 /// Errors: PST_ERR_INVALID_ARG (NULL, m < 1), PST_ERR_SHAPE (a buffer smaller than m rows).
-@c(pst_lora_forward)
+@c(pstimpl_lora_forward)
 public func pst_lora_forward(_ layer: UnsafeMutablePointer<pst_lora>?, _ x: UnsafePointer<Float>?, _ x_count: Int, _ m: Int64,
                              _ y: UnsafeMutablePointer<Float>?, _ y_capacity: Int) -> Int32 {
     cEntry("pst_lora_forward") { () throws(PSTError) in
@@ -165,7 +165,7 @@ public func pst_lora_forward(_ layer: UnsafeMutablePointer<pst_lora>?, _ x: Unsa
 /// gradients (and the bias gradient when bias_grad), writes dx (m x in) when dx is not NULL
 /// (dx_capacity floats). m must equal the last forward's.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_MISUSE (no forward before).
-@c(pst_lora_backward)
+@c(pstimpl_lora_backward)
 public func pst_lora_backward(_ layer: UnsafeMutablePointer<pst_lora>?, _ dy: UnsafePointer<Float>?, _ dy_count: Int, _ m: Int64,
                               _ dx: UnsafeMutablePointer<Float>?, _ dx_capacity: Int, _ bias_grad: Bool) -> Int32 {
     cEntry("pst_lora_backward") { () throws(PSTError) in
@@ -179,7 +179,7 @@ public func pst_lora_backward(_ layer: UnsafeMutablePointer<pst_lora>?, _ dy: Un
 
 /// Sets every adapter's gradients and the bias gradient to zero.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
-@c(pst_lora_zero_grad)
+@c(pstimpl_lora_zero_grad)
 public func pst_lora_zero_grad(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 {
     cEntry("pst_lora_zero_grad") { () throws(PSTError) in
         object(try required(layer, "layer"), as: LoraLinear.self).zeroGrad()
@@ -191,7 +191,7 @@ public func pst_lora_zero_grad(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int3
 /// and optimizers update them), valid until the adapter is deleted or the layer freed;
 /// *rows and *cols give its row-major shape (A: r x in, B: out x r). rows/cols may be NULL.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
-@c(pst_lora_adapter_tensor)
+@c(pstimpl_lora_adapter_tensor)
 public func pst_lora_adapter_tensor(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?, _ which: Int32,
                                     _ data: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
                                     _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?) -> Int32 {
@@ -217,7 +217,7 @@ public func pst_lora_adapter_tensor(_ layer: UnsafeMutablePointer<pst_lora>?, _ 
 /// Writes an adapter's r, alpha, dropout, rsLoRA flag, weight in the active set, and whether
 /// it is active and merged. Any output may be NULL.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
-@c(pst_lora_adapter_info)
+@c(pstimpl_lora_adapter_info)
 public func pst_lora_adapter_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?,
                                   _ params: UnsafeMutablePointer<pst_lora_params>?, _ scaling: UnsafeMutablePointer<Float>?,
                                   _ active: UnsafeMutablePointer<Int32>?, _ weight: UnsafeMutablePointer<Float>?,
@@ -240,7 +240,7 @@ public func pst_lora_adapter_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ na
 /// Borrows the bias and its gradient (out_features floats each); both NULL when the layer
 /// has no bias. Valid until the layer is freed. Either output may be NULL.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
-@c(pst_lora_bias)
+@c(pstimpl_lora_bias)
 public func pst_lora_bias(_ layer: UnsafeMutablePointer<pst_lora>?, _ bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
                           _ grad_bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?) -> Int32 {
     cEntry("pst_lora_bias") { () throws(PSTError) in
@@ -256,7 +256,7 @@ public func pst_lora_bias(_ layer: UnsafeMutablePointer<pst_lora>?, _ bias: Unsa
 /// requantization error over the weight (0 on a dense base). Merged adapters stop
 /// contributing to forward until pst_lora_unmerge.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (already merged), PST_ERR_OUT_OF_MEMORY.
-@c(pst_lora_merge)
+@c(pstimpl_lora_merge)
 public func pst_lora_merge(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32,
                            _ max_abs_error: UnsafeMutablePointer<Float>?, _ rms_error: UnsafeMutablePointer<Float>?) -> Int32 {
     cEntry("pst_lora_merge") { () throws(PSTError) in
@@ -278,7 +278,7 @@ public func pst_lora_merge(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: Un
 /// Takes every merged adapter out of the base weight (a quantized base gets its exact
 /// pre-merge codes back). No merged adapter: nothing happens.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
-@c(pst_lora_unmerge)
+@c(pstimpl_lora_unmerge)
 public func pst_lora_unmerge(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 {
     cEntry("pst_lora_unmerge") { () throws(PSTError) in
         try object(try required(layer, "layer"), as: LoraLinear.self).unmerge()
@@ -288,7 +288,7 @@ public func pst_lora_unmerge(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 
 /// Copies the effective base weight (dequantized when quantized; merged adapters included),
 /// out x in floats, into out (capacity in floats).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
-@c(pst_lora_base_weight)
+@c(pstimpl_lora_base_weight)
 public func pst_lora_base_weight(_ layer: UnsafeMutablePointer<pst_lora>?, _ out: UnsafeMutablePointer<Float>?, _ capacity: Int) -> Int32 {
     cEntry("pst_lora_base_weight") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)

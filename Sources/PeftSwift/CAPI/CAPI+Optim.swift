@@ -6,7 +6,7 @@ import CPeftSwift
 /// Fills *p with torch.optim.AdamW's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
 /// weight_decay 1e-2, fp32 state, min_8bit_size 4096.
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
-@c(pst_adamw_params_init)
+@c(pstimpl_adamw_params_init)
 public func pst_adamw_params_init(_ p: UnsafeMutablePointer<pst_adamw_params>?) -> Int32 {
     cEntry("pst_adamw_params_init") { () throws(PSTError) in
         try required(p, "params").pointee = pst_adamw_params(
@@ -19,7 +19,7 @@ public func pst_adamw_params_init(_ p: UnsafeMutablePointer<pst_adamw_params>?) 
 /// lives in the pager (paged AdamW: the optimizer prefetches parameter k+1's state while it
 /// updates k); the optimizer keeps its own reference to the pager. Free with pst_adamw_free.
 /// Errors: PST_ERR_INVALID_ARG (a hyper-parameter out of range, an unknown state format).
-@c(pst_adamw_create)
+@c(pstimpl_adamw_create)
 public func pst_adamw_create(_ params: UnsafePointer<pst_adamw_params>?, _ pager: UnsafeMutablePointer<pst_pager>?,
                              _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_adamw>?>?) -> Int32 {
     cEntry("pst_adamw_create") { () throws(PSTError) in
@@ -50,7 +50,7 @@ public func pst_adamw_create(_ params: UnsafePointer<pst_adamw_params>?, _ pager
 
 /// Frees an optimizer (and its state); NULL is a no-op. Parameters and gradients are the
 /// caller's and are left alone.
-@c(pst_adamw_free)
+@c(pstimpl_adamw_free)
 public func pst_adamw_free(_ opt: UnsafeMutablePointer<pst_adamw>?) {
     if let opt { releaseHandle(opt, as: AdamW.self) }
 }
@@ -60,7 +60,7 @@ public func pst_adamw_free(_ opt: UnsafeMutablePointer<pst_adamw>?) {
 /// adapter's tensors from pst_lora_adapter_tensor qualify while the layer lives). *index
 /// (may be NULL) receives the parameter's index.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
-@c(pst_adamw_add_param)
+@c(pstimpl_adamw_add_param)
 public func pst_adamw_add_param(_ opt: UnsafeMutablePointer<pst_adamw>?, _ param: UnsafeMutablePointer<Float>?,
                                 _ grad: UnsafeMutablePointer<Float>?, _ count: Int64, _ index: UnsafeMutablePointer<Int32>?) -> Int32 {
     cEntry("pst_adamw_add_param") { () throws(PSTError) in
@@ -74,7 +74,7 @@ public func pst_adamw_add_param(_ opt: UnsafeMutablePointer<pst_adamw>?, _ param
 
 /// One AdamW step over every registered parameter with the current learning rate.
 /// Errors: PST_ERR_IO / PST_ERR_CORRUPT / PST_ERR_OUT_OF_MEMORY from a paged state.
-@c(pst_adamw_step)
+@c(pstimpl_adamw_step)
 public func pst_adamw_step(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int32 {
     cEntry("pst_adamw_step") { () throws(PSTError) in
         try object(try required(opt, "opt"), as: AdamW.self).step()
@@ -83,7 +83,7 @@ public func pst_adamw_step(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int32 {
 
 /// Sets every registered gradient to zero.
 /// Errors: PST_ERR_INVALID_ARG (opt NULL).
-@c(pst_adamw_zero_grad)
+@c(pstimpl_adamw_zero_grad)
 public func pst_adamw_zero_grad(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int32 {
     cEntry("pst_adamw_zero_grad") { () throws(PSTError) in
         object(try required(opt, "opt"), as: AdamW.self).zeroGrad()
@@ -94,7 +94,7 @@ public func pst_adamw_zero_grad(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int3
 /// if the norm exceeds max_norm every gradient is scaled by max_norm / (norm + 1e-6).
 /// *total_norm (may be NULL) receives the norm before clipping.
 /// Errors: PST_ERR_INVALID_ARG (max_norm negative or not finite).
-@c(pst_adamw_clip_grad_norm)
+@c(pstimpl_adamw_clip_grad_norm)
 public func pst_adamw_clip_grad_norm(_ opt: UnsafeMutablePointer<pst_adamw>?, _ max_norm: Double,
                                      _ total_norm: UnsafeMutablePointer<Float>?) -> Int32 {
     cEntry("pst_adamw_clip_grad_norm") { () throws(PSTError) in
@@ -106,7 +106,7 @@ public func pst_adamw_clip_grad_norm(_ opt: UnsafeMutablePointer<pst_adamw>?, _ 
 
 /// Sets the learning rate used by the next steps (e.g. base lr x pst_lr_multiplier).
 /// Errors: PST_ERR_INVALID_ARG (lr negative or not finite).
-@c(pst_adamw_set_lr)
+@c(pstimpl_adamw_set_lr)
 public func pst_adamw_set_lr(_ opt: UnsafeMutablePointer<pst_adamw>?, _ lr: Double) -> Int32 {
     cEntry("pst_adamw_set_lr") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
@@ -117,7 +117,7 @@ public func pst_adamw_set_lr(_ opt: UnsafeMutablePointer<pst_adamw>?, _ lr: Doub
 
 /// Writes the size in bytes of the optimizer's saved state to *bytes.
 /// Errors: PST_ERR_INVALID_ARG.
-@c(pst_adamw_state_size)
+@c(pstimpl_adamw_state_size)
 public func pst_adamw_state_size(_ opt: UnsafeMutablePointer<pst_adamw>?, _ bytes: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_adamw_state_size") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
@@ -129,7 +129,7 @@ public func pst_adamw_state_size(_ opt: UnsafeMutablePointer<pst_adamw>?, _ byte
 /// checksum) into buf (capacity bytes, at least pst_adamw_state_size); *written (may be
 /// NULL) receives the bytes written. Resuming from it continues a run exactly.
 /// Errors: PST_ERR_INVALID_ARG (buffer too small), PST_ERR_IO (paged state).
-@c(pst_adamw_save_state)
+@c(pstimpl_adamw_save_state)
 public func pst_adamw_save_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf: UnsafeMutableRawPointer?, _ capacity: Int,
                                  _ written: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_adamw_save_state") { () throws(PSTError) in
@@ -147,7 +147,7 @@ public func pst_adamw_save_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf:
 /// parameters registered (same count and sizes). Checked fully before anything changes.
 /// Errors: PST_ERR_CORRUPT (bad checksum, truncated, wrong version), PST_ERR_SHAPE
 /// (different parameters), PST_ERR_INVALID_ARG.
-@c(pst_adamw_load_state)
+@c(pstimpl_adamw_load_state)
 public func pst_adamw_load_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf: UnsafeRawPointer?, _ length: Int) -> Int32 {
     cEntry("pst_adamw_load_state") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
@@ -161,7 +161,7 @@ public func pst_adamw_load_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf:
 /// transformers' definitions: warmup steps of linear warm-up, then constant, linear decay to
 /// 0 at total_steps, or cosine (cycles 0.5 = half a cosine) to 0 at total_steps.
 /// Errors: PST_ERR_INVALID_ARG (unknown kind, negative steps, total < warmup, out NULL).
-@c(pst_lr_multiplier)
+@c(pstimpl_lr_multiplier)
 public func pst_lr_multiplier(_ kind: Int32, _ step: Int64, _ warmup: Int64, _ total_steps: Int64, _ cycles: Double,
                               _ out: UnsafeMutablePointer<Double>?) -> Int32 {
     cEntry("pst_lr_multiplier") { () throws(PSTError) in

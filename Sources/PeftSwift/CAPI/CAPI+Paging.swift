@@ -20,7 +20,7 @@ final class PagedHandle {
 /// Errors: PST_ERR_INVALID_ARG (budget or page size), PST_ERR_IO (spill_dir is not a writable
 /// directory; a directory that becomes unusable later gives PST_ERR_IO at the eviction that
 /// needs it, with the page kept resident and intact).
-@c(pst_pager_create)
+@c(pstimpl_pager_create)
 public func pst_pager_create(_ budget_bytes: Int64, _ page_size: Int64, _ spill_dir: UnsafePointer<CChar>?,
                              _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_pager>?>?) -> Int32 {
     cEntry("pst_pager_create") { () throws(PSTError) in
@@ -43,7 +43,7 @@ public func pst_pager_create(_ budget_bytes: Int64, _ page_size: Int64, _ spill_
 
 /// Frees a pager; NULL is a no-op. Buffers still allocated keep the pager alive until they
 /// are freed (their memory and spill slots are released then).
-@c(pst_pager_free)
+@c(pstimpl_pager_free)
 public func pst_pager_free(_ pager: UnsafeMutablePointer<pst_pager>?) {
     if let pager { releaseHandle(pager, as: Pager.self) }
 }
@@ -51,7 +51,7 @@ public func pst_pager_free(_ pager: UnsafeMutablePointer<pst_pager>?) {
 /// Changes the RAM budget while running; shrinking evicts unpinned pages at once.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY (pinned pages exceed the new budget),
 /// PST_ERR_IO (a spill write failed; data stays resident and intact).
-@c(pst_pager_set_budget)
+@c(pstimpl_pager_set_budget)
 public func pst_pager_set_budget(_ pager: UnsafeMutablePointer<pst_pager>?, _ budget_bytes: Int64) -> Int32 {
     cEntry("pst_pager_set_budget") { () throws(PSTError) in
         let p = object(try required(pager, "pager"), as: Pager.self)
@@ -62,7 +62,7 @@ public func pst_pager_set_budget(_ pager: UnsafeMutablePointer<pst_pager>?, _ bu
 
 /// Fills *stats (stats->struct_size must be sizeof(pst_pager_stats)).
 /// Errors: PST_ERR_INVALID_ARG.
-@c(pst_pager_get_stats)
+@c(pstimpl_pager_get_stats)
 public func pst_pager_get_stats(_ pager: UnsafeMutablePointer<pst_pager>?, _ stats: UnsafeMutablePointer<pst_pager_stats>?) -> Int32 {
     cEntry("pst_pager_get_stats") { () throws(PSTError) in
         let p = object(try required(pager, "pager"), as: Pager.self)
@@ -84,7 +84,7 @@ public func pst_pager_get_stats(_ pager: UnsafeMutablePointer<pst_pager>?, _ sta
 /// Allocates a zero-filled buffer of bytes bytes (>= 1) from the pager; its pages are not
 /// resident until acquired. Free with pst_paged_free.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
-@c(pst_paged_alloc)
+@c(pstimpl_paged_alloc)
 public func pst_paged_alloc(_ pager: UnsafeMutablePointer<pst_pager>?, _ bytes: Int64,
                             _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_paged>?>?) -> Int32 {
     cEntry("pst_paged_alloc") { () throws(PSTError) in
@@ -103,7 +103,7 @@ public func pst_paged_alloc(_ pager: UnsafeMutablePointer<pst_pager>?, _ bytes: 
 /// Errors: PST_ERR_INVALID_ARG (range outside the buffer), PST_ERR_OUT_OF_MEMORY (the range
 /// cannot fit in the budget beside pinned pages), PST_ERR_IO, PST_ERR_CORRUPT (a page's
 /// checksum failed on read-back: the data is never returned), PST_ERR_MISUSE (freed buffer).
-@c(pst_paged_acquire)
+@c(pstimpl_paged_acquire)
 public func pst_paged_acquire(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offset: Int64, _ count: Int64, _ for_writing: Bool,
                               _ ptr: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
     cEntry("pst_paged_acquire") { () throws(PSTError) in
@@ -116,7 +116,7 @@ public func pst_paged_acquire(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offs
 
 /// Unpins a range pinned by pst_paged_acquire (the same offset and count).
 /// Errors: PST_ERR_MISUSE (the range was not acquired), PST_ERR_INVALID_ARG.
-@c(pst_paged_release)
+@c(pstimpl_paged_release)
 public func pst_paged_release(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offset: Int64, _ count: Int64) -> Int32 {
     cEntry("pst_paged_release") { () throws(PSTError) in
         let b = object(try required(buffer, "buffer"), as: PagedHandle.self).buffer
@@ -128,7 +128,7 @@ public func pst_paged_release(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offs
 /// Starts reading the buffer's spilled pages back on a background thread and returns at
 /// once; a later acquire waits for pages still on their way.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (freed buffer).
-@c(pst_paged_prefetch)
+@c(pstimpl_paged_prefetch)
 public func pst_paged_prefetch(_ buffer: UnsafeMutablePointer<pst_paged>?) -> Int32 {
     cEntry("pst_paged_prefetch") { () throws(PSTError) in
         try object(try required(buffer, "buffer"), as: PagedHandle.self).buffer.prefetch()
@@ -137,7 +137,7 @@ public func pst_paged_prefetch(_ buffer: UnsafeMutablePointer<pst_paged>?) -> In
 
 /// Frees a paged buffer (its memory and spill slots); NULL is a no-op. Pointers from
 /// pst_paged_acquire become invalid.
-@c(pst_paged_free)
+@c(pstimpl_paged_free)
 public func pst_paged_free(_ buffer: UnsafeMutablePointer<pst_paged>?) {
     if let buffer { releaseHandle(buffer, as: PagedHandle.self) }
 }

@@ -4,14 +4,14 @@ import CPeftSwift
 // buffers, and the pst_quant handle that owns a quantized tensor with its state.
 
 /// Returns the bytes of packed 4-bit codes for n elements: (n + 1) / 2; 0 when n < 1.
-@c(pst_4bit_packed_bytes)
+@c(pstimpl_4bit_packed_bytes)
 public func pst_4bit_packed_bytes(_ n: Int64) -> Int64 {
     n < 1 ? 0 : Int64(Quant4.packedByteCount(Int(n)))
 }
 
 /// Returns the number of blocks (absmax values) for n elements in blocks of blocksize:
 /// ceil(n / blocksize); 0 when n < 1 or blocksize < 1.
-@c(pst_blockwise_count)
+@c(pstimpl_blockwise_count)
 public func pst_blockwise_count(_ n: Int64, _ blocksize: Int32) -> Int64 {
     n < 1 || blocksize < 1 ? 0 : (n + Int64(blocksize) - 1) / Int64(blocksize)
 }
@@ -19,7 +19,7 @@ public func pst_blockwise_count(_ n: Int64, _ blocksize: Int32) -> Int64 {
 /// Copies a codebook (PST_CODE_*) into out: 16 floats for NF4/FP4, 256 for the dynamic maps.
 /// out_count is the capacity of out in floats.
 /// Errors: PST_ERR_INVALID_ARG for an unknown codebook, a NULL or too small out.
-@c(pst_codebook)
+@c(pstimpl_codebook)
 public func pst_codebook(_ which: Int32, _ out: UnsafeMutablePointer<Float>?, _ out_count: Int) -> Int32 {
     cEntry("pst_codebook") { () throws(PSTError) in
         let table: [Float]
@@ -58,7 +58,7 @@ func floatDType(_ raw: Int32, _ name: StaticString) throws(PSTError) -> DType {
 /// Nothing is written on error.
 /// Errors: PST_ERR_INVALID_ARG (NULL pointer, n < 1, blocksize not in 32...4096, unknown dtype
 /// or quant_type, capacity too small), PST_ERR_NONFINITE (NaN/Inf; the message names the index).
-@c(pst_4bit_quantize)
+@c(pstimpl_4bit_quantize)
 public func pst_4bit_quantize(_ x: UnsafeRawPointer?, _ dtype: Int32, _ n: Int64, _ blocksize: Int32, _ quant_type: Int32,
                               _ packed: UnsafeMutablePointer<UInt8>?, _ packed_capacity: Int,
                               _ absmax: UnsafeMutablePointer<Float>?, _ absmax_capacity: Int) -> Int32 {
@@ -81,7 +81,7 @@ public func pst_4bit_quantize(_ x: UnsafeRawPointer?, _ dtype: Int32, _ n: Int64
 /// out_capacity is in bytes. Nothing is written on error.
 /// Errors: PST_ERR_INVALID_ARG (NULL pointer, bad n/blocksize/dtype/quant_type, a buffer smaller
 /// than n needs), PST_ERR_NONFINITE (an absmax or code value is NaN/Inf).
-@c(pst_4bit_dequantize)
+@c(pstimpl_4bit_dequantize)
 public func pst_4bit_dequantize(_ packed: UnsafePointer<UInt8>?, _ packed_bytes: Int,
                                 _ absmax: UnsafePointer<Float>?, _ absmax_count: Int,
                                 _ code: UnsafePointer<Float>?, _ quant_type: Int32,
@@ -111,7 +111,7 @@ public func pst_4bit_dequantize(_ packed: UnsafePointer<UInt8>?, _ packed_bytes:
 /// float absmax per block; index = the nearest code to x / absmax, ties to the lower.
 /// q_capacity is in bytes (n needed), absmax_capacity in floats (pst_blockwise_count).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE (naming the index).
-@c(pst_8bit_quantize)
+@c(pstimpl_8bit_quantize)
 public func pst_8bit_quantize(_ x: UnsafePointer<Float>?, _ n: Int64, _ blocksize: Int32, _ code: UnsafePointer<Float>?,
                               _ q: UnsafeMutablePointer<UInt8>?, _ q_capacity: Int,
                               _ absmax: UnsafeMutablePointer<Float>?, _ absmax_capacity: Int) -> Int32 {
@@ -131,7 +131,7 @@ public func pst_8bit_quantize(_ x: UnsafePointer<Float>?, _ n: Int64, _ blocksiz
 /// bitsandbytes' dequantize_blockwise: out[i] = code[q[i]] * absmax[i / blocksize].
 /// code: 256 floats (NULL: the signed dynamic map). out_capacity in floats.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE (an absmax is NaN/Inf).
-@c(pst_8bit_dequantize)
+@c(pstimpl_8bit_dequantize)
 public func pst_8bit_dequantize(_ q: UnsafePointer<UInt8>?, _ n: Int64, _ absmax: UnsafePointer<Float>?, _ absmax_count: Int,
                                 _ code: UnsafePointer<Float>?, _ blocksize: Int32,
                                 _ out: UnsafeMutablePointer<Float>?, _ out_capacity: Int) -> Int32 {
@@ -156,7 +156,7 @@ public func pst_8bit_dequantize(_ q: UnsafePointer<UInt8>?, _ n: Int64, _ absmax
 /// On success *out is a new handle owning the codes and the state; free it with
 /// pst_quant_free. x is not kept.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE (naming the index), PST_ERR_OUT_OF_MEMORY.
-@c(pst_quant_create_4bit)
+@c(pstimpl_quant_create_4bit)
 public func pst_quant_create_4bit(_ x: UnsafeRawPointer?, _ dtype: Int32, _ shape: UnsafePointer<Int64>?, _ ndim: Int32,
                                   _ blocksize: Int32, _ quant_type: Int32, _ double_quant: Bool,
                                   _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> Int32 {
@@ -179,7 +179,7 @@ public func pst_quant_create_4bit(_ x: UnsafeRawPointer?, _ dtype: Int32, _ shap
 /// arrays are copied, nothing is kept. st->struct_size must be sizeof(pst_quant_state).
 /// Errors: PST_ERR_INVALID_ARG (a NULL pointer or an invalid field), PST_ERR_SHAPE (fields that
 /// disagree), PST_ERR_NONFINITE, PST_ERR_OUT_OF_MEMORY.
-@c(pst_quant_from_state)
+@c(pstimpl_quant_from_state)
 public func pst_quant_from_state(_ st: UnsafePointer<pst_quant_state>?,
                                  _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> Int32 {
     cEntry("pst_quant_from_state") { () throws(PSTError) in
@@ -220,7 +220,7 @@ public func pst_quant_from_state(_ st: UnsafePointer<pst_quant_state>?,
 /// until pst_quant_free(q), never to be written or freed. st->struct_size must be set by the
 /// caller to sizeof(pst_quant_state).
 /// Errors: PST_ERR_INVALID_ARG (NULL, wrong struct_size).
-@c(pst_quant_get_state)
+@c(pstimpl_quant_get_state)
 public func pst_quant_get_state(_ q: UnsafeMutablePointer<pst_quant>?, _ st: UnsafeMutablePointer<pst_quant_state>?) -> Int32 {
     cEntry("pst_quant_get_state") { () throws(PSTError) in
         let t = object(try required(q, "q"), as: QuantizedTensor.self)
@@ -261,7 +261,7 @@ public func pst_quant_get_state(_ q: UnsafeMutablePointer<pst_quant>?, _ st: Uns
 /// Dequantizes the whole tensor into out (n elements of dtype PST_DTYPE_F32/_F16/_BF16,
 /// out_capacity in bytes).
 /// Errors: PST_ERR_INVALID_ARG (NULL, bad dtype, out too small).
-@c(pst_quant_dequantize)
+@c(pstimpl_quant_dequantize)
 public func pst_quant_dequantize(_ q: UnsafeMutablePointer<pst_quant>?, _ out: UnsafeMutableRawPointer?, _ out_capacity: Int, _ dtype: Int32) -> Int32 {
     cEntry("pst_quant_dequantize") { () throws(PSTError) in
         let t = object(try required(q, "q"), as: QuantizedTensor.self)
@@ -275,7 +275,7 @@ public func pst_quant_dequantize(_ q: UnsafeMutablePointer<pst_quant>?, _ out: U
 /// Writes the number of elements of the quantized tensor to *n and the bytes its state takes
 /// in memory (codes + absmax or nested state + maps) to *storage_bytes; either may be NULL.
 /// Errors: PST_ERR_INVALID_ARG (q NULL).
-@c(pst_quant_info)
+@c(pstimpl_quant_info)
 public func pst_quant_info(_ q: UnsafeMutablePointer<pst_quant>?, _ n: UnsafeMutablePointer<Int64>?, _ storage_bytes: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_quant_info") { () throws(PSTError) in
         let t = object(try required(q, "q"), as: QuantizedTensor.self)
@@ -286,7 +286,7 @@ public func pst_quant_info(_ q: UnsafeMutablePointer<pst_quant>?, _ n: UnsafeMut
 
 /// Frees a handle made by pst_quant_create_4bit or pst_quant_from_state; NULL is a no-op.
 /// Pointers obtained from pst_quant_get_state become invalid.
-@c(pst_quant_free)
+@c(pstimpl_quant_free)
 public func pst_quant_free(_ q: UnsafeMutablePointer<pst_quant>?) {
     if let q { releaseHandle(q, as: QuantizedTensor.self) }
 }
@@ -297,7 +297,7 @@ public func pst_quant_free(_ q: UnsafeMutablePointer<pst_quant>?) {
 /// nested_blocksize (must be 256, bitsandbytes' value): count bytes to q and
 /// pst_blockwise_count(count, 256) floats to nested_absmax (capacities in bytes / floats).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE.
-@c(pst_absmax_double_quantize)
+@c(pstimpl_absmax_double_quantize)
 public func pst_absmax_double_quantize(_ absmax: UnsafePointer<Float>?, _ count: Int64, _ nested_blocksize: Int32,
                                        _ q: UnsafeMutablePointer<UInt8>?, _ q_capacity: Int,
                                        _ nested_absmax: UnsafeMutablePointer<Float>?, _ nested_capacity: Int,

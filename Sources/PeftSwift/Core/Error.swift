@@ -37,23 +37,10 @@ public struct PSTError: Error, Equatable, CustomStringConvertible {
     /// `PST_ERR_INTERNAL`: a bug in peftswift.
     public static func internalError(_ m: String) -> PSTError { PSTError(status: PST_ERR_INTERNAL, m) }
 
-    /// The static description of a status code (what `pst_status_string` returns).
-    public static func name(of status: Int32) -> StaticString {
-        switch status {
-        case PST_OK: return "ok"
-        case PST_ERR_INVALID_ARG: return "invalid argument"
-        case PST_ERR_OUT_OF_MEMORY: return "out of memory"
-        case PST_ERR_SHAPE: return "shape mismatch"
-        case PST_ERR_UNSUPPORTED: return "unsupported"
-        case PST_ERR_MISUSE: return "misuse"
-        case PST_ERR_IO: return "I/O error"
-        case PST_ERR_CORRUPT: return "corrupt data"
-        case PST_ERR_NOT_FOUND: return "not found"
-        case PST_ERR_EXISTS: return "already exists"
-        case PST_ERR_NONFINITE: return "non-finite value"
-        case PST_ERR_INTERNAL: return "internal error"
-        default: return "unknown status"
-        }
+    /// The description of a status code (what `pst_status_string` returns; the table is the
+    /// C one in Sources/CPeftSwift/shim.c, which also answers on a CPU the engine cannot run on).
+    public static func name(of status: Int32) -> String {
+        String(cString: pstshim_status_string(status))
     }
 }
 

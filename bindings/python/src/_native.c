@@ -142,6 +142,12 @@ static int add_methods(PyObject *m, PyMethodDef *defs) {
 }
 
 PyMODINIT_FUNC PyInit__native(void) {
+    /* First of all: a CPU without x86-64-v3 (AVX2, FMA, ...) cannot run the engine; every pst_
+     * call would answer PST_ERR_UNSUPPORTED_CPU, so say it at import, naming what is missing. */
+    if (pst_cpu_check() != PST_OK) {
+        PyErr_Format(PyExc_ImportError, "peftswift cannot run on this CPU: %s", pst_last_error());
+        return NULL;
+    }
     /* sqlite's rule: the header we were built with and the library we loaded must agree. */
     if (pst_abi_version() != PST_ABI_VERSION) {
         PyErr_Format(PyExc_ImportError,

@@ -85,6 +85,11 @@ def to_4bit(model, codes="bitsandbytes"):
             raise ValueError(codes)
         if lin.bias is not None:
             new.bias = torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        # On AVX512-BF16 CPUs bitsandbytes' eval-mode forward without grad repacks the weight in
+        # place to a bf16-absmax layout and computes in bf16 (lossy; FORMATS.md section 8). The
+        # comparisons here are with its fp32 path, the one QLoRA training runs on every CPU;
+        # test_llm.py::test_bitsandbytes_bf16_repack_on_avx512_bf16 shows the other one.
+        new.support_avx512bf16_for_cpu = False
         new = new.to("cpu")
         if not getattr(new.weight, "bnb_quantized", True):
             new.weight._quantize("cpu")
@@ -92,6 +97,22 @@ def to_4bit(model, codes="bitsandbytes"):
     q.is_loaded_in_4bit = True
     q.eval()
     return q
+
+
+def decoded_dense(model, model4):
+    """A deep copy of the fp32 `model` whose 7 projections hold the weights that `model4`'s
+    Linear4bit layers encode, decoded by numpy from the format (fourbit_ref.decode_4bit), not
+    by bitsandbytes: the arbiter's model for every 4-bit comparison (in float64 via as_float64)."""
+    from fourbit_ref import decode_4bit
+
+    d = copy.deepcopy(model)
+    q = dict((p, getattr(par, a)) for p, par, a in projection_modules(model4))
+    with torch.no_grad():
+        for path, parent, attr in projection_modules(d):
+            w4 = q[path].weight
+            getattr(parent, attr).weight.copy_(torch.from_numpy(decode_4bit(w4.data, w4.quant_state)))
+    d.eval()
+    return d
 
 
 def dequantized_weight(lin4):
@@ -131,20 +152,52 @@ def lora_in_place(model, adapter_dir=None, **lora_kwargs):
         assert not any(hasattr(m, "lora_A") for m in model.modules()), "PEFT layers left behind"
 
 
+def _rmsnorm_f64(self, hidden_states):
+    # LlamaRMSNorm.forward computes in float32 whatever the input dtype; in the arbiter the
+    # same formula runs in the input's float64: x * rsqrt(mean(x^2) + eps) * weight
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+@torch.no_grad()
+def _rotary_f64(self, x, position_ids):
+    # LlamaRotaryEmbedding.forward rounds the angles and cos/sin to float32; in the arbiter
+    # they are float64 of the model's own (float32) inverse frequencies
+    freqs = position_ids[..., None].to(torch.float64) * self.inv_freq.to(device=x.device, dtype=torch.float64)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
 @contextlib.contextmanager
 def as_float64(model):
-    """`model` in float64 in place (the weights are fp32 values, so the way back is exact)."""
+    """`model` in float64 in place (the weights are fp32 values, so the way back is exact) —
+    all of it: transformers' RMSNorm and rotary embedding compute in float32 even for a
+    float64 model (and their float32 rounding differs between AVX2 and AVX-512 kernels), so
+    they are switched to float64 versions of the same formulas while inside."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
+
     def cast(dtype):
         for prm in model.parameters():
             prm.data = prm.data.to(dtype)
         for buf in model.buffers():
             if buf.is_floating_point():
                 buf.data = buf.data.to(dtype)
+    patched = []
+    for mod in model.modules():
+        if isinstance(mod, LlamaRMSNorm):
+            mod.forward = _rmsnorm_f64.__get__(mod)
+            patched.append(mod)
+        elif isinstance(mod, LlamaRotaryEmbedding):
+            mod.forward = _rotary_f64.__get__(mod)
+            patched.append(mod)
+    assert patched, "no RMSNorm / rotary embedding found to run in float64"
     cast(torch.float64)
     try:
         yield model
     finally:
         cast(torch.float32)
+        for mod in patched:
+            del mod.forward
 
 
 def peft_lora_layers(pm):
@@ -175,15 +228,25 @@ def set_peft_lora(pm, weights, name="default"):
             layers[path].lora_B[name].weight.copy_(torch.from_numpy(B))
 
 
+def causal_lm_loss(logits, labels):
+    """transformers' causal-LM loss (ForCausalLMLoss: position t predicts token t+1, mean over
+    labels != -100), computed in the logits' own dtype: transformers upcasts the logits to
+    float32 first, which would make a float64 arbiter float32 at its last step."""
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    v = logits.shape[-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
 def loss_and_grads(pm, ids, labels, name="default"):
     """transformers' causal-LM loss (shifted, mean over labels != -100) and every LoRA grad."""
     pm.zero_grad(set_to_none=True)
-    out = pm(input_ids=torch.as_tensor(ids, dtype=torch.long), labels=torch.as_tensor(labels, dtype=torch.long))
-    out.loss.backward()
+    logits = pm(input_ids=torch.as_tensor(ids, dtype=torch.long)).logits
+    loss = causal_lm_loss(logits, labels)
+    loss.backward()
     grads = {}
     for path, layer in peft_lora_layers(pm).items():
         grads[path] = (layer.lora_A[name].weight.grad.numpy().copy(), layer.lora_B[name].weight.grad.numpy().copy())
-    return float(out.loss.item()), grads
+    return float(loss.item()), grads
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 
 import bitsandbytes.functional as F
 import peftswift
+from fourbit_ref import check_bnb_dequantize, decode_4bit
 
 BLOCKSIZES = [32, 64, 128, 256, 512, 1024, 2048, 4096]
 
@@ -148,8 +149,11 @@ def test_state_dict_roundtrip_both_ways(rng):
             assert blob["quant_type"] == qt and blob["shape"] == [96, 160] and blob["dtype"] == "float32"
             # peftswift -> bitsandbytes: QuantState.from_dict takes our arrays as tensors
             bs = F.QuantState.from_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, device="cpu")
-            ref = F.dequantize_4bit(torch.from_numpy(p), bs).numpy()
+            # the arbiter: the format decoded by numpy from bitsandbytes' own reading of our state
+            ref = decode_4bit(p, bs)
             np.testing.assert_array_equal(peftswift.dequantize_4bit(p, s), ref)
+            check_bnb_dequantize(F.dequantize_4bit(torch.from_numpy(p), bs).numpy(), ref, (96, 160), 64,
+                                 f"{qt}, double quant {dq}")
             # and the keys are exactly bitsandbytes' own
             bp, bs2 = bnb_quant(w, 64, qt, dq)
             assert sorted(sd) == sorted(bs2.as_dict(packed=True))
@@ -169,8 +173,9 @@ def test_linear4bit_checkpoint_interop(rng):
             sd = {k: v for k, v in q.state_dict().items()}
             state = peftswift.QuantState.from_dict({k[len("weight."):]: v for k, v in sd.items() if k.startswith("weight.")})
             out = peftswift.dequantize_4bit(sd["weight"].numpy(), state)
-            ref = F.dequantize_4bit(q.weight.data, q.weight.quant_state).numpy()
+            ref = decode_4bit(q.weight.data, q.weight.quant_state)
             np.testing.assert_array_equal(out, ref)
+            check_bnb_dequantize(F.dequantize_4bit(q.weight.data, q.weight.quant_state).numpy(), ref, (48, 128), 64, qt)
             assert out.shape == (48, 128)
 
 
@@ -256,3 +261,48 @@ def test_bad_input_raises_typed_errors():
     s2.code = np.ones(15, dtype=np.float32)  # wrong map length
     with pytest.raises(ValueError):
         peftswift.dequantize_4bit(p[:32], s2)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dq", [False, True])
+def test_dequantize_4bit_equals_the_format_on_any_shape(rng, quant_type, dq):
+    """Against the numpy decode of the format (the arbiter), on shapes whose rows are not a
+    multiple of the blocksize, where bitsandbytes' AVX-512 kernel goes wrong: ours is exact,
+    and bitsandbytes' codes and absmax equal ours."""
+    for shape, blocksize in [((96, 160), 64), ((40, 96), 64), ((3, 100), 64), ((7, 33), 32),
+                             ((5, 200), 128), ((2, 3, 96), 64), ((1, 100), 64), ((257,), 64)]:
+        w = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        p, s = peftswift.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, compress_statistics=dq)
+        np.testing.assert_array_equal(peftswift.dequantize_4bit(p, s), decode_4bit(p, s))
+        bp, bs = bnb_quant(w, blocksize, quant_type, dq)
+        np.testing.assert_array_equal(p.reshape(-1), bp.numpy().reshape(-1))
+        if not dq:
+            np.testing.assert_array_equal(s.absmax, bs.absmax.numpy())
+        check_bnb_dequantize(F.dequantize_4bit(bp, bs).numpy(), decode_4bit(bp, bs), shape, blocksize,
+                             f"{quant_type} dq={dq} {shape}")
+
+
+def test_bitsandbytes_avx512_dequantize_defect_reproducer():
+    """The defect README's "known differences" lists, reproduced: on a CPU with AVX-512,
+    bitsandbytes 0.50.2's own quantize_4bit -> dequantize_4bit round trip of a (96, 160) weight
+    (rows not a multiple of the blocksize 64) is wrong, although its codes and absmax are the
+    format's (equal to peftswift's bit for bit); peftswift decodes them exactly."""
+    import bitsandbytes
+    from fourbit_ref import host_flags
+
+    if "avx512f" not in host_flags():
+        pytest.skip("this CPU has no AVX-512: bitsandbytes takes its correct path here")
+    w = (np.random.default_rng(0).standard_normal((96, 160)) * 0.05).astype(np.float32)
+    bp, bs = bnb_quant(w, 64, "nf4", False)
+    p, s = peftswift.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    np.testing.assert_array_equal(p.reshape(-1), bp.numpy().reshape(-1))
+    np.testing.assert_array_equal(s.absmax, bs.absmax.numpy())
+    exact = decode_4bit(bp, bs)
+    ours = peftswift.dequantize_4bit(bp.numpy(), peftswift.QuantState.from_dict(bs.as_dict(packed=True)))
+    np.testing.assert_array_equal(ours, exact)
+    theirs = F.dequantize_4bit(bp, bs).numpy()
+    err_theirs, err_ours = np.abs(theirs - w).max(), np.abs(ours - w).max()
+    print(f"bitsandbytes {bitsandbytes.__version__}: round-trip max error {err_theirs:.3g}, "
+          f"{int((theirs != exact).sum())} values off the format; peftswift {err_ours:.3g}, exact")
+    if bitsandbytes.__version__ == "0.50.2":
+        assert err_theirs > 2 * err_ours, "bitsandbytes 0.50.2 no longer shows the defect here: update README"

@@ -102,10 +102,11 @@ def _version(name):
         return None
 
 
-def software(peers=()):
+def software(peers=(), peftswift=True):
     """python, numpy, the peers named and peftswift as this interpreter has them (a JSON-able dict).
-    Imports torch (for its CPU capability) and peftswift (for its version) when named or installed."""
-    out = {"python": platform.python_version(), "executable": sys.executable, "versions": {}}
+    Imports torch when named (for its CPU capability) and peftswift unless peftswift=False."""
+    out = {"python": platform.python_version(), "executable": sys.executable, "versions": {},
+           "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY")}
     for name in ["numpy", *peers]:
         out["versions"][name] = _version(name)
     if "torch" in peers:
@@ -117,6 +118,8 @@ def software(peers=()):
             out["torch_threads"] = torch.get_num_threads()
         except Exception as e:  # a broken install should still let the header print
             out["torch_cpu_capability"] = f"unavailable ({type(e).__name__}: {e})"
+    if not peftswift:
+        return out
     try:
         import peftswift
 
@@ -132,7 +135,7 @@ def format_software(sw, indent="  "):
     lines = [f"{indent}python {sw['python']} ({sw['executable']})", f"{indent}{vs}"]
     if "torch_cpu_capability" in sw:
         lines.append(f"{indent}torch CPU capability {sw['torch_cpu_capability']}, "
-                     f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '(unset)')}, "
+                     f"ATEN_CPU_CAPABILITY={sw.get('aten_cpu_capability_env') or '(unset)'}, "
                      f"torch threads {sw.get('torch_threads')}")
     if "peftswift_path" in sw:
         lines.append(f"{indent}peftswift from {sw['peftswift_path']}")
@@ -153,20 +156,22 @@ def _release(v):
     return v.split("+", 1)[0].split(" ", 1)[0] if v else v
 
 
-def newest_warnings(sw, script=None):
-    """A warning naming each peer whose release differs from the newest that scripts/bench-venv.sh installed."""
+def newest_warnings(sw, script=None, hint=None):
+    """A warning naming each peer whose release differs from the newest that scripts/bench-venv.sh
+    installed; it ends with `hint`, by default how to run the bench in the bench venv."""
     script = os.path.relpath(script or sys.argv[0], os.getcwd())
+    hint = hint or f"run .bench-venv/bin/python {script}"
     rec = recorded_peers()
     if rec is None:
         return [f"WARNING: no {os.path.relpath(PEERS_FILE, os.getcwd())}: the peers measured here may not be their "
-                f"newest releases; create the bench venv (scripts/bench-venv.sh) and run .bench-venv/bin/python {script}"]
+                f"newest releases; create the bench venv (scripts/bench-venv.sh) and {hint}"]
     stale = [f"{name} {v} (newest {rec[name]})" for name, v in sw["versions"].items()
              if name not in ("numpy", "peftswift") and v is not None and name in rec
              and _release(v) != _release(rec[name])]
     if not stale:
         return []
     return [f"WARNING: not the newest peers that scripts/bench-venv.sh installed (.bench-venv/peers.txt): "
-            f"{', '.join(stale)}; run .bench-venv/bin/python {script}"]
+            f"{', '.join(stale)}; {hint}"]
 
 
 def host_lines():

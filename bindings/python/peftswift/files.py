@@ -31,19 +31,19 @@ class SafeTensors:
     def __init__(self, path):
         self._f = _File(path)
         self.path = str(path)
-        self._index = {t[0]: t for t in _native.st_tensors(self._f._h)}
+        self._names = [t[0] for t in _native.st_tensors(self._f._h)]
 
     def keys(self):
-        return list(self._index)
+        return list(self._names)
 
     def metadata(self) -> Dict[str, str]:
         return _native.st_metadata(self._f._h)
 
     def get_tensor(self, name: str) -> np.ndarray:
-        t = self._index.get(name)
-        if t is None:
-            raise KeyError(f"{self.path}: no tensor {name!r}")
-        return _view(self._f, self.path, *t)
+        """The tensor called name (peftswift.NotFoundError, a KeyError, when there is none)."""
+        if not isinstance(name, str):
+            raise KeyError(f"{self.path}: no tensor {name!r} (names are str)")
+        return _view(self._f, self.path, *_native.st_find(self._f._h, name))
 
     def __enter__(self):
         return self

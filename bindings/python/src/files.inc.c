@@ -21,6 +21,21 @@ static PyObject *m_st_open(PyObject *self, PyObject *args) {
     return cap;
 }
 
+/* A str as a pst_string over its UTF-8 (NUL characters included; cached in the str object,
+ * valid while it lives). A str that is not one (or has lone surrogates) raises. */
+static int utf8_string(PyObject *o, pst_string *out, const char *what, Py_ssize_t index) {
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s %zd must be str, not %s", what, index, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_ssize_t len = 0;
+    const char *p = PyUnicode_AsUTF8AndSize(o, &len);
+    if (!p) return -1;
+    out->data = p;
+    out->length = (int64_t)len;
+    return 0;
+}
+
 /* st_tensors(st) -> [(name, dtype, shape, address, byte_count)]: pst_safetensors_tensor_at_v2
  * (names with their lengths: a JSON "\u0000" inside a name comes through) */
 static PyObject *m_st_tensors(PyObject *self, PyObject *args, PyObject *kw) {
@@ -61,6 +76,36 @@ done:
     return ret;
 }
 
+/* st_find(st, name) -> (name, dtype, shape, address, byte_count): pst_safetensors_find_v2 (the
+ * name with its length, NUL characters included) */
+static PyObject *m_st_find(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"st", "name", NULL};
+    PyObject *cap, *oname, *shape = NULL, *ret = NULL;
+    pst_string name = {NULL, 0};
+    pst_tensor t;
+    pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OU", kwlist, &cap, &oname)) return NULL;
+    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
+    if (!st) return NULL;
+    if (utf8_string(oname, &name, "tensor name", 0)) return NULL;
+    memset(&t, 0, sizeof t);
+    t.struct_size = sizeof t;
+    s = pst_safetensors_find_v2(st, name.data, name.length, &t);
+    if (s != PST_OK) { raise_status(s); goto done; }
+    shape = PyTuple_New(t.ndim);
+    if (!shape) goto done;
+    for (int k = 0; k < t.ndim; k++) {
+        PyObject *d = PyLong_FromLongLong(t.shape[k]);
+        if (!d) goto done;
+        PyTuple_SET_ITEM(shape, k, d);
+    }
+    ret = Py_BuildValue("(OsOKL)", oname, t.dtype, shape, (unsigned long long)(uintptr_t)t.data, (long long)t.byte_count);
+done:
+    Py_XDECREF(shape);
+    return ret;
+}
+
 /* st_metadata(st) -> dict: pst_safetensors_metadata_at_v2 (keys and values with their lengths) */
 static PyObject *m_st_metadata(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -89,21 +134,6 @@ static PyObject *m_st_metadata(PyObject *self, PyObject *args, PyObject *kw) {
 done:
     Py_XDECREF(d);
     return ret;
-}
-
-/* A str as a pst_string over its UTF-8 (NUL characters included; cached in the str object,
- * valid while it lives). A str that is not one (or has lone surrogates) raises. */
-static int utf8_string(PyObject *o, pst_string *out, const char *what, Py_ssize_t index) {
-    if (!PyUnicode_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s %zd must be str, not %s", what, index, Py_TYPE(o)->tp_name);
-        return -1;
-    }
-    Py_ssize_t len = 0;
-    const char *p = PyUnicode_AsUTF8AndSize(o, &len);
-    if (!p) return -1;
-    out->data = p;
-    out->length = (int64_t)len;
-    return 0;
 }
 
 /* st_write(path, tensors=[(name, dtype, shape, buffer)], metadata=dict|None):
@@ -350,6 +380,8 @@ static PyMethodDef methods_files[] = {
     {"st_open", m_st_open, METH_VARARGS, "pst_safetensors_open -> capsule"},
     {"st_tensors", (PyCFunction)(void (*)(void))m_st_tensors, METH_VARARGS | METH_KEYWORDS,
      "st_tensors(st) -> [(name, dtype, shape, address, byte_count)]: pst_safetensors_tensor_at_v2."},
+    {"st_find", (PyCFunction)(void (*)(void))m_st_find, METH_VARARGS | METH_KEYWORDS,
+     "st_find(st, name) -> (name, dtype, shape, address, byte_count): pst_safetensors_find_v2."},
     {"st_metadata", (PyCFunction)(void (*)(void))m_st_metadata, METH_VARARGS | METH_KEYWORDS,
      "st_metadata(st) -> __metadata__ as a dict: pst_safetensors_metadata_at_v2."},
     {"st_write", (PyCFunction)(void (*)(void))m_st_write, METH_VARARGS | METH_KEYWORDS,

@@ -287,8 +287,10 @@ def test_bad_names_and_metadata_are_clear_errors(tmp_path):
     for md in ({"a": 1}, {1: "a"}, {"a": b"x"}):
         with pytest.raises(TypeError):
             safetensors_np.save_file(t, str(tmp_path / "x.safetensors"), metadata=md)
-        with pytest.raises(TypeError, match="metadata (key|value) 0 must be str"):
+        with pytest.raises(TypeError, match=r"metadata( key 1 is int|\['a'\] is (int|bytes)), not str"):
             peftswift.files.save_file(t, tmp_path / "x.safetensors", metadata=md)
+    with pytest.raises(TypeError, match="metadata value 0 must be str, not int"):  # the extension checks too
+        peftswift._native.st_write(str(tmp_path / "x.safetensors"), [], {"a": 1})
     with pytest.raises(UnicodeEncodeError):
         peftswift.files.save_file(t, tmp_path / "x.safetensors", metadata={"a": "\udc80"})
     with pytest.raises(UnicodeEncodeError):

@@ -100,7 +100,13 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Optional[Mappin
         a = _little_endian(a)
         keep.append(a)
         items.append((name, st, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8)))
-    _native.st_write(str(path), items, None if metadata is None else dict(metadata))
+    md = None if metadata is None else dict(metadata)
+    for k, v in (md or {}).items():  # as safetensors: str to str, nothing converted
+        if not isinstance(k, str):
+            raise TypeError(f"metadata key {k!r} is {type(k).__name__}, not str")
+        if not isinstance(v, str):
+            raise TypeError(f"metadata[{k!r}] is {type(v).__name__}, not str")
+    _native.st_write(str(path), items, md)
 
 
 def _little_endian(a: np.ndarray) -> np.ndarray:

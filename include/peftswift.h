@@ -217,13 +217,28 @@ typedef struct pst_adamw_params {
  * until pst_safetensors_free; write: the caller's, read during the call only). */
 typedef struct pst_tensor {
     size_t struct_size;            /* sizeof(pst_tensor) */
-    const char *name;              /* UTF-8, NUL-terminated */
+    const char *name;              /* UTF-8, NUL-terminated (names with NUL bytes: the _v2 functions and pst_string) */
     const char *dtype;             /* the safetensors dtype: "F32", "F16", "BF16", "U8", "I8", "I32", "I64", ... */
     int32_t ndim;                  /* 0 (a scalar) ... PST_MAX_DIMS */
     int64_t shape[PST_MAX_DIMS];
     const void *data;              /* little-endian elements, row-major */
     int64_t byte_count;            /* product(shape) * element size */
 } pst_tensor;
+
+/* A string with its length in bytes (UTF-8), for the names and __metadata__ of safetensors
+ * files, which may be any JSON string: NUL bytes included, any length (the format bounds only
+ * the whole header, at 100,000,000 bytes). data need not end with a NUL; it may be NULL only
+ * when length is 0. Strings the library hands out (the pst_safetensors_*_v2 functions) are
+ * borrowed from the handle and are followed by a NUL byte, so one without NUL bytes inside can
+ * also be read as a C string; length is always the whole string. This struct never grows. */
+typedef struct pst_string {
+    const char *data;
+    int64_t length;                /* bytes, >= 0 */
+} pst_string;
+
+/* pst_safetensors_write_v2's meta_count for "no __metadata__ key" (safetensors' metadata=None);
+ * meta_count 0 writes an empty "__metadata__":{} (metadata={}). */
+#define PST_SAFETENSORS_NO_METADATA (-1)
 
 /* ---- Language models (pst_llm_*): a Llama-architecture model with its tokenizer, loaded from
  * a GGUF file or a Hugging Face checkpoint directory. */
@@ -436,7 +451,7 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_open(char const * path, p
 
 /**
  * Closes a file opened by pst_safetensors_open (unmapping it); NULL is a no-op. Pointers
- * from pst_safetensors_tensor_at/_find/_metadata_at become invalid.
+ * from pst_safetensors_tensor_at/_find/_metadata_at (and their _v2) become invalid.
  */
 PST_API void pst_safetensors_free(pst_safetensors * st) PST_NOEXCEPT;
 
@@ -449,34 +464,81 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_count(pst_safetensors * s
 
 /**
  * Describes tensor index (0 ... count-1, in the file's data order) in *out (out->struct_size
- * must be sizeof(pst_tensor)); out->data points into the mapping, no copy.
- * Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
+ * must be sizeof(pst_tensor)); out->data points into the mapping, no copy. out->name is
+ * NUL-terminated, so a name holding a NUL byte (a JSON "\u0000") is refused, never cut short:
+ * pst_safetensors_tensor_at_v2 gives every name with its length.
+ * Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size), PST_ERR_UNSUPPORTED
+ * (the name holds a NUL byte).
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_tensor_at(pst_safetensors * st, int64_t index, pst_tensor * out_) PST_NOEXCEPT;
 
 /**
- * Describes the tensor called name in *out (as pst_safetensors_tensor_at).
+ * As pst_safetensors_tensor_at, for any name: *out describes tensor index and *name gets the
+ * name's bytes and length (out->name points to the same bytes; both are followed by a NUL and
+ * borrowed from st until pst_safetensors_free). Names may hold NUL bytes.
+ * Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_tensor_at_v2(pst_safetensors * st, int64_t index, pst_tensor * out_, pst_string * name) PST_NOEXCEPT;
+
+/**
+ * Describes the tensor called name (NUL-terminated) in *out (as pst_safetensors_tensor_at).
  * Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_find(pst_safetensors * st, char const * name, pst_tensor * out_) PST_NOEXCEPT;
 
 /**
+ * Describes the tensor whose name is the name_length bytes at name (UTF-8, NUL bytes
+ * allowed; name may be NULL when name_length is 0) in *out, as pst_safetensors_tensor_at_v2
+ * without the name.
+ * Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG (NULL, name_length < 0, invalid UTF-8).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_find_v2(pst_safetensors * st, char const * name, int64_t name_length, pst_tensor * out_) PST_NOEXCEPT;
+
+/**
  * The index-th __metadata__ entry: *key and *value point to NUL-terminated strings owned by
- * the file handle.
- * Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
+ * the file handle. A key or value holding a NUL byte (a JSON "\u0000") is refused, never cut
+ * short: pst_safetensors_metadata_at_v2 gives every entry with its lengths.
+ * Errors: PST_ERR_INVALID_ARG (index out of range, NULL), PST_ERR_UNSUPPORTED (a NUL byte).
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_metadata_at(pst_safetensors * st, int64_t index, char const * * key, char const * * value) PST_NOEXCEPT;
 
 /**
+ * The index-th __metadata__ entry (0 ... metadata_count-1, in file order) with lengths:
+ * *key and *value get the bytes and byte lengths of the key and value (UTF-8, NUL bytes
+ * allowed, each followed by a NUL; borrowed from st until pst_safetensors_free).
+ * Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_metadata_at_v2(pst_safetensors * st, int64_t index, pst_string * key, pst_string * value) PST_NOEXCEPT;
+
+/**
  * Writes count tensors (and meta_count __metadata__ string pairs; the arrays may be NULL when
  * meta_count is 0) to path as safetensors, laid out as the Python package does (by dtype
- * alignment, then name; header padded to 8 bytes). The file is written to a temporary name in
- * the same directory, fsynced and renamed over path: an existing file is never left half
- * written. Tensor data is read during the call only.
+ * alignment, then name; header padded to 8 bytes). Names, keys and values are NUL-terminated
+ * UTF-8 of any length; meta_count 0 writes no __metadata__ key. pst_safetensors_write_v2
+ * takes strings with lengths (NUL bytes inside) and writes an empty __metadata__ too.
+ * The file is written to a temporary name in the same directory, fsynced and renamed over
+ * path: an existing file is never left half written. Tensor data is read during the call only.
  * Errors: PST_ERR_INVALID_ARG (NULLs, unknown dtype, byte_count disagreeing with the shape,
- * duplicate names), PST_ERR_IO.
+ * duplicate names, invalid UTF-8, a header over the format's 100,000,000 bytes), PST_ERR_IO.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_write(char const * path, pst_tensor const * tensors, int64_t count, char const * const * meta_keys, char const * const * meta_values, int64_t meta_count) PST_NOEXCEPT;
+
+/**
+ * Writes a safetensors file as pst_safetensors_write, with strings carried by length:
+ * tensor i is named names[i] (UTF-8, NUL bytes allowed) or, when names is NULL,
+ * tensors[i].name (NUL-terminated; tensors[i].name is ignored when names is given).
+ * meta_count is the number of __metadata__ pairs meta_keys[i]: meta_values[i] (pst_string
+ * arrays, NULL allowed when meta_count <= 0); 0 writes an empty "__metadata__":{} and
+ * PST_SAFETENSORS_NO_METADATA (-1) no __metadata__ key: safetensors' metadata={} and
+ * metadata=None, byte for byte (pairs are written in the order given; the Python package
+ * writes several keys in a random hash order). No string has a length cap of its own; the
+ * header as a whole is limited to the format's 100,000,000 bytes. Atomic, as
+ * pst_safetensors_write; every argument is checked before the file is created.
+ * Errors: PST_ERR_INVALID_ARG (NULLs, a negative length, invalid UTF-8, unknown dtype,
+ * byte_count disagreeing with the shape, duplicate names or keys, a tensor named
+ * "__metadata__", the header over 100,000,000 bytes), PST_ERR_IO.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_safetensors_write_v2(char const * path, pst_tensor const * tensors, pst_string const * names, int64_t count, pst_string const * meta_keys, pst_string const * meta_values, int64_t meta_count) PST_NOEXCEPT;
 
 /**
  * Saves adapter adapter_name of count layers as a PEFT adapter directory (created if

@@ -97,6 +97,15 @@ PST_ENTRY int32_t pst_safetensors_tensor_at(pst_safetensors * st, int64_t index,
     return pstimpl_safetensors_tensor_at(st, index, out_);
 }
 
+extern int32_t pstimpl_safetensors_tensor_at_v2(pst_safetensors * st, int64_t index, pst_tensor * out_, pst_string * name);
+PST_ENTRY int32_t pst_safetensors_tensor_at_v2(pst_safetensors * st, int64_t index, pst_tensor * out_, pst_string * name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_tensor_at_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_tensor_at_v2(st, index, out_, name);
+}
+
 extern int32_t pstimpl_safetensors_find(pst_safetensors * st, char const * name, pst_tensor * out_);
 PST_ENTRY int32_t pst_safetensors_find(pst_safetensors * st, char const * name, pst_tensor * out_) {
     if (!PST_CPU_OK()) {
@@ -104,6 +113,15 @@ PST_ENTRY int32_t pst_safetensors_find(pst_safetensors * st, char const * name, 
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_safetensors_find(st, name, out_);
+}
+
+extern int32_t pstimpl_safetensors_find_v2(pst_safetensors * st, char const * name, int64_t name_length, pst_tensor * out_);
+PST_ENTRY int32_t pst_safetensors_find_v2(pst_safetensors * st, char const * name, int64_t name_length, pst_tensor * out_) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_find_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_find_v2(st, name, name_length, out_);
 }
 
 extern int32_t pstimpl_safetensors_metadata_at(pst_safetensors * st, int64_t index, char const * * key, char const * * value);
@@ -115,6 +133,15 @@ PST_ENTRY int32_t pst_safetensors_metadata_at(pst_safetensors * st, int64_t inde
     return pstimpl_safetensors_metadata_at(st, index, key, value);
 }
 
+extern int32_t pstimpl_safetensors_metadata_at_v2(pst_safetensors * st, int64_t index, pst_string * key, pst_string * value);
+PST_ENTRY int32_t pst_safetensors_metadata_at_v2(pst_safetensors * st, int64_t index, pst_string * key, pst_string * value) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_metadata_at_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_metadata_at_v2(st, index, key, value);
+}
+
 extern int32_t pstimpl_safetensors_write(char const * path, pst_tensor const * tensors, int64_t count, char const * const * meta_keys, char const * const * meta_values, int64_t meta_count);
 PST_ENTRY int32_t pst_safetensors_write(char const * path, pst_tensor const * tensors, int64_t count, char const * const * meta_keys, char const * const * meta_values, int64_t meta_count) {
     if (!PST_CPU_OK()) {
@@ -122,6 +149,15 @@ PST_ENTRY int32_t pst_safetensors_write(char const * path, pst_tensor const * te
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_safetensors_write(path, tensors, count, meta_keys, meta_values, meta_count);
+}
+
+extern int32_t pstimpl_safetensors_write_v2(char const * path, pst_tensor const * tensors, pst_string const * names, int64_t count, pst_string const * meta_keys, pst_string const * meta_values, int64_t meta_count);
+PST_ENTRY int32_t pst_safetensors_write_v2(char const * path, pst_tensor const * tensors, pst_string const * names, int64_t count, pst_string const * meta_keys, pst_string const * meta_values, int64_t meta_count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_write_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_write_v2(path, tensors, names, count, meta_keys, meta_values, meta_count);
 }
 
 extern int32_t pstimpl_peft_save(char const * directory, char const * adapter_name, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * base_model_name_or_path);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int failures = 0;
 
@@ -329,8 +330,70 @@ int main(int argc, char **argv) {
     const char *key = NULL, *val = NULL;
     EXPECT(pst_safetensors_metadata_at(S, 5, &key, &val), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at");
     EXPECT(pst_safetensors_metadata_at(S, 0, NULL, &val), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at");
+    /* the _v2 readers: strings with lengths */
+    pst_string sname = {NULL, 0}, skey = {NULL, 0}, sval = {NULL, 0};
+    EXPECT(pst_safetensors_tensor_at_v2(NULL, 0, &tr, &sname), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at_v2");
+    EXPECT(pst_safetensors_tensor_at_v2(S, 0, NULL, &sname), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at_v2");
+    EXPECT(pst_safetensors_tensor_at_v2(S, 0, &tr, NULL), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at_v2");
+    EXPECT(pst_safetensors_tensor_at_v2(S, -1, &tr, &sname), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at_v2");
+    EXPECT(pst_safetensors_tensor_at_v2(S, 1, &tr, &sname), PST_ERR_INVALID_ARG, "pst_safetensors_tensor_at_v2");
+    infallible("pst_safetensors_tensor_at_v2 gives the name with its length",
+               pst_safetensors_tensor_at_v2(S, 0, &tr, &sname) == PST_OK && sname.length == 1 && memcmp(sname.data, "w", 2) == 0 &&
+               tr.name == sname.data && tr.byte_count == 24);
+    EXPECT(pst_safetensors_find_v2(NULL, "w", 1, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_find_v2");
+    EXPECT(pst_safetensors_find_v2(S, NULL, 1, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_find_v2");
+    EXPECT(pst_safetensors_find_v2(S, "w", -1, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_find_v2");
+    EXPECT(pst_safetensors_find_v2(S, "w", INT64_MAX, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_find_v2");
+    EXPECT(pst_safetensors_find_v2(S, "w", 1, NULL), PST_ERR_INVALID_ARG, "pst_safetensors_find_v2");
+    EXPECT(pst_safetensors_find_v2(S, "\xff", 1, &tr), PST_ERR_INVALID_ARG, "pst_safetensors_find_v2"); /* not UTF-8 */
+    EXPECT(pst_safetensors_find_v2(S, "w\0x", 3, &tr), PST_ERR_NOT_FOUND, "pst_safetensors_find_v2");
+    infallible("pst_safetensors_find_v2 takes the length, not a NUL", pst_safetensors_find_v2(S, "wx", 1, &tr) == PST_OK && tr.byte_count == 24);
+    EXPECT(pst_safetensors_metadata_at_v2(NULL, 0, &skey, &sval), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at_v2");
+    EXPECT(pst_safetensors_metadata_at_v2(S, 0, NULL, &sval), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at_v2");
+    EXPECT(pst_safetensors_metadata_at_v2(S, 0, &skey, NULL), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at_v2");
+    EXPECT(pst_safetensors_metadata_at_v2(S, 1, &skey, &sval), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at_v2");
+    EXPECT(pst_safetensors_metadata_at_v2(S, -1, &skey, &sval), PST_ERR_INVALID_ARG, "pst_safetensors_metadata_at_v2");
+    infallible("pst_safetensors_metadata_at_v2 round trip",
+               pst_safetensors_metadata_at_v2(S, 0, &skey, &sval) == PST_OK && skey.length == 6 && sval.length == 2 &&
+               memcmp(skey.data, "format", 7) == 0 && memcmp(sval.data, "pt", 3) == 0);
     pst_safetensors_free(S);
     pst_safetensors_free(NULL);
+
+    /* pst_safetensors_write_v2: names and metadata with lengths (NUL bytes inside) */
+    char path2[512];
+    snprintf(path2, sizeof path2, "%s/nul.safetensors", dir);
+    pst_string wn[1] = {{"w\0v", 3}}, wk[2] = {{"k\0", 2}, {"format", 6}}, wv[2] = {{"v", 1}, {"pt", 2}};
+    pst_string neg = {"w", -1}, nulldata = {NULL, 4}, notutf8 = {"\xc3(", 2}, huge = {"w", INT64_MAX};
+    EXPECT(pst_safetensors_write_v2(NULL, &tw, wn, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, NULL, wn, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, -1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, INT64_MAX, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, NULL, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, wk, NULL, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, wk, wv, -2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, wk, wv, INT64_MAX), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, &neg, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, &nulldata, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, &notutf8, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, &huge, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, &neg, wv, 1), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, wk, &nulldata, 1), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    pst_string twice[2] = {{"k", 1}, {"k", 1}};
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, twice, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    tw.dtype = "F33";
+    EXPECT(pst_safetensors_write_v2(path2, &tw, wn, 1, wk, wv, 2), PST_ERR_INVALID_ARG, "pst_safetensors_write_v2");
+    tw.dtype = "F32";
+    infallible("pst_safetensors_write_v2 left no file behind after failures", access(path2, F_OK) != 0);
+    if (pst_safetensors_write_v2(path2, &tw, wn, 1, wk, wv, 2) != PST_OK) { printf("FAIL write_v2: %s\n", pst_last_error()); failures++; }
+    if (pst_safetensors_open(path2, &S) != PST_OK) { printf("FAIL open: %s\n", pst_last_error()); return 1; }
+    EXPECT(pst_safetensors_tensor_at(S, 0, &tr), PST_ERR_UNSUPPORTED, "pst_safetensors_tensor_at"); /* "w\0v": never cut to "w" */
+    EXPECT(pst_safetensors_metadata_at(S, 0, &key, &val), PST_ERR_UNSUPPORTED, "pst_safetensors_metadata_at");
+    infallible("names and metadata with NUL bytes round trip through the file",
+               pst_safetensors_tensor_at_v2(S, 0, &tr, &sname) == PST_OK && sname.length == 3 && memcmp(sname.data, "w\0v", 4) == 0 &&
+               pst_safetensors_metadata_at_v2(S, 0, &skey, &sval) == PST_OK && skey.length == 2 && memcmp(skey.data, "k\0", 3) == 0 &&
+               pst_safetensors_metadata_at(S, 1, &key, &val) == PST_OK && strcmp(val, "pt") == 0 &&
+               pst_safetensors_find_v2(S, "w\0v", 3, &tr) == PST_OK && pst_safetensors_find(S, "w", &tr) == PST_ERR_NOT_FOUND);
+    pst_safetensors_free(S);
 
     pst_lora *PL = NULL;
     if (pst_lora_create_dense(w, 48, 6, 8, NULL, &PL) != PST_OK) failures++;

@@ -95,6 +95,214 @@ except peftswift.IOError as e:
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
 
 
+def both_write(tmp_path, tensors, metadata, tag="t"):
+    """(ours, theirs): the bytes peftswift.files.save_file and safetensors.numpy.save_file write."""
+    ours, theirs = tmp_path / f"{tag}.ours.safetensors", tmp_path / f"{tag}.theirs.safetensors"
+    peftswift.files.save_file(tensors, ours, metadata=metadata)
+    safetensors_np.save_file(tensors, str(theirs), metadata=metadata)
+    return ours.read_bytes(), theirs.read_bytes()
+
+
+def header_of(blob):
+    n = int.from_bytes(blob[:8], "little")
+    return blob[8:8 + n]
+
+
+BIG_ENDIAN = [">f4", ">i8", ">u2", ">f8", ">f2", ">i4", ">i2", ">u4", ">u8", ">b1", ">u1", ">i1"]
+
+
+@pytest.mark.parametrize("dt", BIG_ENDIAN)
+def test_big_endian_arrays_are_written_little_endian(rng, tmp_path, dt):
+    """A '>f4' array is written as safetensors.numpy writes it: byte-swapped to the file's
+    little-endian order, values intact (it used to keep its big-endian bytes under F32, so
+    [0, 1, 2, 3, 4] read back as [0, 4.6e-41, ...])."""
+    a = (rng.standard_normal((3, 5)) * 100).astype(dt)
+    t = {"be": a, "be_scalar": np.array(7, dtype=dt), "be_empty": np.zeros((0, 2), dtype=dt),
+         "native": a.astype(a.dtype.newbyteorder("="))}
+    ours, theirs = both_write(tmp_path, t, {"format": "np"})
+    assert ours == theirs
+    back = peftswift.files.load_file(tmp_path / "t.ours.safetensors")
+    for k, v in t.items():
+        assert back[k].dtype == v.dtype.newbyteorder("=") and back[k].dtype.isnative
+        np.testing.assert_array_equal(back[k], v)
+    np.testing.assert_array_equal(safetensors_np.load_file(str(tmp_path / "t.ours.safetensors"))["be"], a)
+    # a non-contiguous big-endian view: values in C order (safetensors.numpy writes such views
+    # in memory order, transposed, so there is nothing to compare bytes with)
+    peftswift.files.save_file({"be_T": a.T}, tmp_path / "T.safetensors")
+    np.testing.assert_array_equal(peftswift.files.load_file(tmp_path / "T.safetensors")["be_T"], a.T)
+    # the example from the report
+    peftswift.files.save_file({"x": np.arange(5, dtype=">f4")}, tmp_path / "x.safetensors")
+    assert peftswift.files.load_file(tmp_path / "x.safetensors")["x"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_big_endian_bfloat16_and_torch(tmp_path):
+    bf = np.arange(6).astype(np.dtype(ml_dtypes.bfloat16).newbyteorder(">"))
+    ours, theirs = both_write(tmp_path, {"bf": bf, "f": np.arange(3, dtype=">f4")}, None)
+    assert ours == theirs
+    back = peftswift.files.load_file(tmp_path / "t.ours.safetensors")["bf"]
+    assert back.astype(np.float32).tolist() == list(range(6))
+    peftswift.files.save_file({"t": torch.arange(4, dtype=torch.float32)}, tmp_path / "torch.safetensors")
+    assert peftswift.files.load_file(tmp_path / "torch.safetensors")["t"].tolist() == [0, 1, 2, 3]
+
+
+def test_big_endian_arrays_at_the_other_entry_points(rng, tmp_path):
+    """save_bnb_checkpoint (absmax, code, bias) and LoraLinear.quantized convert non-native
+    arrays; a buffer in the other byte order reaching the extension is refused, never used."""
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    bias = rng.standard_normal(16).astype(np.float32)
+    for dq in (False, True):
+        packed, st = peftswift.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
+        peftswift.save_bnb_checkpoint(tmp_path / "native.safetensors", {"p": (packed, st, bias)})
+        swapped = peftswift.QuantState.from_dict(st.as_dict())
+        swapped.absmax = swapped.absmax.astype(swapped.absmax.dtype.newbyteorder(">"))
+        swapped.code = swapped.code.astype(">f4")
+        if dq:
+            swapped.state2.absmax = swapped.state2.absmax.astype(">f4")
+            swapped.state2.code = swapped.state2.code.astype(">f4")
+        peftswift.save_bnb_checkpoint(tmp_path / "swapped.safetensors", {"p": (packed, swapped, bias.astype(">f4"))})
+        assert (tmp_path / "swapped.safetensors").read_bytes() == (tmp_path / "native.safetensors").read_bytes()
+        x = rng.standard_normal((2, 64)).astype(np.float32)
+        want = peftswift.LoraLinear.quantized(packed, st, bias)(x)
+        np.testing.assert_array_equal(peftswift.LoraLinear.quantized(packed, swapped, bias.astype(">f4"))(x), want)
+        np.testing.assert_array_equal(peftswift.dequantize_4bit(packed, swapped), peftswift.dequantize_4bit(packed, st))
+    lin = peftswift.LoraLinear(w.astype(">f4"), bias.astype(">f4"))
+    np.testing.assert_array_equal(lin(np.ones((1, 64), ">f4")), peftswift.LoraLinear(w, bias)(np.ones((1, 64), np.float32)))
+    with pytest.raises(TypeError, match="native .*byte order, got format '>f'"):
+        peftswift._native.codebook(0, np.zeros(16, dtype=">f4"))
+
+
+NUL = {"k\x00a": "v\x00w"}
+METADATA_CASES = {
+    "none": None,
+    "empty": {},
+    "one": {"a": "b"},
+    "format_pt": {"format": "pt"},
+    "unicode": {"schön 😀": "ünïcödé \u2028 😀 \U0010ffff"},
+    "nul": NUL,
+    "controls": {"c": "\x01\x1f\t\n\r\"\\/\x7f"},
+    "long_4097": {"ss_tag_frequency": "x" * 4097},
+    "long_1mb": {"ss_tag_frequency": json.dumps({f"tag{i}": i for i in range(60000)})},
+}
+
+
+@pytest.mark.parametrize("case", sorted(METADATA_CASES))
+def test_metadata_byte_for_byte(rng, tmp_path, case):
+    """The same bytes as safetensors.numpy.save_file for metadata None, {}, one key, unicode,
+    NUL characters, control characters and values over the old 4096-byte cap."""
+    md = METADATA_CASES[case]
+    t = {"w": rng.standard_normal((2, 3)).astype(np.float32), "ids": np.arange(3, dtype=np.int64)}
+    ours, theirs = both_write(tmp_path, t, md)
+    assert ours == theirs, (header_of(ours)[:200], header_of(theirs)[:200])
+    # and both read it back whole: the package and peftswift, on either file
+    for f in ("t.ours.safetensors", "t.theirs.safetensors"):
+        assert peftswift.files.load_metadata(tmp_path / f) == (md or {})
+        with peftswift.files.SafeTensors(tmp_path / f) as fh:
+            assert fh.metadata() == (md or {})
+        from safetensors import safe_open
+        with safe_open(str(tmp_path / f), "np") as fh:
+            assert fh.metadata() == md
+
+
+def test_nul_in_metadata_and_names(tmp_path):
+    r"""{"k\x00a": "v\x00w"} was written as {"k": "v"}, and a file holding "a\u0000b" read back
+    as "a": now written as \u0000 escapes and read back whole, names included."""
+    t = {"a\x00b": np.arange(3, dtype=np.float32), "a": np.ones(2, dtype=np.float32), "\x00": np.zeros(1, np.uint8)}
+    ours, theirs = both_write(tmp_path, t, NUL)
+    assert ours == theirs
+    assert b'"k\\u0000a":"v\\u0000w"' in header_of(ours) and b'"a\\u0000b":' in header_of(ours)
+    back = peftswift.files.load_file(tmp_path / "t.theirs.safetensors")
+    assert sorted(back) == sorted(t)
+    for k in t:
+        np.testing.assert_array_equal(back[k], t[k])
+    assert peftswift.files.load_metadata(tmp_path / "t.theirs.safetensors") == NUL
+    with peftswift.files.SafeTensors(tmp_path / "t.theirs.safetensors") as fh:
+        assert sorted(fh.keys()) == sorted(t) and fh.metadata() == NUL
+        np.testing.assert_array_equal(fh.get_tensor("a\x00b"), t["a\x00b"])
+        with pytest.raises(KeyError) as e:
+            fh.get_tensor("a\x00c")
+        assert e.value.args[0].endswith(r'no tensor "a\u0000c"') and isinstance(e.value, peftswift.NotFoundError)
+    # a file holding the JSON escape, as another writer would produce it
+    hdr = b'{"__metadata__":{"a":"a\\u0000b"},"x\\u0000y":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    (tmp_path / "escaped.safetensors").write_bytes(len(hdr).to_bytes(8, "little") + hdr + b"\x07")
+    assert peftswift.files.load_metadata(tmp_path / "escaped.safetensors") == {"a": "a\x00b"}
+    assert list(peftswift.files.load_file(tmp_path / "escaped.safetensors")) == ["x\x00y"]
+    assert safetensors_np.load_file(str(tmp_path / "escaped.safetensors"))["x\x00y"].tolist() == [7]
+
+
+def test_metadata_keys_in_order_given(tmp_path):
+    """Several keys: safetensors writes them in a random hash order (different in every process),
+    so only the parsed header and the data can be compared; peftswift keeps the given order."""
+    t = {"w": np.arange(4, dtype=np.float32)}
+    md = {"b": "1", "a": "2", "c\x00": "3", "d": "x" * 5000}
+    ours, theirs = both_write(tmp_path, t, md)
+    assert len(ours) == len(theirs) and ours[-16:] == theirs[-16:]
+    assert json.loads(header_of(ours)) == json.loads(header_of(theirs))
+    assert list(json.loads(header_of(ours))["__metadata__"]) == list(md)
+
+
+def test_no_tensors(tmp_path):
+    """No tensors: byte for byte for metadata None and {"a": "b"}. With metadata={} safetensors
+    0.8.0 writes `{},"__metadata__":{}}`, which neither it nor anyone can read (its Serialize
+    announces a map of tensors + metadata entries, 0 here, and serde_json closes it at once):
+    peftswift writes `{"__metadata__":{}}`, which both read."""
+    for md in (None, {"a": "b"}):
+        ours, theirs = both_write(tmp_path, {}, md)
+        assert ours == theirs
+    ours, theirs = both_write(tmp_path, {}, {})
+    assert header_of(ours) == b'{"__metadata__":{}}     '
+    try:
+        safetensors_np.load(theirs)
+        assert ours == theirs  # a fixed safetensors: then the same bytes
+    except Exception:
+        assert header_of(theirs).startswith(b"{},")
+    assert safetensors_np.load(ours) == {}
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "t.ours.safetensors"), "np") as fh:
+        assert fh.metadata() == {}
+
+
+def test_header_limit_is_the_formats(tmp_path):
+    """No cap on a value of its own; the header is limited as safetensors limits it
+    (MAX_HEADER_SIZE, 100,000,000 bytes after padding): at the limit both write the same
+    bytes, one byte more both refuse, and the existing file is left as it was."""
+    t = {"a": np.arange(3, dtype=np.float32)}
+    base = len(b'{"__metadata__":{"k":""},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}')
+    at = "x" * (100_000_000 - base)
+    ours, theirs = both_write(tmp_path, t, {"k": at})
+    assert len(header_of(ours)) == 100_000_000 and ours == theirs
+    del ours, theirs
+    before = (tmp_path / "t.ours.safetensors").read_bytes()[-12:]
+    with pytest.raises(Exception, match="header too large"):
+        safetensors_np.save_file(t, str(tmp_path / "t.theirs.safetensors"), metadata={"k": at + "x"})
+    with pytest.raises(peftswift.InvalidArgumentError, match="100000008 bytes.*100000000") as e:
+        peftswift.files.save_file({"a": np.ones(3, np.float32)}, tmp_path / "t.ours.safetensors", metadata={"k": at + "x"})
+    assert e.value.status == 1 and "pst_safetensors_write_v2" in str(e.value)
+    assert (tmp_path / "t.ours.safetensors").read_bytes()[-12:] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.ours.safetensors", "t.theirs.safetensors"]
+
+
+def test_bad_names_and_metadata_are_clear_errors(tmp_path):
+    """As safetensors: keys and values must be str (TypeError, no str() of other objects); lone
+    surrogates cannot be UTF-8 (UnicodeEncodeError); a tensor may not be named __metadata__."""
+    t = {"a": np.ones(2, np.float32)}
+    for md in ({"a": 1}, {1: "a"}, {"a": b"x"}):
+        with pytest.raises(TypeError):
+            safetensors_np.save_file(t, str(tmp_path / "x.safetensors"), metadata=md)
+        with pytest.raises(TypeError, match=r"metadata( key 1 is int|\['a'\] is (int|bytes)), not str"):
+            peftswift.files.save_file(t, tmp_path / "x.safetensors", metadata=md)
+    with pytest.raises(TypeError, match="metadata value 0 must be str, not int"):  # the extension checks too
+        peftswift._native.st_write(str(tmp_path / "x.safetensors"), [], {"a": 1})
+    with pytest.raises(UnicodeEncodeError):
+        peftswift.files.save_file(t, tmp_path / "x.safetensors", metadata={"a": "\udc80"})
+    with pytest.raises(UnicodeEncodeError):
+        peftswift.files.save_file({"\udc80": np.ones(1, np.float32)}, tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="tensor names must be str"):
+        peftswift.files.save_file({1: np.ones(1, np.float32)}, tmp_path / "x.safetensors")
+    with pytest.raises(peftswift.InvalidArgumentError, match="__metadata__"):
+        peftswift.files.save_file({"__metadata__": np.ones(1, np.float32)}, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 class Tiny(torch.nn.Module):
     """Module names as in a transformer: model.layers.N.self_attn.q_proj / mlp.down_proj."""
 

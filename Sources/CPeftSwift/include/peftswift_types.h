@@ -181,13 +181,28 @@ typedef struct pst_adamw_params {
  * until pst_safetensors_free; write: the caller's, read during the call only). */
 typedef struct pst_tensor {
     size_t struct_size;            /* sizeof(pst_tensor) */
-    const char *name;              /* UTF-8, NUL-terminated */
+    const char *name;              /* UTF-8, NUL-terminated (names with NUL bytes: the _v2 functions and pst_string) */
     const char *dtype;             /* the safetensors dtype: "F32", "F16", "BF16", "U8", "I8", "I32", "I64", ... */
     int32_t ndim;                  /* 0 (a scalar) ... PST_MAX_DIMS */
     int64_t shape[PST_MAX_DIMS];
     const void *data;              /* little-endian elements, row-major */
     int64_t byte_count;            /* product(shape) * element size */
 } pst_tensor;
+
+/* A string with its length in bytes (UTF-8), for the names and __metadata__ of safetensors
+ * files, which may be any JSON string: NUL bytes included, any length (the format bounds only
+ * the whole header, at 100,000,000 bytes). data need not end with a NUL; it may be NULL only
+ * when length is 0. Strings the library hands out (the pst_safetensors_*_v2 functions) are
+ * borrowed from the handle and are followed by a NUL byte, so one without NUL bytes inside can
+ * also be read as a C string; length is always the whole string. This struct never grows. */
+typedef struct pst_string {
+    const char *data;
+    int64_t length;                /* bytes, >= 0 */
+} pst_string;
+
+/* pst_safetensors_write_v2's meta_count for "no __metadata__ key" (safetensors' metadata=None);
+ * meta_count 0 writes an empty "__metadata__":{} (metadata={}). */
+#define PST_SAFETENSORS_NO_METADATA (-1)
 
 /* ---- Language models (pst_llm_*): a Llama-architecture model with its tokenizer, loaded from
  * a GGUF file or a Hugging Face checkpoint directory. */

@@ -5,12 +5,27 @@ import Glibc
 
 // C API of the file formats (Sources/PeftSwift/Files): safetensors (memory-mapped reading,
 // atomic writing), PEFT adapter directories, bitsandbytes 4-bit checkpoints.
+//
+// Strings of safetensors files: tensor names and __metadata__ keys and values are any JSON
+// string, so they may hold NUL bytes ("\u0000" in the header) and be of any length (only the
+// whole header is bounded, at SafeTensorsFile.maxHeaderBytes). The _v2 functions carry them
+// with explicit lengths (pst_string); the first functions take and give NUL-terminated
+// strings, and refuse (PST_ERR_UNSUPPORTED) to hand out a string that holds a NUL byte rather
+// than hand out a shorter one.
 
-/// A C string owned by a handle.
+/// Bytes owned by a handle, followed by a NUL byte: C reads them as a C string or, with
+/// `count`, as a pst_string (a name or metadata string may itself hold NUL bytes).
 final class OwnedCString {
     let p: UnsafeMutablePointer<CChar>
+    /// Bytes before the terminating NUL.
+    let count: Int
+    /// The string itself holds a NUL byte: as a C string it would read shorter than it is.
+    let containsNUL: Bool
+
     init(_ s: String) {
         let u = Array(s.utf8)
+        count = u.count
+        containsNUL = u.contains(0)
         p = UnsafeMutablePointer<CChar>.allocate(capacity: u.count + 1)
         u.withUnsafeBufferPointer { b in
             for i in 0..<u.count { p[i] = CChar(bitPattern: b[i]) }
@@ -18,7 +33,56 @@ final class OwnedCString {
         p[u.count] = 0
     }
     deinit { p.deallocate() }
+
+    var cString: UnsafePointer<CChar> { UnsafePointer(p) }
+    var string: pst_string { pst_string(data: UnsafePointer(p), length: Int64(count)) }
 }
+
+/// A NUL-terminated UTF-8 string of any length: tensor names and metadata have no fixed cap
+/// (the header limit applies when the file is written). `name` names the argument.
+func cText(_ p: UnsafePointer<CChar>?, _ name: @autoclosure () -> String) throws(PSTError) -> String {
+    guard let p else { throw .invalidArgument("\(name()) is NULL") }
+    return try utf8Text(UnsafeRawBufferPointer(start: p, count: strlen(p)), name())
+}
+
+/// A UTF-8 string given as data plus a length in bytes (NUL bytes allowed). A length beyond
+/// the safetensors header limit cannot be written, so it is refused before any byte is read.
+func lengthText(_ p: UnsafePointer<CChar>?, _ length: Int64, data dataName: @autoclosure () -> String,
+                length lengthName: @autoclosure () -> String) throws(PSTError) -> String {
+    guard length >= 0 else { throw .invalidArgument("\(lengthName()) (\(length)) must be >= 0") }
+    guard length <= Int64(SafeTensorsFile.maxHeaderBytes) else {
+        throw .invalidArgument("\(lengthName()) (\(length)) is more than a safetensors header can hold (\(SafeTensorsFile.maxHeaderBytes) bytes)")
+    }
+    guard length > 0 else { return "" }
+    guard let p else { throw .invalidArgument("\(dataName()) is NULL but \(lengthName()) is \(length)") }
+    return try utf8Text(UnsafeRawBufferPointer(start: p, count: Int(length)), dataName())
+}
+
+/// One element of a pst_string array.
+func lengthText(_ s: pst_string, _ name: @autoclosure () -> String) throws(PSTError) -> String {
+    try lengthText(s.data, s.length, data: "\(name()).data", length: "\(name()).length")
+}
+
+func utf8Text(_ b: UnsafeRawBufferPointer, _ name: @autoclosure () -> String) throws(PSTError) -> String {
+    guard let s = String(validating: b, as: UTF8.self) else {
+        // the offset of the first invalid sequence, for the message
+        var it = b.makeIterator(), decoder = UTF8(), at = 0
+        decoding: while true {
+            switch decoder.decode(&it) {
+            case .scalarValue(let u): at += UTF8.width(u)
+            case .emptyInput, .error: break decoding
+            }
+        }
+        throw .invalidArgument("\(name()) (\(b.count) bytes) is not valid UTF-8 (at byte \(at))")
+    }
+    return s
+}
+
+/// Counts a safetensors header can hold at all (it is at most SafeTensorsFile.maxHeaderBytes):
+/// a tensor entry takes at least 49 bytes (`"":{"dtype":"U8","shape":[],"data_offsets":[0,0]}`),
+/// a metadata entry at least 5 (`"":""`). Bounds derived from the format, not caps of our own.
+let maxSafeTensorsCount = Int64(SafeTensorsFile.maxHeaderBytes / 49)
+let maxSafeTensorsMetadataCount = Int64(SafeTensorsFile.maxHeaderBytes / 5)
 
 /// An open safetensors file with C strings for its names, dtypes and metadata.
 final class SafeTensorsHandle {
@@ -42,8 +106,8 @@ final class SafeTensorsHandle {
         let v = views[i]
         var t = pst_tensor()
         t.struct_size = MemoryLayout<pst_tensor>.size
-        t.name = UnsafePointer(names[i].p)
-        t.dtype = UnsafePointer(dtypes[i].p)
+        t.name = names[i].cString
+        t.dtype = dtypes[i].cString
         t.ndim = Int32(v.shape.count)
         withUnsafeMutableBytes(of: &t.shape) { raw in
             let s = raw.bindMemory(to: Int64.self)
@@ -52,6 +116,27 @@ final class SafeTensorsHandle {
         t.data = v.bytes.baseAddress
         t.byte_count = Int64(v.byteCount)
         out.pointee = t
+    }
+
+    func checkTensorIndex(_ index: Int64) throws(PSTError) -> Int {
+        guard index >= 0 && index < Int64(views.count) else {
+            throw .invalidArgument("index (\(index)) must be in 0..<\(views.count)")
+        }
+        return Int(index)
+    }
+
+    func checkMetadataIndex(_ index: Int64) throws(PSTError) -> Int {
+        guard index >= 0 && index < Int64(metaKeys.count) else {
+            throw .invalidArgument("index (\(index)) must be in 0..<\(metaKeys.count)")
+        }
+        return Int(index)
+    }
+
+    /// Tensor i for a function that hands its name out NUL-terminated.
+    func requireNULFreeName(_ i: Int, _ v2: StaticString) throws(PSTError) {
+        guard !names[i].containsNUL else {
+            throw .unsupported("tensor \(i) is named \(quoted(views[i].name)), which holds a NUL byte: as a NUL-terminated string it would read shorter; use \(v2), which gives the name with its length")
+        }
     }
 }
 
@@ -79,7 +164,7 @@ public func pst_safetensors_open(_ path: UnsafePointer<CChar>?, _ out: UnsafeMut
 }
 
 /// Closes a file opened by pst_safetensors_open (unmapping it); NULL is a no-op. Pointers
-/// from pst_safetensors_tensor_at/_find/_metadata_at become invalid.
+/// from pst_safetensors_tensor_at/_find/_metadata_at (and their _v2) become invalid.
 @c(pstimpl_safetensors_free)
 public func pst_safetensors_free(_ st: UnsafeMutablePointer<pst_safetensors>?) {
     if let st { releaseHandle(st, as: SafeTensorsHandle.self) }
@@ -99,38 +184,72 @@ public func pst_safetensors_count(_ st: UnsafeMutablePointer<pst_safetensors>?, 
 }
 
 /// Describes tensor index (0 ... count-1, in the file's data order) in *out (out->struct_size
-/// must be sizeof(pst_tensor)); out->data points into the mapping, no copy.
-/// Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
+/// must be sizeof(pst_tensor)); out->data points into the mapping, no copy. out->name is
+/// NUL-terminated, so a name holding a NUL byte (a JSON "\u0000") is refused, never cut short:
+/// pst_safetensors_tensor_at_v2 gives every name with its length.
+/// Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size), PST_ERR_UNSUPPORTED
+/// (the name holds a NUL byte).
 @c(pstimpl_safetensors_tensor_at)
 public func pst_safetensors_tensor_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64, _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
     cEntry("pst_safetensors_tensor_at") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let o = try checkTensorStruct(out, "out")
-        guard index >= 0 && index < Int64(h.views.count) else {
-            throw .invalidArgument("index (\(index)) must be in 0..<\(h.views.count)")
-        }
-        h.fill(Int(index), o)
+        let i = try h.checkTensorIndex(index)
+        try h.requireNULFreeName(i, "pst_safetensors_tensor_at_v2")
+        h.fill(i, o)
     }
 }
 
-/// Describes the tensor called name in *out (as pst_safetensors_tensor_at).
+/// As pst_safetensors_tensor_at, for any name: *out describes tensor index and *name gets the
+/// name's bytes and length (out->name points to the same bytes; both are followed by a NUL and
+/// borrowed from st until pst_safetensors_free). Names may hold NUL bytes.
+/// Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
+@c(pstimpl_safetensors_tensor_at_v2)
+public func pst_safetensors_tensor_at_v2(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64, _ out: UnsafeMutablePointer<pst_tensor>?,
+                                         _ name: UnsafeMutablePointer<pst_string>?) -> Int32 {
+    cEntry("pst_safetensors_tensor_at_v2") { () throws(PSTError) in
+        let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
+        let o = try checkTensorStruct(out, "out")
+        let n = try required(name, "name")
+        let i = try h.checkTensorIndex(index)
+        h.fill(i, o)
+        n.pointee = h.names[i].string
+    }
+}
+
+/// Describes the tensor called name (NUL-terminated) in *out (as pst_safetensors_tensor_at).
 /// Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG.
 @c(pstimpl_safetensors_find)
 public func pst_safetensors_find(_ st: UnsafeMutablePointer<pst_safetensors>?, _ name: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
     cEntry("pst_safetensors_find") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
-        let n = try cString(name, "name")
+        let n = try cText(name, "name")
         let o = try checkTensorStruct(out, "out")
-        guard let i = h.views.firstIndex(where: { $0.name == n }) else {
-            throw .notFound("\(h.file.path): no tensor \"\(n)\"")
-        }
+        guard let i = h.file.index(of: n) else { throw .notFound("\(h.file.path): no tensor \(quoted(n))") }
+        h.fill(i, o)
+    }
+}
+
+/// Describes the tensor whose name is the name_length bytes at name (UTF-8, NUL bytes
+/// allowed; name may be NULL when name_length is 0) in *out, as pst_safetensors_tensor_at_v2
+/// without the name.
+/// Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG (NULL, name_length < 0, invalid UTF-8).
+@c(pstimpl_safetensors_find_v2)
+public func pst_safetensors_find_v2(_ st: UnsafeMutablePointer<pst_safetensors>?, _ name: UnsafePointer<CChar>?, _ name_length: Int64,
+                                    _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
+    cEntry("pst_safetensors_find_v2") { () throws(PSTError) in
+        let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
+        let n = try lengthText(name, name_length, data: "name", length: "name_length")
+        let o = try checkTensorStruct(out, "out")
+        guard let i = h.file.index(of: n) else { throw .notFound("\(h.file.path): no tensor \(quoted(n))") }
         h.fill(i, o)
     }
 }
 
 /// The index-th __metadata__ entry: *key and *value point to NUL-terminated strings owned by
-/// the file handle.
-/// Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
+/// the file handle. A key or value holding a NUL byte (a JSON "\u0000") is refused, never cut
+/// short: pst_safetensors_metadata_at_v2 gives every entry with its lengths.
+/// Errors: PST_ERR_INVALID_ARG (index out of range, NULL), PST_ERR_UNSUPPORTED (a NUL byte).
 @c(pstimpl_safetensors_metadata_at)
 public func pst_safetensors_metadata_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64,
                                         _ key: UnsafeMutablePointer<UnsafePointer<CChar>?>?,
@@ -138,73 +257,147 @@ public func pst_safetensors_metadata_at(_ st: UnsafeMutablePointer<pst_safetenso
     cEntry("pst_safetensors_metadata_at") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let k = try required(key, "key"), v = try required(value, "value")
-        guard index >= 0 && index < Int64(h.metaKeys.count) else {
-            throw .invalidArgument("index (\(index)) must be in 0..<\(h.metaKeys.count)")
+        let i = try h.checkMetadataIndex(index)
+        let mk = h.metaKeys[i], mv = h.metaValues[i]
+        guard !mk.containsNUL && !mv.containsNUL else {
+            let pairs = h.file.metadataPairs ?? []
+            let which = mk.containsNUL ? "key \(quoted(pairs[i].key))" : "value of key \(quoted(pairs[i].key))"
+            throw .unsupported("__metadata__ entry \(i): the \(which) holds a NUL byte: as a NUL-terminated string it would read shorter; use pst_safetensors_metadata_at_v2, which gives strings with their lengths")
         }
-        k.pointee = UnsafePointer(h.metaKeys[Int(index)].p)
-        v.pointee = UnsafePointer(h.metaValues[Int(index)].p)
+        k.pointee = mk.cString
+        v.pointee = mv.cString
     }
+}
+
+/// The index-th __metadata__ entry (0 ... metadata_count-1, in file order) with lengths:
+/// *key and *value get the bytes and byte lengths of the key and value (UTF-8, NUL bytes
+/// allowed, each followed by a NUL; borrowed from st until pst_safetensors_free).
+/// Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
+@c(pstimpl_safetensors_metadata_at_v2)
+public func pst_safetensors_metadata_at_v2(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64,
+                                           _ key: UnsafeMutablePointer<pst_string>?, _ value: UnsafeMutablePointer<pst_string>?) -> Int32 {
+    cEntry("pst_safetensors_metadata_at_v2") { () throws(PSTError) in
+        let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
+        let k = try required(key, "key"), v = try required(value, "value")
+        let i = try h.checkMetadataIndex(index)
+        k.pointee = h.metaKeys[i].string
+        v.pointee = h.metaValues[i].string
+    }
+}
+
+/// The tensors of a write call: count pst_tensor structs (tensors may be NULL when count is
+/// 0), named by names[i] when names is given, else by tensors[i].name (NUL-terminated).
+func writeEntries(_ tensors: UnsafePointer<pst_tensor>?, _ count: Int64, names: UnsafePointer<pst_string>?) throws(PSTError) -> [SafeTensorsEntry] {
+    guard count >= 0 && count <= maxSafeTensorsCount else {
+        throw .invalidArgument("count (\(count)) must be in 0...\(maxSafeTensorsCount) (more tensors do not fit in a safetensors header)")
+    }
+    var entries: [SafeTensorsEntry] = []
+    guard count > 0 else { return entries }
+    let ts = try required(tensors, "tensors")
+    entries.reserveCapacity(Int(count))
+    for i in 0..<Int(count) {
+        let t = ts[i]
+        guard t.struct_size == MemoryLayout<pst_tensor>.size else {
+            throw .invalidArgument("tensors[\(i)].struct_size (\(t.struct_size)) must be sizeof(pst_tensor) (\(MemoryLayout<pst_tensor>.size))")
+        }
+        let name: String
+        if let names { name = try lengthText(names[i], "names[\(i)]") } else { name = try cText(t.name, "tensors[\(i)].name") }
+        let dts = try cText(t.dtype, "tensors[\(i)].dtype")
+        guard let dt = SafeTensorsDType(rawValue: dts) else {
+            throw .invalidArgument("tensors[\(i)].dtype (\(quoted(dts))) is not a safetensors dtype")
+        }
+        guard t.ndim >= 0 && t.ndim <= PST_MAX_DIMS else {
+            throw .invalidArgument("tensors[\(i)].ndim (\(t.ndim)) must be in 0...\(PST_MAX_DIMS)")
+        }
+        var shape: [Int] = []
+        var n = 1
+        var st = t
+        try withUnsafeBytes(of: &st.shape) { (raw) throws(PSTError) in
+            let s = raw.bindMemory(to: Int64.self)
+            for k in 0..<Int(t.ndim) {
+                guard s[k] >= 0 && s[k] <= Int64(Int32.max) else {
+                    throw .invalidArgument("tensors[\(i)].shape[\(k)] (\(s[k])) must be in 0...2^31-1")
+                }
+                shape.append(Int(s[k]))
+                let (m, o) = n.multipliedReportingOverflow(by: Int(s[k]))
+                guard !o else { throw .invalidArgument("tensors[\(i)].shape \(shape) has too many elements") }
+                n = m
+            }
+        }
+        let (bytes, o) = n.multipliedReportingOverflow(by: dt.size)
+        guard !o else { throw .invalidArgument("tensors[\(i)].shape \(shape) × \(dt.rawValue) has too many bytes") }
+        guard t.byte_count == Int64(bytes) else {
+            throw .invalidArgument("tensors[\(i)].byte_count (\(t.byte_count)) must be product(shape) * \(dt.size) = \(bytes)")
+        }
+        if bytes > 0 && t.data == nil { throw .invalidArgument("tensors[\(i)].data is NULL") }
+        entries.append(SafeTensorsEntry(name: name, dtype: dt, shape: shape,
+                                        bytes: UnsafeRawBufferPointer(start: t.data, count: bytes)))
+    }
+    return entries
 }
 
 /// Writes count tensors (and meta_count __metadata__ string pairs; the arrays may be NULL when
 /// meta_count is 0) to path as safetensors, laid out as the Python package does (by dtype
-/// alignment, then name; header padded to 8 bytes). The file is written to a temporary name in
-/// the same directory, fsynced and renamed over path: an existing file is never left half
-/// written. Tensor data is read during the call only.
+/// alignment, then name; header padded to 8 bytes). Names, keys and values are NUL-terminated
+/// UTF-8 of any length; meta_count 0 writes no __metadata__ key. pst_safetensors_write_v2
+/// takes strings with lengths (NUL bytes inside) and writes an empty __metadata__ too.
+/// The file is written to a temporary name in the same directory, fsynced and renamed over
+/// path: an existing file is never left half written. Tensor data is read during the call only.
 /// Errors: PST_ERR_INVALID_ARG (NULLs, unknown dtype, byte_count disagreeing with the shape,
-/// duplicate names), PST_ERR_IO.
+/// duplicate names, invalid UTF-8, a header over the format's 100,000,000 bytes), PST_ERR_IO.
 @c(pstimpl_safetensors_write)
 public func pst_safetensors_write(_ path: UnsafePointer<CChar>?, _ tensors: UnsafePointer<pst_tensor>?, _ count: Int64,
                                   _ meta_keys: UnsafePointer<UnsafePointer<CChar>?>?, _ meta_values: UnsafePointer<UnsafePointer<CChar>?>?,
                                   _ meta_count: Int64) -> Int32 {
     cEntry("pst_safetensors_write") { () throws(PSTError) in
         let p = try cString(path, "path")
-        guard count >= 0 && count <= 1_000_000 else { throw .invalidArgument("count (\(count)) must be in 0...1000000") }
-        guard meta_count >= 0 && meta_count <= 100_000 else { throw .invalidArgument("meta_count (\(meta_count)) must be in 0...100000") }
-        var entries: [SafeTensorsEntry] = []
-        if count > 0 {
-            let ts = try required(tensors, "tensors")
-            for i in 0..<Int(count) {
-                let t = ts[i]
-                guard t.struct_size == MemoryLayout<pst_tensor>.size else {
-                    throw .invalidArgument("tensors[\(i)].struct_size (\(t.struct_size)) must be sizeof(pst_tensor)")
-                }
-                let name = try cString(t.name, "tensors[i].name")
-                let dts = try cString(t.dtype, "tensors[i].dtype")
-                guard let dt = SafeTensorsDType(rawValue: dts) else {
-                    throw .invalidArgument("tensors[\(i)].dtype (\"\(dts)\") is not a safetensors dtype")
-                }
-                guard t.ndim >= 0 && t.ndim <= PST_MAX_DIMS else {
-                    throw .invalidArgument("tensors[\(i)].ndim (\(t.ndim)) must be in 0...\(PST_MAX_DIMS)")
-                }
-                var shape: [Int] = []
-                var n = 1
-                var st = t
-                try withUnsafeBytes(of: &st.shape) { (raw) throws(PSTError) in
-                    let s = raw.bindMemory(to: Int64.self)
-                    for k in 0..<Int(t.ndim) {
-                        guard s[k] >= 0 && s[k] <= Int64(Int32.max) else {
-                            throw .invalidArgument("tensors[\(i)].shape[\(k)] (\(s[k])) must be in 0...2^31-1")
-                        }
-                        shape.append(Int(s[k]))
-                        let (m, o) = n.multipliedReportingOverflow(by: Int(s[k]))
-                        guard !o else { throw .invalidArgument("tensors[\(i)] has too many elements") }
-                        n = m
-                    }
-                }
-                guard t.byte_count == Int64(n * dt.size) else {
-                    throw .invalidArgument("tensors[\(i)].byte_count (\(t.byte_count)) must be product(shape) * \(dt.size) = \(n * dt.size)")
-                }
-                if n > 0 && t.data == nil { throw .invalidArgument("tensors[\(i)].data is NULL") }
-                entries.append(SafeTensorsEntry(name: name, dtype: dt, shape: shape,
-                                                bytes: UnsafeRawBufferPointer(start: t.data, count: Int(t.byte_count))))
-            }
+        guard meta_count >= 0 && meta_count <= maxSafeTensorsMetadataCount else {
+            throw .invalidArgument("meta_count (\(meta_count)) must be in 0...\(maxSafeTensorsMetadataCount) (more entries do not fit in a safetensors header)")
         }
+        let entries = try writeEntries(tensors, count, names: nil)
         var meta: [(String, String)]? = nil
         if meta_count > 0 {
             let ks = try required(meta_keys, "meta_keys"), vs = try required(meta_values, "meta_values")
             var m: [(String, String)] = []
-            for i in 0..<Int(meta_count) { m.append((try cString(ks[i], "meta_keys[i]"), try cString(vs[i], "meta_values[i]"))) }
+            for i in 0..<Int(meta_count) { m.append((try cText(ks[i], "meta_keys[\(i)]"), try cText(vs[i], "meta_values[\(i)]"))) }
+            meta = m
+        }
+        try SafeTensorsWriter.write(entries, metadata: meta, to: p)
+    }
+}
+
+/// Writes a safetensors file as pst_safetensors_write, with strings carried by length:
+/// tensor i is named names[i] (UTF-8, NUL bytes allowed) or, when names is NULL,
+/// tensors[i].name (NUL-terminated; tensors[i].name is ignored when names is given).
+/// meta_count is the number of __metadata__ pairs meta_keys[i]: meta_values[i] (pst_string
+/// arrays, NULL allowed when meta_count <= 0); 0 writes an empty "__metadata__":{} and
+/// PST_SAFETENSORS_NO_METADATA (-1) no __metadata__ key: safetensors' metadata={} and
+/// metadata=None, byte for byte (pairs are written in the order given; the Python package
+/// writes several keys in a random hash order). No string has a length cap of its own; the
+/// header as a whole is limited to the format's 100,000,000 bytes. Atomic, as
+/// pst_safetensors_write; every argument is checked before the file is created.
+/// Errors: PST_ERR_INVALID_ARG (NULLs, a negative length, invalid UTF-8, unknown dtype,
+/// byte_count disagreeing with the shape, duplicate names or keys, a tensor named
+/// "__metadata__", the header over 100,000,000 bytes), PST_ERR_IO.
+@c(pstimpl_safetensors_write_v2)
+public func pst_safetensors_write_v2(_ path: UnsafePointer<CChar>?, _ tensors: UnsafePointer<pst_tensor>?,
+                                     _ names: UnsafePointer<pst_string>?, _ count: Int64,
+                                     _ meta_keys: UnsafePointer<pst_string>?, _ meta_values: UnsafePointer<pst_string>?,
+                                     _ meta_count: Int64) -> Int32 {
+    cEntry("pst_safetensors_write_v2") { () throws(PSTError) in
+        let p = try cString(path, "path")
+        guard meta_count >= Int64(PST_SAFETENSORS_NO_METADATA) && meta_count <= maxSafeTensorsMetadataCount else {
+            throw .invalidArgument("meta_count (\(meta_count)) must be PST_SAFETENSORS_NO_METADATA (-1) or in 0...\(maxSafeTensorsMetadataCount)")
+        }
+        let entries = try writeEntries(tensors, count, names: names)
+        var meta: [(String, String)]? = nil
+        if meta_count >= 0 {
+            var m: [(String, String)] = []
+            if meta_count > 0 {
+                let ks = try required(meta_keys, "meta_keys"), vs = try required(meta_values, "meta_values")
+                m.reserveCapacity(Int(meta_count))
+                for i in 0..<Int(meta_count) { m.append((try lengthText(ks[i], "meta_keys[\(i)]"), try lengthText(vs[i], "meta_values[\(i)]"))) }
+            }
             meta = m
         }
         try SafeTensorsWriter.write(entries, metadata: meta, to: p)
@@ -218,7 +411,7 @@ func layerList(_ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?, _ path
     var out: [PeftModule] = []
     for i in 0..<Int(count) {
         guard let l = ls[i] else { throw .invalidArgument("layers[\(i)] is NULL") }
-        out.append(PeftModule(try cString(ps[i], "module_paths[i]"), object(l, as: LoraLinear.self)))
+        out.append(PeftModule(try cText(ps[i], "module_paths[\(i)]"), object(l, as: LoraLinear.self)))
     }
     return out
 }
@@ -238,7 +431,7 @@ public func pst_peft_save(_ directory: UnsafePointer<CChar>?, _ adapter_name: Un
     cEntry("pst_peft_save") { () throws(PSTError) in
         let dir = try cString(directory, "directory"), name = try cString(adapter_name, "adapter_name")
         let mods = try layerList(layers, module_paths, count)
-        let base: String? = base_model_name_or_path == nil ? nil : try cString(base_model_name_or_path, "base_model_name_or_path")
+        let base: String? = base_model_name_or_path == nil ? nil : try cText(base_model_name_or_path, "base_model_name_or_path")
         try PeftAdapterDirectory.save(adapter: name, of: mods, to: dir, baseModelNameOrPath: base)
     }
 }
@@ -281,7 +474,7 @@ public func pst_bnb_save(_ path: UnsafePointer<CChar>?, _ weights: UnsafePointer
                 guard let out = q.shape.first else { throw .invalidArgument("weights[\(i)] has no shape") }
                 bias = try AlignedBuffer(copying: UnsafeBufferPointer(start: b, count: out))
             }
-            layers.append(BnbLayer(module: try cString(ms[i], "modules[i]"), weight: q, bias: bias))
+            layers.append(BnbLayer(module: try cText(ms[i], "modules[\(i)]"), weight: q, bias: bias))
         }
         try BnbCheckpoint.save(layers, to: p)
     }
@@ -300,7 +493,7 @@ public func pst_bnb_load(_ path: UnsafePointer<CChar>?, _ module: UnsafePointer<
         let w = try required(weight, "weight")
         w.pointee = nil
         let f = try SafeTensorsFile(path: try cString(path, "path"))
-        let layer = try BnbCheckpoint.load(f, module: try cString(module, "module"))
+        let layer = try BnbCheckpoint.load(f, module: try cText(module, "module"))
         if let b = layer.bias, let out = bias {
             try requireCapacity("bias", have: bias_capacity, need: b.count, unit: "floats")
             out.update(from: b.baseAddress, count: b.count)

@@ -368,26 +368,49 @@ public enum JSON {
         for shift in stride(from: 12, through: 0, by: -4) { out.append(hex[Int((u >> UInt32(shift)) & 0xF)]) }
     }
 
+    /// The escape of `"`, `\\` or a control character U+0000...U+001F.
+    static func appendEscaped(_ v: UInt32, _ out: inout [UInt8]) {
+        switch v {
+        case 0x22: out.append(contentsOf: "\\\"".utf8)
+        case 0x5C: out.append(contentsOf: "\\\\".utf8)
+        case 0x08: out.append(contentsOf: "\\b".utf8)
+        case 0x0C: out.append(contentsOf: "\\f".utf8)
+        case 0x0A: out.append(contentsOf: "\\n".utf8)
+        case 0x0D: out.append(contentsOf: "\\r".utf8)
+        case 0x09: out.append(contentsOf: "\\t".utf8)
+        default: appendU4(v, &out)
+        }
+    }
+
     /// Python's / serde_json's escaping: `\"`, `\\`, `\b \f \n \r \t`, other controls as
     /// `\u00xx`; with ensureASCII also DEL and everything non-ASCII as `\uxxxx` (UTF-16).
     static func writeString(_ s: String, _ ensureASCII: Bool, _ out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        if !ensureASCII {
+            // serde_json: only `"`, `\` and U+0000...U+001F are escaped (NUL as `\u0000`); every
+            // other byte of the UTF-8 is copied, in runs (metadata values can be megabytes).
+            var s = s
+            s.withUTF8 { b in
+                var start = 0
+                for i in 0..<b.count {
+                    let c = b[i]
+                    guard c < 0x20 || c == 0x22 || c == 0x5C else { continue }
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<i]))
+                    appendEscaped(UInt32(c), &out)
+                    start = i + 1
+                }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<b.count]))
+            }
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         for u in s.unicodeScalars {
             let v = u.value
             switch v {
-            case 0x22: out.append(contentsOf: "\\\"".utf8)
-            case 0x5C: out.append(contentsOf: "\\\\".utf8)
-            case 0x08: out.append(contentsOf: "\\b".utf8)
-            case 0x0C: out.append(contentsOf: "\\f".utf8)
-            case 0x0A: out.append(contentsOf: "\\n".utf8)
-            case 0x0D: out.append(contentsOf: "\\r".utf8)
-            case 0x09: out.append(contentsOf: "\\t".utf8)
-            case 0..<0x20: appendU4(v, &out)
+            case 0..<0x20, 0x22, 0x5C: appendEscaped(v, &out)
             case 0x20..<0x7F: out.append(UInt8(v))
             default:
-                if !ensureASCII {
-                    out.append(contentsOf: String(u).utf8)
-                } else if v < 0x10000 {
+                if v < 0x10000 {
                     appendU4(v, &out)
                 } else {
                     let w = v - 0x10000

@@ -3,10 +3,22 @@
 // (U64, I64, F64, C64, F32, U32, I32, BF16, F16, U16, I16, F8..., I8, U8, BOOL), then by name
 // (bytewise UTF-8); offsets packed with no gaps; the header is serde_json's compact output
 // `{"__metadata__":{...},"name":{"dtype":"F32","shape":[..],"data_offsets":[b,e]},...}`
-// (no `__metadata__` key when there is no metadata) padded with spaces to a multiple of 8.
-// The Python package writes metadata keys in hash order; peftswift writes them in the order
-// given, so files are identical whenever there are at most one metadata key (PEFT writes
-// exactly {"format": "pt"}).
+// (no `__metadata__` key when the metadata is nil, `"__metadata__":{}` when it is empty, as
+// `metadata=None` / `metadata={}`) padded with spaces to a multiple of 8. Strings are escaped
+// as serde_json does (`\u0000` for NUL, other controls likewise; UTF-8 kept as is).
+// The Python package writes metadata keys in hash order (a Rust HashMap, different in every
+// process); peftswift writes them in the order given, so files are identical whenever there
+// is at most one metadata key (PEFT writes exactly {"format": "pt"}).
+// Two deliberate differences, both where the Python package writes a file nobody can read:
+//  - no tensors and empty metadata: the package writes `{},"__metadata__":{}}` (its
+//    `impl Serialize for Metadata` in tensor.rs announces a map of tensors.len() +
+//    metadata.len() entries, 0 here, and serde_json closes such a map at once); peftswift
+//    writes `{"__metadata__":{}}`;
+//  - a tensor named `__metadata__`: the package writes it as a second `__metadata__` key;
+//    peftswift refuses the name.
+// The header is limited as the package limits it: at most 100,000,000 bytes after padding
+// (MAX_HEADER_SIZE in tensor.rs; its writer fails with "header too large" and its reader
+// rejects longer headers), so every file written can be read back by both.
 
 /// One tensor to write.
 public struct SafeTensorsEntry {
@@ -67,7 +79,9 @@ public struct SafeTensorsEntry {
 public enum SafeTensorsWriter {
     /// The header (length prefix + padded JSON) and the entries' indices in write order.
     /// Checks: names unique and not `__metadata__`; shape dims >= 0; product(shape) × dtype
-    /// size == the entry's byte count (`PST_ERR_SHAPE` otherwise); metadata keys unique.
+    /// size == the entry's byte count (`PST_ERR_SHAPE` otherwise); metadata keys unique; the
+    /// padded header at most `SafeTensorsFile.maxHeaderBytes` (`PST_ERR_INVALID_ARG`).
+    /// `metadata` nil writes no `__metadata__` key, `[]` writes `"__metadata__":{}`.
     public static func header(for entries: [SafeTensorsEntry], metadata: [(String, String)]?) throws(PSTError) -> (bytes: [UInt8], order: [Int]) {
         var seen = Set<String>()
         for e in entries {
@@ -113,6 +127,9 @@ public enum SafeTensorsWriter {
         var json = JSON.serialize(.object(root), style: .compact)
         let pad = (8 - json.count % 8) % 8
         json.append(contentsOf: repeatElement(UInt8(ascii: " "), count: pad))
+        guard json.count <= SafeTensorsFile.maxHeaderBytes else {
+            throw .invalidArgument("the safetensors header would be \(json.count) bytes (names and metadata included), more than the format's limit of \(SafeTensorsFile.maxHeaderBytes) bytes (MAX_HEADER_SIZE of the safetensors package, whose reader rejects such files)")
+        }
         var out: [UInt8] = []
         out.reserveCapacity(8 + json.count)
         var n = UInt64(json.count).littleEndian

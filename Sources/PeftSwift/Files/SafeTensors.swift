@@ -16,6 +16,8 @@ import Glibc
 // begin <= end; product(shape) × dtype size (without overflow, even with a zero dimension) ==
 // end − begin; the tiling above. Stricter than the Python package (which keeps the last of two
 // equal keys): duplicate tensor names or metadata keys are rejected.
+// Names and metadata are any JSON strings: escapes are decoded (`\u0000` gives a NUL
+// character, kept: a Swift String carries it, and the C API hands strings out with lengths).
 
 /// A safetensors element type (the header's spelling is the raw value). Sub-byte types (F4,
 /// F6_*) are not supported.
@@ -286,6 +288,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public func info(_ name: String) -> SafeTensorInfo? { byName[name].map { tensors[$0] } }
 
     public func contains(_ name: String) -> Bool { byName[name] != nil }
+
+    /// The position of tensor `name` in `tensors` (data order).
+    public func index(of name: String) -> Int? { byName[name] }
 
     /// The tensor `name`, or `PST_ERR_NOT_FOUND`.
     public func tensor(_ name: String) throws(PSTError) -> SafeTensorView {

@@ -28,7 +28,11 @@ def to_numpy(x, *, what: str = "A"):
     """Returns (array, dtype code or None, was_torch). bf16 comes back as a uint16 view.
 
     Accepts numpy arrays, ml_dtypes bfloat16 arrays, PyTorch CPU tensors (any dtype) and
-    anything np.asarray takes. Arrays stay views of the caller's memory when C-contiguous."""
+    anything np.asarray takes. Arrays stay views of the caller's memory when C-contiguous and
+    in native byte order; a non-native array ('>f4' on this little-endian machine) is converted
+    to native order (a copy holding the same values), never passed on with its bytes as they
+    are: the engine and every file it writes are little-endian, as safetensors.numpy, which
+    byte-swaps such arrays before writing."""
     if is_torch(x):
         import torch
 
@@ -41,6 +45,8 @@ def to_numpy(x, *, what: str = "A"):
         a = t.numpy()
         return a, _float_code(a.dtype), True
     a = np.asarray(x)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     if not a.flags.c_contiguous:  # (np.ascontiguousarray would also turn a 0-d array into 1-d)
         a = np.ascontiguousarray(a)
     if a.dtype.name == "bfloat16":

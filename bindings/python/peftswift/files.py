@@ -31,19 +31,19 @@ class SafeTensors:
     def __init__(self, path):
         self._f = _File(path)
         self.path = str(path)
-        self._index = {t[0]: t for t in _native.st_tensors(self._f._h)}
+        self._names = [t[0] for t in _native.st_tensors(self._f._h)]
 
     def keys(self):
-        return list(self._index)
+        return list(self._names)
 
     def metadata(self) -> Dict[str, str]:
         return _native.st_metadata(self._f._h)
 
     def get_tensor(self, name: str) -> np.ndarray:
-        t = self._index.get(name)
-        if t is None:
-            raise KeyError(f"{self.path}: no tensor {name!r}")
-        return _view(self._f, self.path, *t)
+        """The tensor called name (peftswift.NotFoundError, a KeyError, when there is none)."""
+        if not isinstance(name, str):
+            raise KeyError(f"{self.path}: no tensor {name!r} (names are str)")
+        return _view(self._f, self.path, *_native.st_find(self._f._h, name))
 
     def __enter__(self):
         return self
@@ -79,19 +79,43 @@ def load_metadata(path) -> Dict[str, str]:
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Optional[Mapping[str, str]] = None) -> None:
     """Writes tensors (numpy arrays, ml_dtypes bfloat16 arrays or CPU torch tensors) as a
-    safetensors file laid out as the Python package does; atomically (temporary file, fsync,
-    rename): an existing file is never left half written."""
+    safetensors file byte for byte as safetensors.numpy.save_file does; atomically (temporary
+    file, fsync, rename): an existing file is never left half written.
+
+    As safetensors: arrays in big-endian byte order are written little-endian (the format's
+    order) with their values intact; metadata=None writes no __metadata__, metadata={} an
+    empty one; names, keys and values are str (anything else is a TypeError) of any length,
+    NUL characters included; the header may not exceed 100,000,000 bytes. safetensors writes
+    several metadata keys in a random (hash) order; peftswift in the mapping's order."""
     items = []
     keep = []
     for name, t in tensors.items():
-        a, code, _ = _arrays.to_numpy(t, what=str(name))
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names must be str, not {type(name).__name__} ({name!r})")
+        a, code, _ = _arrays.to_numpy(t, what=name)  # native byte order, C-contiguous
         dname = "bfloat16" if code == _arrays.BF16 else a.dtype.name
         st = _FROM_NUMPY.get(dname)
         if st is None:
             raise TypeError(f"tensor {name!r} has dtype {dname}, which safetensors cannot store")
+        a = _little_endian(a)
         keep.append(a)
-        items.append((str(name), st, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8)))
-    _native.st_write(str(path), items, None if metadata is None else {str(k): str(v) for k, v in metadata.items()})
+        items.append((name, st, tuple(int(s) for s in a.shape), a.reshape(-1).view(np.uint8)))
+    md = None if metadata is None else dict(metadata)
+    for k, v in (md or {}).items():  # as safetensors: str to str, nothing converted
+        if not isinstance(k, str):
+            raise TypeError(f"metadata key {k!r} is {type(k).__name__}, not str")
+        if not isinstance(v, str):
+            raise TypeError(f"metadata[{k!r}] is {type(v).__name__}, not str")
+    _native.st_write(str(path), items, md)
+
+
+def _little_endian(a: np.ndarray) -> np.ndarray:
+    """a with its elements in little-endian byte order, the file's (safetensors.numpy
+    byte-swaps the same way): a itself when it already is."""
+    order = a.dtype.byteorder
+    if order == "|" or order == "<" or (order == "=" and np.little_endian):
+        return a
+    return a.astype(a.dtype.newbyteorder("<"))
 
 
 def save_adapter(directory, modules: Mapping[str, LoraLinear], adapter_name: str = "default",

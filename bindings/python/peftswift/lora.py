@@ -57,7 +57,7 @@ class LoraLinear:
         nested = st.nested
         self._q = _native.quant_from_state(
             np.ascontiguousarray(p, dtype=np.uint8),
-            np.ascontiguousarray(st.absmax),
+            np.ascontiguousarray(_arrays.to_numpy(st.absmax, what="absmax")[0]),  # native byte order
             _f32(st.code, "code"),
             _f32(st.state2.absmax, "nested_absmax") if nested else None,
             _f32(st.state2.code, "nested_code") if nested else None,

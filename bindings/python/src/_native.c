@@ -49,13 +49,32 @@ static PyObject *raise_status(pst_status st) {
 
 /* ---- buffers */
 
-/* Takes a C-contiguous buffer whose elements are `itemsize` bytes (0: any). */
+static int native_little_endian(void) {
+    const uint16_t one = 1;
+    return *(const uint8_t *)&one == 1;
+}
+
+/* A struct-module format with an explicit byte order other than this machine's ('>f' from a
+ * numpy '>f4' array): its elements would be read byte-swapped, so get_buffer refuses it. */
+static int nonnative_order(const char *format) {
+    char c = format[0];
+    return native_little_endian() ? (c == '>' || c == '!') : c == '<';
+}
+
+/* Takes a C-contiguous buffer in native byte order whose elements are `itemsize` bytes (0: any). */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *arg) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) != 0) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s buffer (numpy array, bytes, ...), got %s",
                      arg, writable ? " writable" : "", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (view->format && nonnative_order(view->format)) {
+        PyErr_Format(PyExc_TypeError, "%s must be in native (%s-endian) byte order, got format '%s'; "
+                     "convert it first, e.g. a.astype(a.dtype.newbyteorder('='))",
+                     arg, native_little_endian() ? "little" : "big", view->format);
+        PyBuffer_Release(view);
         return -1;
     }
     if (itemsize && view->itemsize != itemsize) {

@@ -21,116 +21,191 @@ static PyObject *m_st_open(PyObject *self, PyObject *args) {
     return cap;
 }
 
-/* st_tensors(capsule) -> [(name, dtype, shape, address, byte_count)] */
-static PyObject *m_st_tensors(PyObject *self, PyObject *args) {
+/* A str as a pst_string over its UTF-8 (NUL characters included; cached in the str object,
+ * valid while it lives). A str that is not one (or has lone surrogates) raises. */
+static int utf8_string(PyObject *o, pst_string *out, const char *what, Py_ssize_t index) {
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s %zd must be str, not %s", what, index, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_ssize_t len = 0;
+    const char *p = PyUnicode_AsUTF8AndSize(o, &len);
+    if (!p) return -1;
+    out->data = p;
+    out->length = (int64_t)len;
+    return 0;
+}
+
+/* st_tensors(st) -> [(name, dtype, shape, address, byte_count)]: pst_safetensors_tensor_at_v2
+ * (names with their lengths: a JSON "\u0000" inside a name comes through) */
+static PyObject *m_st_tensors(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    static char *kwlist[] = {"st", NULL};
+    PyObject *cap, *list = NULL, *ret = NULL;
+    pst_status s;
+    int64_t n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &cap)) return NULL;
     pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
     if (!st) return NULL;
-    int64_t n = 0;
-    pst_status s = pst_safetensors_count(st, &n, NULL);
-    if (s != PST_OK) return raise_status(s);
-    PyObject *list = PyList_New((Py_ssize_t)n);
-    if (!list) return NULL;
+    s = pst_safetensors_count(st, &n, NULL);
+    if (s != PST_OK) { raise_status(s); goto done; }
+    list = PyList_New((Py_ssize_t)n);
+    if (!list) goto done;
     for (int64_t i = 0; i < n; i++) {
         pst_tensor t;
+        pst_string name = {NULL, 0};
         memset(&t, 0, sizeof t);
         t.struct_size = sizeof t;
-        s = pst_safetensors_tensor_at(st, i, &t);
-        if (s != PST_OK) { Py_DECREF(list); return raise_status(s); }
+        s = pst_safetensors_tensor_at_v2(st, i, &t, &name);
+        if (s != PST_OK) { raise_status(s); goto done; }
         PyObject *shape = PyTuple_New(t.ndim);
-        if (!shape) { Py_DECREF(list); return NULL; }
-        for (int k = 0; k < t.ndim; k++) PyTuple_SET_ITEM(shape, k, PyLong_FromLongLong(t.shape[k]));
-        PyObject *item = Py_BuildValue("(ssNKL)", t.name, t.dtype, shape, (unsigned long long)(uintptr_t)t.data, (long long)t.byte_count);
-        if (!item) { Py_DECREF(list); return NULL; }
+        if (!shape) goto done;
+        for (int k = 0; k < t.ndim; k++) {
+            PyObject *d = PyLong_FromLongLong(t.shape[k]);
+            if (!d) { Py_DECREF(shape); goto done; }
+            PyTuple_SET_ITEM(shape, k, d);
+        }
+        PyObject *item = Py_BuildValue("(s#sNKL)", name.data, (Py_ssize_t)name.length, t.dtype, shape,
+                                       (unsigned long long)(uintptr_t)t.data, (long long)t.byte_count);
+        if (!item) goto done;
         PyList_SET_ITEM(list, (Py_ssize_t)i, item);
     }
-    return list;
+    ret = Py_NewRef(list);
+done:
+    Py_XDECREF(list);
+    return ret;
 }
 
-/* st_metadata(capsule) -> dict or None */
-static PyObject *m_st_metadata(PyObject *self, PyObject *args) {
+/* st_find(st, name) -> (name, dtype, shape, address, byte_count): pst_safetensors_find_v2 (the
+ * name with its length, NUL characters included) */
+static PyObject *m_st_find(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+    static char *kwlist[] = {"st", "name", NULL};
+    PyObject *cap, *oname, *shape = NULL, *ret = NULL;
+    pst_string name = {NULL, 0};
+    pst_tensor t;
+    pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OU", kwlist, &cap, &oname)) return NULL;
     pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
     if (!st) return NULL;
-    int64_t n = 0;
-    pst_status s = pst_safetensors_count(st, NULL, &n);
-    if (s != PST_OK) return raise_status(s);
-    PyObject *d = PyDict_New();
-    if (!d) return NULL;
-    for (int64_t i = 0; i < n; i++) {
-        const char *k = NULL, *v = NULL;
-        s = pst_safetensors_metadata_at(st, i, &k, &v);
-        if (s != PST_OK) { Py_DECREF(d); return raise_status(s); }
-        PyObject *vv = PyUnicode_FromString(v);
-        if (!vv || PyDict_SetItemString(d, k, vv) != 0) { Py_XDECREF(vv); Py_DECREF(d); return NULL; }
-        Py_DECREF(vv);
+    if (utf8_string(oname, &name, "tensor name", 0)) return NULL;
+    memset(&t, 0, sizeof t);
+    t.struct_size = sizeof t;
+    s = pst_safetensors_find_v2(st, name.data, name.length, &t);
+    if (s != PST_OK) { raise_status(s); goto done; }
+    shape = PyTuple_New(t.ndim);
+    if (!shape) goto done;
+    for (int k = 0; k < t.ndim; k++) {
+        PyObject *d = PyLong_FromLongLong(t.shape[k]);
+        if (!d) goto done;
+        PyTuple_SET_ITEM(shape, k, d);
     }
-    return d;
+    ret = Py_BuildValue("(OsOKL)", oname, t.dtype, shape, (unsigned long long)(uintptr_t)t.data, (long long)t.byte_count);
+done:
+    Py_XDECREF(shape);
+    return ret;
 }
 
-/* st_write(path, [(name, dtype, shape, buffer)], metadata dict|None) */
-static PyObject *m_st_write(PyObject *self, PyObject *args) {
+/* st_metadata(st) -> dict: pst_safetensors_metadata_at_v2 (keys and values with their lengths) */
+static PyObject *m_st_metadata(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"st", NULL};
+    PyObject *cap, *d = NULL, *ret = NULL;
+    pst_status s;
+    int64_t n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &cap)) return NULL;
+    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
+    if (!st) return NULL;
+    s = pst_safetensors_count(st, NULL, &n);
+    if (s != PST_OK) { raise_status(s); goto done; }
+    d = PyDict_New();
+    if (!d) goto done;
+    for (int64_t i = 0; i < n; i++) {
+        pst_string k = {NULL, 0}, v = {NULL, 0};
+        s = pst_safetensors_metadata_at_v2(st, i, &k, &v);
+        if (s != PST_OK) { raise_status(s); goto done; }
+        PyObject *kk = PyUnicode_DecodeUTF8(k.data, (Py_ssize_t)k.length, "strict");
+        PyObject *vv = kk ? PyUnicode_DecodeUTF8(v.data, (Py_ssize_t)v.length, "strict") : NULL;
+        int bad = !vv || PyDict_SetItem(d, kk, vv) != 0;
+        Py_XDECREF(kk); Py_XDECREF(vv);
+        if (bad) goto done;
+    }
+    ret = Py_NewRef(d);
+done:
+    Py_XDECREF(d);
+    return ret;
+}
+
+/* st_write(path, tensors=[(name, dtype, shape, buffer)], metadata=dict|None):
+ * pst_safetensors_write_v2 (None: no __metadata__; {}: an empty one, as safetensors) */
+static PyObject *m_st_write(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"path", "tensors", "metadata", NULL};
     const char *path;
-    PyObject *otensors, *ometa;
-    if (!PyArg_ParseTuple(args, "sOO", &path, &otensors, &ometa)) return NULL;
-    PyObject *seq = PySequence_Fast(otensors, "tensors must be a sequence");
-    if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    pst_tensor *ts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_tensor));
-    Py_buffer *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    const char **mk = NULL, **mv = NULL;
-    Py_ssize_t nm = 0;
-    PyObject *ret = NULL, *mitems = NULL;
-    if (!ts || !bufs) { PyErr_NoMemory(); goto done; }
+    PyObject *otensors, *ometa, *seq = NULL, *mitems = NULL, *ret = NULL;
+    pst_tensor *ts = NULL;
+    pst_string *names = NULL, *mk = NULL, *mv = NULL;
+    Py_buffer *bufs = NULL;
+    Py_ssize_t n = 0, nm = 0;
+    int64_t meta_count = PST_SAFETENSORS_NO_METADATA;
+    pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sOO", kwlist, &path, &otensors, &ometa)) return NULL;
+    seq = PySequence_Tuple(otensors); /* ours: its items (and their names) live while the GIL is released */
+    if (!seq) goto done;
+    n = PyTuple_GET_SIZE(seq);
+    ts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_tensor));
+    names = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_string));
+    bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    if (!ts || !names || !bufs) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *it = PySequence_Fast_GET_ITEM(seq, i), *oshape, *obuf;
-        const char *name, *dtype;
-        if (!PyArg_ParseTuple(it, "ssOO", &name, &dtype, &oshape, &obuf)) goto done;
+        PyObject *it = PyTuple_GET_ITEM(seq, i), *oname, *oshape, *obuf;
+        const char *dtype;
+        if (!PyArg_ParseTuple(it, "OsOO", &oname, &dtype, &oshape, &obuf)) goto done;
+        if (utf8_string(oname, &names[i], "tensor name", i)) goto done;
         PyObject *sh = PySequence_Fast(oshape, "shape must be a sequence");
         if (!sh) goto done;
         Py_ssize_t nd = PySequence_Fast_GET_SIZE(sh);
-        if (nd > PST_MAX_DIMS) { Py_DECREF(sh); PyErr_Format(PyExc_ValueError, "tensor %s has more than %d dimensions", name, PST_MAX_DIMS); goto done; }
+        if (nd > PST_MAX_DIMS) {
+            Py_DECREF(sh);
+            PyErr_Format(PyExc_ValueError, "tensor %R has %zd dimensions, more than %d", oname, nd, PST_MAX_DIMS);
+            goto done;
+        }
         ts[i].struct_size = sizeof(pst_tensor);
-        ts[i].name = name;
+        ts[i].name = NULL; /* names[i] carries it */
         ts[i].dtype = dtype;
         ts[i].ndim = (int32_t)nd;
         for (Py_ssize_t k = 0; k < nd; k++) ts[i].shape[k] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sh, k));
         Py_DECREF(sh);
         if (PyErr_Occurred()) goto done;
-        if (get_buffer(obuf, &bufs[i], 0, 0, name)) goto done;
+        if (get_buffer(obuf, &bufs[i], 0, 0, "tensor data")) goto done;
         ts[i].data = bufs[i].buf;
         ts[i].byte_count = bufs[i].len;
     }
     if (ometa != Py_None) {
-        mitems = PySequence_Fast(PyDict_Items(ometa), "metadata must be a dict");
+        if (!PyDict_Check(ometa)) { PyErr_Format(PyExc_TypeError, "metadata must be a dict or None, not %s", Py_TYPE(ometa)->tp_name); goto done; }
+        mitems = PyDict_Items(ometa); /* holds the keys and values while the GIL is released */
         if (!mitems) goto done;
-        nm = PySequence_Fast_GET_SIZE(mitems);
-        mk = PyMem_Calloc(nm ? (size_t)nm : 1, sizeof(char *));
-        mv = PyMem_Calloc(nm ? (size_t)nm : 1, sizeof(char *));
+        nm = PyList_GET_SIZE(mitems);
+        mk = PyMem_Calloc(nm ? (size_t)nm : 1, sizeof(pst_string));
+        mv = PyMem_Calloc(nm ? (size_t)nm : 1, sizeof(pst_string));
         if (!mk || !mv) { PyErr_NoMemory(); goto done; }
         for (Py_ssize_t i = 0; i < nm; i++) {
-            PyObject *kv = PySequence_Fast_GET_ITEM(mitems, i);
-            mk[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kv, 0));
-            mv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kv, 1));
-            if (!mk[i] || !mv[i]) goto done;
+            PyObject *kv = PyList_GET_ITEM(mitems, i);
+            if (utf8_string(PyTuple_GET_ITEM(kv, 0), &mk[i], "metadata key", i) ||
+                utf8_string(PyTuple_GET_ITEM(kv, 1), &mv[i], "metadata value", i)) goto done;
         }
+        meta_count = (int64_t)nm;
     }
-    pst_status s;
     Py_BEGIN_ALLOW_THREADS
-    s = pst_safetensors_write(path, ts, n, mk, mv, nm);
+    s = pst_safetensors_write_v2(path, ts, names, (int64_t)n, mk, mv, meta_count);
     Py_END_ALLOW_THREADS
     if (s != PST_OK) { raise_status(s); goto done; }
     ret = Py_NewRef(Py_None);
 done:
     if (bufs) for (Py_ssize_t i = 0; i < n; i++) release(&bufs[i]);
-    PyMem_Free(bufs); PyMem_Free(ts); PyMem_Free(mk); PyMem_Free(mv);
+    PyMem_Free(bufs); PyMem_Free(ts); PyMem_Free(names); PyMem_Free(mk); PyMem_Free(mv);
     Py_XDECREF(mitems);
-    Py_DECREF(seq);
+    Py_XDECREF(seq);
     return ret;
 }
 
@@ -303,9 +378,14 @@ static PyObject *m_bnb_load(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods_files[] = {
     {"st_open", m_st_open, METH_VARARGS, "pst_safetensors_open -> capsule"},
-    {"st_tensors", m_st_tensors, METH_VARARGS, "[(name, dtype, shape, address, byte_count)]"},
-    {"st_metadata", m_st_metadata, METH_VARARGS, "__metadata__ as a dict"},
-    {"st_write", m_st_write, METH_VARARGS, "pst_safetensors_write"},
+    {"st_tensors", (PyCFunction)(void (*)(void))m_st_tensors, METH_VARARGS | METH_KEYWORDS,
+     "st_tensors(st) -> [(name, dtype, shape, address, byte_count)]: pst_safetensors_tensor_at_v2."},
+    {"st_find", (PyCFunction)(void (*)(void))m_st_find, METH_VARARGS | METH_KEYWORDS,
+     "st_find(st, name) -> (name, dtype, shape, address, byte_count): pst_safetensors_find_v2."},
+    {"st_metadata", (PyCFunction)(void (*)(void))m_st_metadata, METH_VARARGS | METH_KEYWORDS,
+     "st_metadata(st) -> __metadata__ as a dict: pst_safetensors_metadata_at_v2."},
+    {"st_write", (PyCFunction)(void (*)(void))m_st_write, METH_VARARGS | METH_KEYWORDS,
+     "st_write(path, tensors, metadata): pst_safetensors_write_v2 (metadata None: no __metadata__)."},
     {"peft_save", m_peft_save, METH_VARARGS, "pst_peft_save"},
     {"peft_load", m_peft_load, METH_VARARGS, "pst_peft_load"},
     {"bnb_save", m_bnb_save, METH_VARARGS, "pst_bnb_save"},

@@ -11,15 +11,13 @@
 # Rerunning it upgrades every peer to the newest release. It writes the installed versions to
 # .bench-venv/peers.txt, which the benches compare with what they import (bench/_host.py).
 #
-# torch: the newest release, as the CPU-only build (torch==X+cpu) when pip can find one for that
-# version (a find-links folder, or PyTorch's CPU index $PST_TORCH_CPU_INDEX, default
-# https://download.pytorch.org/whl/cpu); otherwise PyPI's wheel, which also pulls the CUDA runtime
-# packages (several GB on disk, never loaded on a CPU-only host).
+# torch: the newest release, as the CPU-only build (torch==X+cpu) when pip's configured sources
+# (a find-links folder) have one for that version; otherwise PyPI's wheel, which also pulls the
+# CUDA runtime packages (several GB on disk, never loaded on a CPU-only host).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.bench-venv"
 py="$venv/bin/python"
-cpu_index="${PST_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 
 if [ ! -x "$py" ]; then
     echo "python3 -m venv $venv"
@@ -34,10 +32,10 @@ newest="${newest%%+*}"
 if [ -z "$newest" ]; then
     echo "could not list torch's versions; installing the newest pip resolves"
     pip install -q --upgrade torch
-elif pip install -q --retries 0 --timeout 20 --extra-index-url "$cpu_index" "torch==$newest+cpu" 2>/dev/null; then
+elif pip install -q --retries 0 --timeout 20 "torch==$newest+cpu" 2>/dev/null; then
     echo "torch $newest+cpu (CPU-only build)"
 else
-    echo "no CPU-only build of torch $newest reachable (find-links or $cpu_index); installing PyPI's torch $newest with its CUDA runtime packages"
+    echo "no CPU-only build of torch $newest in pip's sources; installing PyPI's torch $newest with its CUDA runtime packages"
     pip install -q "torch==$newest"
 fi
 

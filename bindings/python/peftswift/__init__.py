@@ -39,7 +39,7 @@ ABI_VERSION = _native.abi_version()
 
 def set_num_threads(n: int) -> None:
     """Threads the kernels use (default: all online CPUs)."""
-    _native.set_num_threads(int(n))
+    _native.set_num_threads(n=int(n))
 
 
 def get_num_threads() -> int:
@@ -47,4 +47,4 @@ def get_num_threads() -> int:
 
 
 def status_string(status: int) -> str:
-    return _native.status_string(int(status))
+    return _native.status_string(status=int(status))

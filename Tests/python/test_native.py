@@ -135,3 +135,29 @@ def test_positional_calls_still_work():
     _native.codebook(_native.PST_CODE_NF4, out)
     assert out[7] == 0.0 and out[-1] == 1.0
     assert _native.status_string(_native.PST_ERR_SHAPE) == _native.status_string(status=3)
+
+
+# The native methods that release the GIL around their library call; the package docstring
+# (help(peftswift), "Threads and the GIL") names the Python API over them.
+RELEASES_THE_GIL = {
+    "quantize_4bit", "dequantize_4bit", "quantize_8bit", "dequantize_8bit", "double_quantize",
+    "quant_from_state", "lora_create_dense", "lora_create_quantized", "lora_add_adapter", "lora_forward",
+    "lora_backward", "lora_zero_grad", "lora_merge", "lora_unmerge", "lora_base_weight",
+    "pager_create", "pager_set_budget", "paged_alloc", "paged_acquire",
+    "adamw_add_param", "adamw_step", "adamw_zero_grad", "adamw_clip_grad_norm", "adamw_save_state", "adamw_load_state",
+    "st_open", "st_write", "peft_save", "peft_load", "bnb_save", "bnb_load",
+    "llm_load", "llm_tokenize", "llm_chat_prompt", "llm_detokenize", "llm_logits", "llm_loss", "llm_backward",
+    "llm_zero_grad", "llm_add_adapter", "llm_delete_adapter", "llm_set_adapter", "llm_save_adapter",
+    "llm_load_adapter", "llm_generate", "trainer_create", "trainer_step", "trainer_train", "trainer_save_adapter",
+    "trainer_save_checkpoint", "latest_checkpoint",
+}
+
+
+def test_the_calls_that_release_the_gil_are_the_documented_ones():
+    src = "".join(p.read_text() for p in sorted((ROOT / "bindings/python/src").glob("*.c")))
+    bodies = {m.group(1): m.group(0) for m in re.finditer(r"static PyObject \*m_(\w+)\(.*?\n\}\n", src, re.S)}
+    assert set(bodies) == set(_native_functions())
+    released = {n for n, b in bodies.items() if "Py_BEGIN_ALLOW_THREADS" in b}
+    assert released == RELEASES_THE_GIL, (sorted(released - RELEASES_THE_GIL), sorted(RELEASES_THE_GIL - released))
+    doc = peftswift.__doc__
+    assert "Threads and the GIL" in doc and "MisuseError" in doc

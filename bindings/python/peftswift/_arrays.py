@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# PST_DTYPE_* values (peftswift.h)
-F32, F16, BF16 = 0, 1, 2
+from . import _native
+
+F32, F16, BF16 = _native.PST_DTYPE_F32, _native.PST_DTYPE_F16, _native.PST_DTYPE_BF16
 _NAMES = {F32: "float32", F16: "float16", BF16: "bfloat16"}
 _CODES = {v: k for k, v in _NAMES.items()}
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _arrays, _native
 from .lora import LoraLinear, _Borrowed
-from .quant import QuantState, _QUANT_TYPES, _f32
+from .quant import QuantState, _QUANT_TYPES, _f32, _quant_handle
 
 # safetensors dtype -> numpy typestr (BF16 comes out as ml_dtypes.bfloat16 when available)
 _TYPESTR = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
@@ -21,7 +21,7 @@ class _File:
     """Keeps an open (mapped) safetensors file alive while any array view of it exists."""
 
     def __init__(self, path: str):
-        self._h = _native.st_open(str(path))
+        self._h = _native.st_open(path=str(path))
 
 
 class SafeTensors:
@@ -31,19 +31,19 @@ class SafeTensors:
     def __init__(self, path):
         self._f = _File(path)
         self.path = str(path)
-        self._names = [t[0] for t in _native.st_tensors(self._f._h)]
+        self._names = [t[0] for t in _native.st_tensors(st=self._f._h)]
 
     def keys(self):
         return list(self._names)
 
     def metadata(self) -> Dict[str, str]:
-        return _native.st_metadata(self._f._h)
+        return _native.st_metadata(st=self._f._h)
 
     def get_tensor(self, name: str) -> np.ndarray:
         """The tensor called name (peftswift.NotFoundError, a KeyError, when there is none)."""
         if not isinstance(name, str):
             raise KeyError(f"{self.path}: no tensor {name!r} (names are str)")
-        return _view(self._f, self.path, *_native.st_find(self._f._h, name))
+        return _view(self._f, self.path, *_native.st_find(st=self._f._h, name=name))
 
     def __enter__(self):
         return self
@@ -69,12 +69,12 @@ def load_file(path) -> Dict[str, np.ndarray]:
     """All tensors of a safetensors file as read-only numpy arrays that view the memory-mapped
     file (no copy; the mapping lives as long as any of them). Like safetensors.numpy.load_file."""
     f = _File(path)
-    return {t[0]: _view(f, str(path), *t) for t in _native.st_tensors(f._h)}
+    return {t[0]: _view(f, str(path), *t) for t in _native.st_tensors(st=f._h)}
 
 
 def load_metadata(path) -> Dict[str, str]:
     """The file's __metadata__ (empty when it has none)."""
-    return _native.st_metadata(_File(path)._h)
+    return _native.st_metadata(st=_File(path)._h)
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Optional[Mapping[str, str]] = None) -> None:
@@ -106,7 +106,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Optional[Mappin
             raise TypeError(f"metadata key {k!r} is {type(k).__name__}, not str")
         if not isinstance(v, str):
             raise TypeError(f"metadata[{k!r}] is {type(v).__name__}, not str")
-    _native.st_write(str(path), items, md)
+    _native.st_write(path=str(path), tensors=items, metadata=md)
 
 
 def _little_endian(a: np.ndarray) -> np.ndarray:
@@ -125,25 +125,16 @@ def save_adapter(directory, modules: Mapping[str, LoraLinear], adapter_name: str
     "model.layers.0.self_attn.q_proj") to layers, so PeftModel.from_pretrained loads the
     directory onto the matching model."""
     paths = list(modules)
-    _native.peft_save(str(directory), adapter_name, [modules[p]._h for p in paths], paths, base_model_name_or_path)
+    _native.peft_save(directory=str(directory), adapter_name=adapter_name, layers=[modules[p]._h for p in paths],
+                      module_paths=paths, base_model_name_or_path=base_model_name_or_path)
 
 
 def load_adapter(directory, modules: Mapping[str, LoraLinear], adapter_name: str = "default") -> None:
     """Loads a PEFT adapter directory into the layers under adapter_name: all-or-nothing (every
     file, field and shape is checked before any layer changes)."""
     paths = list(modules)
-    _native.peft_load(str(directory), [modules[p]._h for p in paths], paths, adapter_name)
-
-
-def _quant_capsule(packed, state: QuantState):
-    p, _, _ = _arrays.to_numpy(packed, what="packed")
-    nested = state.nested
-    return _native.quant_from_state(
-        np.ascontiguousarray(p, dtype=np.uint8), np.ascontiguousarray(_arrays.to_numpy(state.absmax)[0]),
-        _f32(state.code, "code"), _f32(state.state2.absmax, "nested_absmax") if nested else None,
-        _f32(state.state2.code, "nested_code") if nested else None, float(state.offset) if nested else 0.0,
-        tuple(state.shape), _arrays.dtype_code(state.dtype), _QUANT_TYPES[state.quant_type], int(state.blocksize),
-        int(state.state2.blocksize) if nested else 256)
+    _native.peft_load(directory=str(directory), layers=[modules[p]._h for p in paths], module_paths=paths,
+                      as_name=adapter_name)
 
 
 def save_bnb_checkpoint(path, layers: Mapping[str, Tuple]) -> None:
@@ -154,16 +145,16 @@ def save_bnb_checkpoint(path, layers: Mapping[str, Tuple]) -> None:
         packed, state = v[0], v[1]
         bias = v[2] if len(v) > 2 else None
         mods.append(m)
-        caps.append(_quant_capsule(packed, state))
+        caps.append(_quant_handle(packed, state))
         biases.append(None if bias is None else _f32(bias, "bias"))
-    _native.bnb_save(str(path), caps, biases, mods)
+    _native.bnb_save(path=str(path), weights=caps, biases=biases, modules=mods)
 
 
 def load_bnb_checkpoint(path, module: str = "") -> Tuple[np.ndarray, QuantState, Optional[np.ndarray]]:
     """Reads one Linear4bit layer (module prefix, "" for none) of a bitsandbytes checkpoint,
     validated field by field: returns (packed, QuantState, bias or None)."""
-    cap, bias = _native.bnb_load(str(path), module)
-    d = _native.quant_state(cap)
+    cap, bias = _native.bnb_load(path=str(path), module=module)
+    d = _native.quant_state(q=cap)
     qt = {v: k for k, v in _QUANT_TYPES.items()}[d["quant_type"]]
     packed = np.frombuffer(d["packed"], dtype=np.uint8).reshape(-1, 1).copy()
     state = QuantState(absmax=np.frombuffer(d["absmax"], dtype=np.uint8 if d["nested"] else np.float32).copy(),

@@ -17,20 +17,13 @@ from typing import Callable, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _native
+from .lora import _INIT, _Borrowed
+from .optim import _SCHEDULES
+from .quant import _QUANT_TYPES
 
-_PRETOK = {None: 0, "auto": 0, "gpt2": 1, "smollm": 2, "digits": 2}
-_QUANT = {"nf4": 0, "fp4": 1}
-_INIT = {"kaiming": 0, True: 0, "gaussian": 1, "zeros": 2, False: 2}
-_SCHEDULE = {"constant": 0, "constant_with_warmup": 1, "linear": 2, "cosine": 3}
-_FORMAT = {"text": 0, "jsonl": 1}
-
-
-class _Borrowed:
-    """Keeps the model alive for as long as a numpy view of its memory exists."""
-
-    def __init__(self, owner, address: int, shape):
-        self._owner = owner
-        self.__array_interface__ = {"shape": tuple(shape), "typestr": "<f4", "data": (address, False), "version": 3}
+_PRETOK = {None: _native.PST_PRETOK_AUTO, "auto": _native.PST_PRETOK_AUTO, "gpt2": _native.PST_PRETOK_GPT2,
+           "smollm": _native.PST_PRETOK_DIGITS, "digits": _native.PST_PRETOK_DIGITS}
+_FORMAT = {"text": _native.PST_DATA_TEXT, "jsonl": _native.PST_DATA_JSONL}
 
 
 def _ids(x, what: str = "ids") -> np.ndarray:
@@ -60,29 +53,33 @@ class Model:
         base) each projection becomes 4-bit (``quant_type``, ``blocksize``, ``double_quant``) as
         it loads. ``pretokenizer``: None (the file's own), "gpt2" (what transformers rebuilds
         from a GGUF) or "smollm"/"digits"."""
-        if quant_type not in _QUANT:
+        if quant_type not in _QUANT_TYPES:
             raise ValueError(f"quant_type {quant_type!r} must be 'nf4' or 'fp4'")
         if pretokenizer not in _PRETOK:
             raise ValueError(f"pretokenizer {pretokenizer!r} must be None, 'gpt2' or 'smollm'")
         p = os.fspath(path)
-        h = _native.llm_load(p, int(bool(quantize)), _QUANT[quant_type], int(blocksize), int(bool(double_quant)),
-                             _PRETOK[pretokenizer])
+        h = _native.llm_load(path=p, quantize=int(bool(quantize)), quant_type=_QUANT_TYPES[quant_type],
+                             blocksize=int(blocksize), double_quant=int(bool(double_quant)),
+                             pretokenizer=_PRETOK[pretokenizer])
         return cls(h, p)
 
     @property
     def info(self) -> dict:
-        return _native.llm_info(self._h)
+        return _native.llm_info(llm=self._h)
 
     # ---- tokenizer
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> List[int]:
-        return _native.llm_tokenize(self._h, text, (1 if add_special else 0) | (2 if parse_special else 0))
+        flags = ((_native.PST_TOKENIZE_ADD_SPECIAL if add_special else 0)
+                 | (_native.PST_TOKENIZE_PARSE_SPECIAL if parse_special else 0))
+        return _native.llm_tokenize(llm=self._h, text=text, flags=flags)
 
     def detokenize(self, ids, skip_special: bool = False) -> str:
-        return _native.llm_detokenize(self._h, _ids(ids).ravel(), 1 if skip_special else 0)
+        return _native.llm_detokenize(llm=self._h, ids=_ids(ids).ravel(),
+                                      flags=_native.PST_DETOKENIZE_SKIP_SPECIAL if skip_special else 0)
 
     def chat_prompt(self, user: str, system: Optional[str] = None) -> List[int]:
         """A one-turn ChatML prompt ending with the assistant header."""
-        return _native.llm_chat_prompt(self._h, user, system)
+        return _native.llm_chat_prompt(llm=self._h, user=user, system=system)
 
     # ---- forward / backward
     def logits(self, ids) -> np.ndarray:
@@ -92,7 +89,7 @@ class Model:
             raise ValueError(f"ids must be 1-D or 2-D, got shape {a.shape}")
         b, t = (1, a.shape[0]) if a.ndim == 1 else a.shape
         out = np.empty((b, t, self.info["vocab"]), dtype=np.float32)
-        _native.llm_logits(self._h, a.ravel(), b, t, out)
+        _native.llm_logits(llm=self._h, ids=a.ravel(), batch=b, seq_len=t, logits=out)
         return out[0] if a.ndim == 1 else out
 
     def loss(self, ids, labels=None) -> float:
@@ -105,16 +102,16 @@ class Model:
             if lab.size != a.size:
                 raise ValueError(f"labels has {lab.size} values, ids {a.size}")
             lab = lab.ravel()
-        return _native.llm_loss(self._h, a2.ravel(), lab, a2.shape[0], a2.shape[1])
+        return _native.llm_loss(llm=self._h, ids=a2.ravel(), labels=lab, batch=a2.shape[0], seq_len=a2.shape[1])
 
     def backward(self) -> None:
-        _native.llm_simple(self._h, 0)
+        _native.llm_backward(llm=self._h)
 
     def zero_grad(self) -> None:
-        _native.llm_simple(self._h, 1)
+        _native.llm_zero_grad(llm=self._h)
 
     def train(self, mode: bool = True) -> "Model":
-        _native.llm_simple(self._h, 2 if mode else 3)
+        _native.llm_set_training(llm=self._h, training=bool(mode))
         return self
 
     def eval(self) -> "Model":
@@ -127,57 +124,58 @@ class Model:
         if init not in _INIT:
             raise ValueError(f"init {init!r} must be 'kaiming', 'gaussian' or 'zeros'")
         t = None if target_modules is None else ",".join(target_modules)
-        _native.llm_add_adapter(self._h, name, int(r), float(lora_alpha), float(lora_dropout), bool(use_rslora),
-                                _INIT[init], int(seed) & (2**64 - 1), t)
+        _native.llm_add_adapter(llm=self._h, name=name, r=int(r), alpha=float(lora_alpha), dropout=float(lora_dropout),
+                                use_rslora=bool(use_rslora), init=_INIT[init], seed=int(seed) & (2**64 - 1),
+                                target_modules=t)
 
     def delete_adapter(self, name: str) -> None:
-        _native.llm_adapter_op(self._h, 0, name, None)
+        _native.llm_delete_adapter(llm=self._h, name=name)
 
     def set_adapter(self, name: Optional[str]) -> None:
         """Makes ``name`` the active adapter (None: the base model alone)."""
-        _native.llm_adapter_op(self._h, 1, name, None)
+        _native.llm_set_adapter(llm=self._h, name=name)
 
     def set_adapters_enabled(self, enabled: bool, name: str = "default") -> None:
         self.set_adapter(name if enabled else None)
 
     def save_adapter(self, directory: Union[str, os.PathLike], name: str = "default") -> None:
         """A PEFT directory (adapter_config.json + adapter_model.safetensors, HF module names)."""
-        _native.llm_adapter_op(self._h, 2, name, os.fspath(directory))
+        _native.llm_save_adapter(llm=self._h, adapter=name, directory=os.fspath(directory))
 
     def load_adapter(self, directory: Union[str, os.PathLike], name: str = "default") -> None:
-        _native.llm_adapter_op(self._h, 3, os.fspath(directory), name)
+        _native.llm_load_adapter(llm=self._h, directory=os.fspath(directory), name=name)
 
     def modules(self) -> List[str]:
         """Every projection's Hugging Face module path (model.layers.N.self_attn.q_proj, ...)."""
-        return _native.llm_modules(self._h)
+        return _native.llm_modules(llm=self._h)
 
     def adapter_modules(self, name: str = "default") -> List[str]:
         out = []
         for m in self.modules():
             try:
-                _native.llm_adapter_tensor(self._h, m, name, 0)
+                _native.llm_adapter_tensor(llm=self._h, module_path=m, adapter=name, which=_native.PST_LORA_A)
                 out.append(m)
             except _native.NotFoundError:
                 pass
         return out
 
     def _tensor(self, module: str, name: str, which: int) -> np.ndarray:
-        addr, rows, cols = _native.llm_adapter_tensor(self._h, module, name, which)
+        addr, rows, cols = _native.llm_adapter_tensor(llm=self._h, module_path=module, adapter=name, which=which)
         return np.asarray(_Borrowed(self, addr, (rows, cols)))
 
     def lora_A(self, module: str, name: str = "default") -> np.ndarray:
         """A writable view (r, in) of the adapter's A on ``module``."""
-        return self._tensor(module, name, 0)
+        return self._tensor(module, name, _native.PST_LORA_A)
 
     def lora_B(self, module: str, name: str = "default") -> np.ndarray:
         """A writable view (out, r) of the adapter's B on ``module``."""
-        return self._tensor(module, name, 1)
+        return self._tensor(module, name, _native.PST_LORA_B)
 
     def grad_A(self, module: str, name: str = "default") -> np.ndarray:
-        return self._tensor(module, name, 2)
+        return self._tensor(module, name, _native.PST_LORA_GRAD_A)
 
     def grad_B(self, module: str, name: str = "default") -> np.ndarray:
-        return self._tensor(module, name, 3)
+        return self._tensor(module, name, _native.PST_LORA_GRAD_B)
 
     # ---- generation
     def generate(self, prompt_ids, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
@@ -186,9 +184,10 @@ class Model:
         """New token ids after ``prompt_ids`` (KV cache; greedy at temperature 0). ``on_token``
         gets (id, bytes) for each; returning False stops."""
         stops = None if not stop_ids else _ids(list(stop_ids), "stop_ids")
-        return _native.llm_generate(self._h, _ids(prompt_ids, "prompt_ids").ravel(), int(max_new_tokens), float(temperature),
-                                    float(top_p), int(top_k), int(seed) & (2**64 - 1), bool(disable_adapters),
-                                    bool(stop_at_eos), stops, on_token)
+        return _native.llm_generate(llm=self._h, prompt=_ids(prompt_ids, "prompt_ids").ravel(),
+                                    max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                                    top_k=int(top_k), seed=int(seed) & (2**64 - 1), disable_adapters=bool(disable_adapters),
+                                    stop_at_eos=bool(stop_at_eos), stop_ids=stops, callback=on_token)
 
 
 class Trainer:
@@ -208,12 +207,12 @@ class Trainer:
                  resume_from=None, text_separator: Optional[str] = None, system_prompt: Optional[str] = None):
         if format not in _FORMAT:
             raise ValueError(f"format {format!r} must be 'text' or 'jsonl'")
-        if schedule not in _SCHEDULE:
-            raise ValueError(f"schedule {schedule!r} must be one of {sorted(_SCHEDULE)}")
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"schedule {schedule!r} must be one of {sorted(_SCHEDULES)}")
         opts = {
             "format": _FORMAT[format], "seq_len": int(seq_len), "steps": int(steps), "batch_size": int(batch_size),
             "gradient_accumulation": int(gradient_accumulation), "learning_rate": float(learning_rate),
-            "warmup_steps": int(warmup_steps), "schedule": _SCHEDULE[schedule], "weight_decay": float(weight_decay),
+            "warmup_steps": int(warmup_steps), "schedule": _SCHEDULES[schedule], "weight_decay": float(weight_decay),
             "clip_norm": float(clip_norm), "optimizer_8bit": int(bool(optimizer_8bit)),
             "paged_budget_bytes": int(paged_budget_bytes), "r": int(r), "lora_alpha": float(lora_alpha),
             "lora_dropout": float(lora_dropout),
@@ -224,27 +223,27 @@ class Trainer:
             "text_separator": text_separator, "system_prompt": system_prompt,
         }
         self.model = model
-        self._h = _native.trainer_create(model._h, _paths(data), opts)
+        self._h = _native.trainer_create(llm=model._h, data_paths=_paths(data), params=opts)
 
     def step(self) -> dict:
         """One optimizer step; returns the progress (step, loss, learning_rate, grad_norm,
         tokens_per_second, resident_bytes, elapsed_seconds, checkpoint)."""
-        return _native.trainer_step(self._h)
+        return _native.trainer_step(trainer=self._h)
 
     def train(self, callback: Optional[Callable[[dict], Optional[bool]]] = None) -> None:
         """The remaining steps; ``callback(progress)`` after each (False stops). Saves the adapter
         to ``output_dir`` at the end when given."""
-        _native.trainer_train(self._h, callback)
+        _native.trainer_train(trainer=self._h, callback=callback)
 
     def save_adapter(self, directory) -> None:
-        _native.trainer_save(self._h, 0, os.fspath(directory))
+        _native.trainer_save_adapter(trainer=self._h, directory=os.fspath(directory))
 
     def save_checkpoint(self, directory) -> None:
-        _native.trainer_save(self._h, 1, os.fspath(directory))
+        _native.trainer_save_checkpoint(trainer=self._h, directory=os.fspath(directory))
 
     @property
     def info(self) -> dict:
-        return _native.trainer_info(self._h)
+        return _native.trainer_info(trainer=self._h)
 
     @property
     def completed_steps(self) -> int:
@@ -253,4 +252,4 @@ class Trainer:
 
 def latest_checkpoint(directory) -> Optional[str]:
     """The newest complete checkpoint-<N> under ``directory``, or None."""
-    return _native.latest_checkpoint(os.fspath(directory))
+    return _native.latest_checkpoint(directory=os.fspath(directory))

@@ -12,11 +12,13 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import _arrays, _native
-from .quant import QuantState, _block_scales, _f32  # noqa: F401
+from . import _native
+from .quant import QuantState, _block_scales, _f32, _quant_handle  # noqa: F401
 
-_INIT = {"kaiming": 0, True: 0, "gaussian": 1, "zeros": 2, False: 2}
-_QUANT_TYPES = {"nf4": 0, "fp4": 1}
+# PEFT's init_lora_weights values for the C constants (llm.py uses the same)
+_INIT = {"kaiming": _native.PST_LORA_INIT_KAIMING, True: _native.PST_LORA_INIT_KAIMING,
+         "gaussian": _native.PST_LORA_INIT_GAUSSIAN, "zeros": _native.PST_LORA_INIT_ZEROS,
+         False: _native.PST_LORA_INIT_ZEROS}
 
 
 class _Borrowed:
@@ -41,7 +43,7 @@ class LoraLinear:
             raise ValueError(f"weight must be 2-D (out, in), got shape {w.shape}")
         self.out_features, self.in_features = w.shape
         b = None if bias is None else _f32(bias, "bias")
-        self._h = _native.lora_create_dense(w, self.out_features, self.in_features, b)
+        self._h = _native.lora_create_dense(weight=w, out_features=self.out_features, in_features=self.in_features, bias=b)
         self._q = None
 
     @classmethod
@@ -51,21 +53,11 @@ class LoraLinear:
         st = quant_state
         if st.shape is None or len(st.shape) != 2:
             raise ValueError(f"quant_state.shape must be (out, in), got {st.shape}")
-        p, _, _ = _arrays.to_numpy(packed, what="packed")
         self = cls.__new__(cls)
         self.out_features, self.in_features = st.shape
-        nested = st.nested
-        self._q = _native.quant_from_state(
-            np.ascontiguousarray(p, dtype=np.uint8),
-            np.ascontiguousarray(_arrays.to_numpy(st.absmax, what="absmax")[0]),  # native byte order
-            _f32(st.code, "code"),
-            _f32(st.state2.absmax, "nested_absmax") if nested else None,
-            _f32(st.state2.code, "nested_code") if nested else None,
-            float(st.offset) if nested else 0.0,
-            tuple(st.shape), _arrays.dtype_code(st.dtype), _QUANT_TYPES[st.quant_type], int(st.blocksize),
-            int(st.state2.blocksize) if nested else 256)
+        self._q = _quant_handle(packed, st)  # the layer borrows it: kept alive with the layer
         b = None if bias is None else _f32(bias, "bias")
-        self._h = _native.lora_create_quantized(self._q, b)
+        self._h = _native.lora_create_quantized(base=self._q, bias=b)
         return self
 
     # ---- adapters
@@ -75,52 +67,53 @@ class LoraLinear:
         PEFT's default True — "gaussian", or "zeros")."""
         if init_lora_weights not in _INIT:
             raise ValueError(f"init_lora_weights {init_lora_weights!r} must be 'kaiming', 'gaussian', 'zeros', True or False")
-        _native.lora_add_adapter(self._h, name, int(r), float(lora_alpha), float(lora_dropout), bool(use_rslora),
-                                 _INIT[init_lora_weights], int(seed) & (2**64 - 1))
+        _native.lora_add_adapter(layer=self._h, name=name, r=int(r), alpha=float(lora_alpha), dropout=float(lora_dropout),
+                                 use_rslora=bool(use_rslora), init=_INIT[init_lora_weights], seed=int(seed) & (2**64 - 1))
 
     def delete_adapter(self, name: str) -> None:
-        _native.lora_delete_adapter(self._h, name)
+        _native.lora_delete_adapter(layer=self._h, name=name)
 
     def set_adapter(self, names, weights: Optional[Sequence[float]] = None) -> None:
         """Chooses the active adapters (a name or a list), each with its weight (default 1)."""
         if isinstance(names, str):
             names = [names]
-        _native.lora_set_active(self._h, list(names), None if weights is None else [float(w) for w in weights])
+        _native.lora_set_active(layer=self._h, names=list(names),
+                                weights=None if weights is None else [float(w) for w in weights])
 
     def disable_adapters(self) -> None:
-        _native.lora_set_active(self._h, [], None)
+        _native.lora_set_active(layer=self._h, names=[], weights=None)
 
     def adapter_info(self, name: str) -> dict:
-        r, alpha, dropout, rs, scaling, active, weight, merged = _native.lora_adapter_info(self._h, name)
+        r, alpha, dropout, rs, scaling, active, weight, merged = _native.lora_adapter_info(layer=self._h, name=name)
         return {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": rs, "scaling": scaling,
                 "active": active, "weight": weight, "merged": merged}
 
     def _tensor(self, name: str, which: int) -> np.ndarray:
-        addr, rows, cols = _native.lora_tensor(self._h, name, which)
+        addr, rows, cols = _native.lora_tensor(layer=self._h, name=name, which=which)
         return np.asarray(_Borrowed(self, addr, (rows, cols)))
 
     def lora_A(self, name: str = "default") -> np.ndarray:
         """A view (r, in) of the adapter's A, writable in place."""
-        return self._tensor(name, 0)
+        return self._tensor(name, _native.PST_LORA_A)
 
     def lora_B(self, name: str = "default") -> np.ndarray:
         """A view (out, r) of the adapter's B, writable in place."""
-        return self._tensor(name, 1)
+        return self._tensor(name, _native.PST_LORA_B)
 
     def grad_A(self, name: str = "default") -> np.ndarray:
-        return self._tensor(name, 2)
+        return self._tensor(name, _native.PST_LORA_GRAD_A)
 
     def grad_B(self, name: str = "default") -> np.ndarray:
-        return self._tensor(name, 3)
+        return self._tensor(name, _native.PST_LORA_GRAD_B)
 
     @property
     def bias(self) -> Optional[np.ndarray]:
-        b, _ = _native.lora_bias(self._h)
+        b, _ = _native.lora_bias(layer=self._h)
         return np.asarray(_Borrowed(self, b, (self.out_features,))) if b else None
 
     @property
     def grad_bias(self) -> Optional[np.ndarray]:
-        _, g = _native.lora_bias(self._h)
+        _, g = _native.lora_bias(layer=self._h)
         return np.asarray(_Borrowed(self, g, (self.out_features,))) if g else None
 
     def parameters(self, name: str = "default"):
@@ -129,7 +122,7 @@ class LoraLinear:
 
     # ---- compute
     def train(self, mode: bool = True) -> "LoraLinear":
-        _native.lora_set_training(self._h, bool(mode))
+        _native.lora_set_training(layer=self._h, training=bool(mode))
         return self
 
     def eval(self) -> "LoraLinear":
@@ -142,7 +135,7 @@ class LoraLinear:
             raise ValueError(f"x has {a.shape[-1]} features, expected in_features = {self.in_features}")
         m = a.size // self.in_features
         y = np.empty(a.shape[:-1] + (self.out_features,), dtype=np.float32)
-        _native.lora_forward(self._h, a, m, y)
+        _native.lora_forward(layer=self._h, x=a, m=m, y=y)
         return y
 
     __call__ = forward
@@ -154,24 +147,24 @@ class LoraLinear:
             raise ValueError(f"dy has {g.shape[-1]} features, expected out_features = {self.out_features}")
         m = g.size // self.out_features
         dx = np.empty(g.shape[:-1] + (self.in_features,), dtype=np.float32) if need_dx else None
-        _native.lora_backward(self._h, g, m, dx, bool(bias_grad))
+        _native.lora_backward(layer=self._h, dy=g, m=m, dx=dx, bias_grad=bool(bias_grad))
         return dx
 
     def zero_grad(self) -> None:
-        _native.lora_zero_grad(self._h)
+        _native.lora_zero_grad(layer=self._h)
 
     def merge(self, adapter_names: Optional[Iterable[str]] = None) -> dict:
         """Merges adapters into the base; returns the requantization error {"max_abs", "rms"}
         (zeros on a dense base)."""
-        mx, rms = _native.lora_merge(self._h, None if adapter_names is None else list(adapter_names))
+        mx, rms = _native.lora_merge(layer=self._h, names=None if adapter_names is None else list(adapter_names))
         return {"max_abs": mx, "rms": rms}
 
     def unmerge(self) -> None:
         """Takes every merged adapter out again (a 4-bit base gets its exact pre-merge codes)."""
-        _native.lora_unmerge(self._h)
+        _native.lora_unmerge(layer=self._h)
 
     def base_weight(self) -> np.ndarray:
         """The effective base weight (out, in), dequantized when 4-bit."""
         out = np.empty((self.out_features, self.in_features), dtype=np.float32)
-        _native.lora_base_weight(self._h, out)
+        _native.lora_base_weight(layer=self._h, out=out)
         return out

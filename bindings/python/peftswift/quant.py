@@ -14,18 +14,19 @@ import numpy as np
 
 from . import _arrays, _native
 
-_QUANT_TYPES = {"nf4": 0, "fp4": 1}
-_CODE_NF4, _CODE_FP4, _CODE_SIGNED, _CODE_UNSIGNED = 0, 1, 2, 3
+# bitsandbytes' names for the C constants; the package's one copy of each mapping
+_QUANT_TYPES = {"nf4": _native.PST_QUANT_NF4, "fp4": _native.PST_QUANT_FP4}
+_CODEBOOKS = {"nf4": _native.PST_CODE_NF4, "fp4": _native.PST_CODE_FP4, "dynamic": _native.PST_CODE_DYNAMIC_SIGNED,
+              "dynamic_signed": _native.PST_CODE_DYNAMIC_SIGNED, "dynamic_unsigned": _native.PST_CODE_DYNAMIC_UNSIGNED}
 
 
 def codebook(name: str) -> np.ndarray:
     """bitsandbytes' tables: "nf4", "fp4" (16 values), "dynamic" / "dynamic_unsigned" (256)."""
-    which = {"nf4": _CODE_NF4, "fp4": _CODE_FP4, "dynamic": _CODE_SIGNED, "dynamic_signed": _CODE_SIGNED,
-             "dynamic_unsigned": _CODE_UNSIGNED}.get(name)
+    which = _CODEBOOKS.get(name)
     if which is None:
         raise ValueError(f"codebook {name!r} must be nf4, fp4, dynamic or dynamic_unsigned")
-    out = np.empty(16 if which < 2 else 256, dtype=np.float32)
-    _native.codebook(which, out)
+    out = np.empty(16 if which in (_native.PST_CODE_NF4, _native.PST_CODE_FP4) else 256, dtype=np.float32)
+    _native.codebook(which=which, out=out)
     return out
 
 
@@ -165,13 +166,13 @@ def quantize_4bit(A, blocksize: int = 64, quant_type: str = "nf4", compress_stat
     nblocks = -(-n // blocksize) if blocksize > 0 else 0
     packed = out if out is not None else np.empty(((n + 1) // 2, 1), dtype=np.uint8)
     am = absmax if absmax is not None else np.empty(max(nblocks, 0), dtype=np.float32)
-    _native.quantize_4bit(a, code, n, blocksize, qt, packed, am)
+    _native.quantize_4bit(x=a, dtype=code, n=n, blocksize=blocksize, quant_type=qt, packed=packed, absmax=am)
     state = QuantState(absmax=am, shape=a.shape, code=codebook(quant_type), blocksize=blocksize,
                        quant_type=quant_type, dtype=_arrays.dtype_name(code))
     if compress_statistics:
         q = np.empty(nblocks, dtype=np.uint8)
         nested = np.empty(-(-nblocks // 256), dtype=np.float32)
-        offset = _native.double_quantize(am, 256, q, nested)
+        offset = _native.double_quantize(absmax=am, nested_blocksize=256, q=q, nested_absmax=nested)
         state.absmax = q
         state.offset = np.float32(offset)
         state.state2 = QuantState(absmax=nested, code=codebook("dynamic"), blocksize=256, dtype="float32")
@@ -183,14 +184,30 @@ def quantize_4bit(A, blocksize: int = 64, quant_type: str = "nf4", compress_stat
     return packed, state
 
 
+def _quant_handle(packed, state: QuantState):
+    """The engine's copy of a 4-bit weight (a peftswift.quant capsule) from packed codes and their
+    QuantState, checked field by field by the library."""
+    p, _, _ = _arrays.to_numpy(packed, what="packed")
+    nested = state.nested
+    return _native.quant_from_state(
+        packed=np.ascontiguousarray(p, dtype=np.uint8),
+        absmax=np.ascontiguousarray(_arrays.to_numpy(state.absmax, what="absmax")[0]),  # native byte order
+        code=_f32(state.code, "code"),
+        nested_absmax=_f32(state.state2.absmax, "nested_absmax") if nested else None,
+        nested_code=_f32(state.state2.code, "nested_code") if nested else None,
+        offset=float(state.offset) if nested else 0.0,
+        shape=tuple(state.shape), dtype=_arrays.dtype_code(state.dtype), quant_type=_QUANT_TYPES[state.quant_type],
+        blocksize=int(state.blocksize), nested_blocksize=int(state.state2.blocksize) if nested else 256)
+
+
 def _block_scales(state: QuantState) -> np.ndarray:
     if not state.nested:
         return _f32(state.absmax, "quant_state.absmax")
     s2 = state.state2
     q = _u8(state.absmax, "quant_state.absmax")
     scales = np.empty(q.size, dtype=np.float32)
-    _native.dequantize_8bit(q, q.size, _f32(s2.absmax, "state2.absmax"), _f32(s2.code, "state2.code"),
-                            int(s2.blocksize), scales)
+    _native.dequantize_8bit(q=q, n=q.size, absmax=_f32(s2.absmax, "state2.absmax"), code=_f32(s2.code, "state2.code"),
+                            blocksize=int(s2.blocksize), out=scales)
     scales += np.float32(state.offset)  # bitsandbytes: absmax = dequantize_blockwise(...); absmax += offset
     return scales
 
@@ -215,8 +232,9 @@ def dequantize_4bit(A, quant_state: Optional[QuantState] = None, absmax=None, ou
     n = int(np.prod(shape)) if shape else 1
     code = _arrays.dtype_code(st.dtype)
     result = out if out is not None else _arrays.empty(shape, code)
-    _native.dequantize_4bit(p, _block_scales(st), _f32(st.code, "quant_state.code"), _QUANT_TYPES[st.quant_type],
-                            n, int(st.blocksize), result, code)
+    _native.dequantize_4bit(packed=p, absmax=_block_scales(st), code=_f32(st.code, "quant_state.code"),
+                            quant_type=_QUANT_TYPES[st.quant_type], n=n, blocksize=int(st.blocksize), out=result,
+                            out_dtype=code)
     return _arrays.wrap(result, code, was_torch)
 
 
@@ -230,7 +248,7 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize: int = 409
     n = a.size
     q = out if out is not None else np.empty(a.shape, dtype=np.uint8)
     am = absmax if absmax is not None else np.empty(-(-n // blocksize) if blocksize > 0 else 0, dtype=np.float32)
-    _native.quantize_8bit(a, n, blocksize, cb, q, am)
+    _native.quantize_8bit(x=a, n=n, blocksize=blocksize, code=cb, q=q, absmax=am)
     return q, QuantState(absmax=am, code=cb, blocksize=blocksize, dtype="float32")
 
 
@@ -247,5 +265,6 @@ def dequantize_blockwise(A, quant_state: Optional[QuantState] = None, absmax=Non
     st = quant_state
     scales = _block_scales(st) if st.nested else _f32(st.absmax, "quant_state.absmax")
     result = out if out is not None else np.empty(q.shape, dtype=np.float32)
-    _native.dequantize_8bit(q, q.size, scales, _f32(st.code, "quant_state.code"), int(st.blocksize), result)
+    _native.dequantize_8bit(q=q, n=q.size, absmax=scales, code=_f32(st.code, "quant_state.code"), blocksize=int(st.blocksize),
+                            out=result)
     return result

@@ -1,10 +1,15 @@
 /* peftswift._native: the thin CPython layer over libpeftswift.so.
  *
- * Every method has one shape (python-zstandard's C backend is the model): parse keywords,
- * take buffers through the buffer protocol (C-contiguous, element size checked), release the
- * GIL around the native call, one cleanup label, and turn a failed status into a
- * peftswift.Error subclass carrying .status and the library's message. Classes, defaults and
- * dtype handling live in the peftswift package (Python). No numpy C API. */
+ * Every method has one shape (python-zstandard's C backend is the model; quant.inc.c shows
+ * it): parse keywords (the kwlist spells the C function's parameters, or the fields of its
+ * params struct; positional use works too), take handles through their "O&" converter and
+ * buffers through the buffer protocol (C-contiguous, element size checked), release the GIL
+ * around the native call whenever it can run long (compute, copies that scale with the data,
+ * allocation and initialization of tensors, I/O; O(1) accessors keep it), one cleanup label,
+ * and turn a failed status into a peftswift.Error subclass carrying .status and the library's
+ * message. One C function per method: no opcode arguments. The header's integer constants are
+ * module attributes under their C names. Classes, defaults and names live in the peftswift
+ * package (Python), whose docstring lists which calls release the GIL. No numpy C API. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <peftswift.h>
@@ -95,7 +100,57 @@ static int get_optional_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t itemsi
 
 static void release(Py_buffer *v) { if (v->obj) PyBuffer_Release(v); }
 
-/* ---- version, threads, codebooks */
+/* ---- handles
+ *
+ * Every engine handle travels to Python as a capsule named "peftswift.<kind>" whose destructor
+ * calls pst_<kind>_free; only the destructor frees, so a handle Python can reach is never a
+ * freed one. HANDLE_KINDS lists the kinds once; for each, DEFINE_HANDLE makes
+ *   wrap_<kind>(h)           a new capsule owning h (h is freed if the capsule cannot be made)
+ *   <kind>_arg(obj, &h)      an "O&" converter: the handle in a capsule of this kind, or a
+ *                            TypeError naming the kind expected and the object given.
+ * Lifetimes between handles (a layer borrows its quantized base, a trainer its model, a paged
+ * buffer and a paged optimizer their pager) are kept by the Python objects holding them. */
+#define HANDLE_KINDS(X) X(quant) X(lora) X(pager) X(paged) X(adamw) X(safetensors) X(llm) X(trainer)
+
+static int handle_arg(PyObject *obj, const char *name, void **out) {
+    if (PyCapsule_IsValid(obj, name)) {
+        *out = PyCapsule_GetPointer(obj, name);
+        return 1;
+    }
+    if (PyCapsule_CheckExact(obj)) {
+        const char *got = PyCapsule_GetName(obj);
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "expected a %s handle, got a %s handle", name, got ? got : "unnamed capsule");
+    } else {
+        PyErr_Format(PyExc_TypeError, "expected a %s handle, got %s", name, Py_TYPE(obj)->tp_name);
+    }
+    return 0;
+}
+
+#define DEFINE_HANDLE(kind)                                                                      \
+    static void kind##_destructor(PyObject *cap) {                                               \
+        pst_##kind##_free(PyCapsule_GetPointer(cap, "peftswift." #kind));                        \
+    }                                                                                            \
+    static inline PyObject *wrap_##kind(pst_##kind *h) {                                         \
+        PyObject *cap = PyCapsule_New(h, "peftswift." #kind, kind##_destructor);                  \
+        if (!cap) pst_##kind##_free(h);                                                          \
+        return cap;                                                                              \
+    }                                                                                            \
+    static inline int kind##_arg(PyObject *obj, void *out) {                                     \
+        return handle_arg(obj, "peftswift." #kind, (void **)out);                                \
+    }
+HANDLE_KINDS(DEFINE_HANDLE)
+#undef DEFINE_HANDLE
+
+/* ---- method tables
+ *
+ * KW_METHOD(name, "a, b", doc): m_<name> parses keywords (its kwlist spells the C parameters
+ * "a", "b"); the text signature makes help() and inspect.signature show them. */
+#define KW_METHOD(name, params, doc) \
+    {#name, (PyCFunction)(void (*)(void))m_##name, METH_VARARGS | METH_KEYWORDS, #name "($module, /, " params ")\n--\n\n" doc}
+#define NOARGS_METHOD(name, doc) {#name, m_##name, METH_NOARGS, #name "($module, /)\n--\n\n" doc}
+
+/* ---- version, threads */
 
 static PyObject *m_version(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
@@ -107,17 +162,19 @@ static PyObject *m_abi_version(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(pst_abi_version());
 }
 
-static PyObject *m_status_string(PyObject *self, PyObject *args) {
+static PyObject *m_status_string(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"status", NULL};
     int st;
-    if (!PyArg_ParseTuple(args, "i", &st)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &st)) return NULL;
     return PyUnicode_FromString(pst_status_string(st));
 }
 
-static PyObject *m_set_num_threads(PyObject *self, PyObject *args) {
+static PyObject *m_set_num_threads(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"n", NULL};
     int n;
-    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &n)) return NULL;
     pst_status st = pst_set_num_threads(n);
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
@@ -129,13 +186,44 @@ static PyObject *m_get_num_threads(PyObject *self, PyObject *noargs) {
 }
 
 static PyMethodDef methods_core[] = {
-    {"version", m_version, METH_NOARGS, "The library's version string."},
-    {"abi_version", m_abi_version, METH_NOARGS, "The loaded library's ABI version."},
-    {"status_string", m_status_string, METH_VARARGS, "status_string(code) -> name of a status code."},
-    {"set_num_threads", m_set_num_threads, METH_VARARGS, "set_num_threads(n): threads used by the kernels."},
-    {"get_num_threads", m_get_num_threads, METH_NOARGS, "get_num_threads() -> int."},
+    NOARGS_METHOD(version, "The library's version string: pst_version_string."),
+    NOARGS_METHOD(abi_version, "The loaded library's ABI version: pst_abi_version."),
+    KW_METHOD(status_string, "status", "The name of a status code: pst_status_string."),
+    KW_METHOD(set_num_threads, "n", "Threads the kernels use: pst_set_num_threads."),
+    NOARGS_METHOD(get_num_threads, "Threads the kernels use: pst_get_num_threads."),
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- the header's integer constants, exported under their C names (PST_QUANT_NF4, ...) so
+ * that the Python layer never types a number again. Tests/python checks this table against
+ * every integer #define of include/peftswift.h. */
+#define PST_CONSTANT(name) {#name, (long)(name)}
+static const struct { const char *name; long value; } pst_constants[] = {
+    PST_CONSTANT(PST_VERSION_MAJOR), PST_CONSTANT(PST_VERSION_MINOR), PST_CONSTANT(PST_VERSION_PATCH),
+    PST_CONSTANT(PST_ABI_VERSION),
+    PST_CONSTANT(PST_OK),
+    PST_CONSTANT(PST_ERR_INVALID_ARG), PST_CONSTANT(PST_ERR_OUT_OF_MEMORY), PST_CONSTANT(PST_ERR_SHAPE),
+    PST_CONSTANT(PST_ERR_UNSUPPORTED), PST_CONSTANT(PST_ERR_MISUSE), PST_CONSTANT(PST_ERR_IO),
+    PST_CONSTANT(PST_ERR_CORRUPT), PST_CONSTANT(PST_ERR_NOT_FOUND), PST_CONSTANT(PST_ERR_EXISTS),
+    PST_CONSTANT(PST_ERR_NONFINITE), PST_CONSTANT(PST_ERR_INTERNAL), PST_CONSTANT(PST_ERR_UNSUPPORTED_CPU),
+    PST_CONSTANT(PST_DTYPE_F32), PST_CONSTANT(PST_DTYPE_F16), PST_CONSTANT(PST_DTYPE_BF16), PST_CONSTANT(PST_DTYPE_U8),
+    PST_CONSTANT(PST_DTYPE_I8), PST_CONSTANT(PST_DTYPE_I32), PST_CONSTANT(PST_DTYPE_I64),
+    PST_CONSTANT(PST_QUANT_NF4), PST_CONSTANT(PST_QUANT_FP4),
+    PST_CONSTANT(PST_CODE_NF4), PST_CONSTANT(PST_CODE_FP4), PST_CONSTANT(PST_CODE_DYNAMIC_SIGNED),
+    PST_CONSTANT(PST_CODE_DYNAMIC_UNSIGNED),
+    PST_CONSTANT(PST_MAX_DIMS),
+    PST_CONSTANT(PST_LORA_INIT_KAIMING), PST_CONSTANT(PST_LORA_INIT_GAUSSIAN), PST_CONSTANT(PST_LORA_INIT_ZEROS),
+    PST_CONSTANT(PST_LORA_A), PST_CONSTANT(PST_LORA_B), PST_CONSTANT(PST_LORA_GRAD_A), PST_CONSTANT(PST_LORA_GRAD_B),
+    PST_CONSTANT(PST_OPTIM_STATE_F32), PST_CONSTANT(PST_OPTIM_STATE_8BIT),
+    PST_CONSTANT(PST_LR_CONSTANT), PST_CONSTANT(PST_LR_CONSTANT_WARMUP), PST_CONSTANT(PST_LR_LINEAR),
+    PST_CONSTANT(PST_LR_COSINE),
+    PST_CONSTANT(PST_SAFETENSORS_NO_METADATA),
+    PST_CONSTANT(PST_PRETOK_AUTO), PST_CONSTANT(PST_PRETOK_GPT2), PST_CONSTANT(PST_PRETOK_DIGITS),
+    PST_CONSTANT(PST_TOKENIZE_ADD_SPECIAL), PST_CONSTANT(PST_TOKENIZE_PARSE_SPECIAL),
+    PST_CONSTANT(PST_DETOKENIZE_SKIP_SPECIAL),
+    PST_CONSTANT(PST_DATA_TEXT), PST_CONSTANT(PST_DATA_JSONL),
+};
+#undef PST_CONSTANT
 
 /* One file per feature, each defining a static method table, compiled as one unit. */
 #include "quant.inc.c"
@@ -151,14 +239,6 @@ static struct PyModuleDef moduledef = {
     "Thin C layer over libpeftswift.so; use the peftswift package instead.", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
-
-static int add_methods(PyObject *m, PyMethodDef *defs) {
-    for (PyMethodDef *d = defs; d->ml_name; d++) {
-        PyObject *f = PyCFunction_NewEx(d, NULL, PyModule_GetNameObject(m));
-        if (!f || PyModule_AddObject(m, d->ml_name, f) != 0) { Py_XDECREF(f); return -1; }
-    }
-    return 0;
-}
 
 PyMODINIT_FUNC PyInit__native(void) {
     /* First of all: a CPU without x86-64-v3 (AVX2, FMA, ...) cannot run the engine; every pst_
@@ -191,9 +271,12 @@ PyMODINIT_FUNC PyInit__native(void) {
         status_errors[error_table[i].status] = cls;
         if (PyModule_AddObjectRef(m, error_table[i].name, cls) != 0) goto fail;
     }
-    if (add_methods(m, methods_core) != 0) goto fail;
+    if (PyModule_AddFunctions(m, methods_core) != 0) goto fail;
     for (PyMethodDef **t = native_parts; *t; t++)
-        if (add_methods(m, *t) != 0) goto fail;
+        if (PyModule_AddFunctions(m, *t) != 0) goto fail;
+    for (size_t i = 0; i < sizeof pst_constants / sizeof pst_constants[0]; i++)
+        if (PyModule_AddIntConstant(m, pst_constants[i].name, pst_constants[i].value) != 0) goto fail;
+    if (PyModule_AddStringConstant(m, "PST_VERSION_STRING", PST_VERSION_STRING) != 0) goto fail;
     if (PyModule_AddIntConstant(m, "HEADER_ABI_VERSION", PST_ABI_VERSION) != 0) goto fail;
     if (PyModule_AddStringConstant(m, "HEADER_VERSION", PST_VERSION_STRING) != 0) goto fail;
     return m;

@@ -1,24 +1,20 @@
 /* peftswift._native: safetensors, PEFT adapter directories, bitsandbytes checkpoints
- * (included by _native.c). */
-
-static const char *ST_CAPSULE = "peftswift.safetensors";
-
-static void st_capsule_free(PyObject *c) { pst_safetensors_free(PyCapsule_GetPointer(c, ST_CAPSULE)); }
+ * (included by _native.c). Handles travel as capsules (wrap_safetensors / safetensors_arg,
+ * _native.c). */
 
 /* st_open(path) -> capsule */
-static PyObject *m_st_open(PyObject *self, PyObject *args) {
+static PyObject *m_st_open(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"path", NULL};
     const char *path;
-    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
     pst_safetensors *st = NULL;
     pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s", kwlist, &path)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     s = pst_safetensors_open(path, &st);
     Py_END_ALLOW_THREADS
     if (s != PST_OK) return raise_status(s);
-    PyObject *cap = PyCapsule_New(st, ST_CAPSULE, st_capsule_free);
-    if (!cap) pst_safetensors_free(st);
-    return cap;
+    return wrap_safetensors(st);
 }
 
 /* A str as a pst_string over its UTF-8 (NUL characters included; cached in the str object,
@@ -41,12 +37,11 @@ static int utf8_string(PyObject *o, pst_string *out, const char *what, Py_ssize_
 static PyObject *m_st_tensors(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"st", NULL};
-    PyObject *cap, *list = NULL, *ret = NULL;
+    pst_safetensors *st;
+    PyObject *list = NULL, *ret = NULL;
     pst_status s;
     int64_t n = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &cap)) return NULL;
-    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
-    if (!st) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, safetensors_arg, &st)) return NULL;
     s = pst_safetensors_count(st, &n, NULL);
     if (s != PST_OK) { raise_status(s); goto done; }
     list = PyList_New((Py_ssize_t)n);
@@ -81,13 +76,12 @@ done:
 static PyObject *m_st_find(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"st", "name", NULL};
-    PyObject *cap, *oname, *shape = NULL, *ret = NULL;
+    pst_safetensors *st;
+    PyObject *oname, *shape = NULL, *ret = NULL;
     pst_string name = {NULL, 0};
     pst_tensor t;
     pst_status s;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OU", kwlist, &cap, &oname)) return NULL;
-    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
-    if (!st) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&U", kwlist, safetensors_arg, &st, &oname)) return NULL;
     if (utf8_string(oname, &name, "tensor name", 0)) return NULL;
     memset(&t, 0, sizeof t);
     t.struct_size = sizeof t;
@@ -110,12 +104,11 @@ done:
 static PyObject *m_st_metadata(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"st", NULL};
-    PyObject *cap, *d = NULL, *ret = NULL;
+    pst_safetensors *st;
+    PyObject *d = NULL, *ret = NULL;
     pst_status s;
     int64_t n = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &cap)) return NULL;
-    pst_safetensors *st = PyCapsule_GetPointer(cap, ST_CAPSULE);
-    if (!st) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, safetensors_arg, &st)) return NULL;
     s = pst_safetensors_count(st, NULL, &n);
     if (s != PST_OK) { raise_status(s); goto done; }
     d = PyDict_New();
@@ -209,85 +202,95 @@ done:
     return ret;
 }
 
-/* Collects lora capsules and names into C arrays. */
-static int lora_arrays(PyObject *olayers, PyObject *opaths, pst_lora ***layers, const char ***paths, Py_ssize_t *count) {
-    PyObject *ls = PySequence_Fast(olayers, "layers must be a sequence");
+/* Collects lora capsules and their module paths into C arrays (PyMem_Free both) that borrow
+ * from *keep_layers and *keep_paths, tuples the caller releases after the native call. */
+static int lora_arrays(PyObject *olayers, PyObject *opaths, PyObject **keep_layers, PyObject **keep_paths,
+                       pst_lora ***layers, const char ***paths, Py_ssize_t *count) {
+    PyObject *ls = owned_tuple(olayers, "layers must be a sequence");
     if (!ls) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(ls);
-    if (names_array(opaths, paths, count)) { Py_DECREF(ls); return -1; }
-    if (*count != n) { Py_DECREF(ls); PyMem_Free(*paths); PyErr_SetString(PyExc_ValueError, "layers and module paths differ in length"); return -1; }
+    Py_ssize_t n = PyTuple_GET_SIZE(ls);
+    if (names_array(opaths, keep_paths, paths, count)) { Py_DECREF(ls); return -1; }
+    *layers = NULL;
+    if (*count != n) { PyErr_SetString(PyExc_ValueError, "layers and module paths differ in length"); goto fail; }
     *layers = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_lora *));
-    if (!*layers) { Py_DECREF(ls); PyMem_Free(*paths); PyErr_NoMemory(); return -1; }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        (*layers)[i] = get_lora(PySequence_Fast_GET_ITEM(ls, i));
-        if (!(*layers)[i]) { Py_DECREF(ls); PyMem_Free(*paths); PyMem_Free(*layers); return -1; }
-    }
-    Py_DECREF(ls); /* the capsules stay alive in the caller's list */
+    if (!*layers) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!lora_arg(PyTuple_GET_ITEM(ls, i), &(*layers)[i])) goto fail;
+    *keep_layers = ls;
     return 0;
+fail:
+    Py_DECREF(ls); Py_CLEAR(*keep_paths);
+    PyMem_Free(*paths); PyMem_Free(*layers);
+    return -1;
 }
 
-/* peft_save(dir, adapter_name, [lora capsules], [module paths], base|None) */
-static PyObject *m_peft_save(PyObject *self, PyObject *args) {
+/* peft_save(directory, adapter_name, layers: [lora capsule], module_paths: [str], base_model_name_or_path|None) */
+static PyObject *m_peft_save(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"directory", "adapter_name", "layers", "module_paths", "base_model_name_or_path", NULL};
     const char *dir, *name, *base = NULL;
-    PyObject *ol, *op;
-    if (!PyArg_ParseTuple(args, "ssOOz", &dir, &name, &ol, &op, &base)) return NULL;
+    PyObject *ol, *op, *keep_layers = NULL, *keep_paths = NULL;
     pst_lora **layers = NULL;
     const char **paths = NULL;
     Py_ssize_t n = 0;
-    if (lora_arrays(ol, op, &layers, &paths, &n)) return NULL;
     pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ssOOz", kwlist, &dir, &name, &ol, &op, &base)) return NULL;
+    if (lora_arrays(ol, op, &keep_layers, &keep_paths, &layers, &paths, &n)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     s = pst_peft_save(dir, name, layers, paths, (int32_t)n, base);
     Py_END_ALLOW_THREADS
     PyMem_Free(layers); PyMem_Free(paths);
+    Py_DECREF(keep_layers); Py_DECREF(keep_paths);
     if (s != PST_OK) return raise_status(s);
     Py_RETURN_NONE;
 }
 
-/* peft_load(dir, [lora capsules], [module paths], as_name) */
-static PyObject *m_peft_load(PyObject *self, PyObject *args) {
+/* peft_load(directory, layers: [lora capsule], module_paths: [str], as_name) */
+static PyObject *m_peft_load(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"directory", "layers", "module_paths", "as_name", NULL};
     const char *dir, *name;
-    PyObject *ol, *op;
-    if (!PyArg_ParseTuple(args, "sOOs", &dir, &ol, &op, &name)) return NULL;
+    PyObject *ol, *op, *keep_layers = NULL, *keep_paths = NULL;
     pst_lora **layers = NULL;
     const char **paths = NULL;
     Py_ssize_t n = 0;
-    if (lora_arrays(ol, op, &layers, &paths, &n)) return NULL;
     pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sOOs", kwlist, &dir, &ol, &op, &name)) return NULL;
+    if (lora_arrays(ol, op, &keep_layers, &keep_paths, &layers, &paths, &n)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     s = pst_peft_load(dir, layers, paths, (int32_t)n, name);
     Py_END_ALLOW_THREADS
     PyMem_Free(layers); PyMem_Free(paths);
+    Py_DECREF(keep_layers); Py_DECREF(keep_paths);
     if (s != PST_OK) return raise_status(s);
     Py_RETURN_NONE;
 }
 
-/* bnb_save(path, [quant capsules], [bias buffer|None], [modules]) */
-static PyObject *m_bnb_save(PyObject *self, PyObject *args) {
+/* bnb_save(path, weights: [quant capsule], biases: [buffer|None], modules: [str]) */
+static PyObject *m_bnb_save(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"path", "weights", "biases", "modules", NULL};
     const char *path;
-    PyObject *oq, *ob, *om;
-    if (!PyArg_ParseTuple(args, "sOOO", &path, &oq, &ob, &om)) return NULL;
-    PyObject *qs = PySequence_Fast(oq, "weights must be a sequence"), *bs = NULL;
-    if (!qs) return NULL;
-    bs = PySequence_Fast(ob, "biases must be a sequence");
-    if (!bs) { Py_DECREF(qs); return NULL; }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(qs), nm = 0;
+    PyObject *oq, *ob, *om, *qs = NULL, *bs = NULL, *keep_mods = NULL, *ret = NULL;
     const char **mods = NULL;
-    pst_quant **ws = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_quant *));
-    const float **biases = PyMem_Calloc(n ? (size_t)n : 1, sizeof(float *));
-    Py_buffer *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    PyObject *ret = NULL;
+    pst_quant **ws = NULL;
+    const float **biases = NULL;
+    Py_buffer *bufs = NULL;
+    Py_ssize_t n = 0, nm = 0;
+    pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sOOO", kwlist, &path, &oq, &ob, &om)) return NULL;
+    if (!(qs = owned_tuple(oq, "weights must be a sequence")) || !(bs = owned_tuple(ob, "biases must be a sequence"))) goto done;
+    n = PyTuple_GET_SIZE(qs);
+    ws = PyMem_Calloc(n ? (size_t)n : 1, sizeof(pst_quant *));
+    biases = PyMem_Calloc(n ? (size_t)n : 1, sizeof(float *));
+    bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
     if (!ws || !biases || !bufs) { PyErr_NoMemory(); goto done; }
-    if (PySequence_Fast_GET_SIZE(bs) != n) { PyErr_SetString(PyExc_ValueError, "weights and biases differ in length"); goto done; }
-    if (names_array(om, &mods, &nm)) goto done;
+    if (PyTuple_GET_SIZE(bs) != n) { PyErr_SetString(PyExc_ValueError, "weights and biases differ in length"); goto done; }
+    if (names_array(om, &keep_mods, &mods, &nm)) goto done;
     if (nm != n) { PyErr_SetString(PyExc_ValueError, "weights and modules differ in length"); goto done; }
     for (Py_ssize_t i = 0; i < n; i++) {
-        ws[i] = PyCapsule_GetPointer(PySequence_Fast_GET_ITEM(qs, i), QUANT_CAPSULE);
-        if (!ws[i]) goto done;
-        PyObject *b = PySequence_Fast_GET_ITEM(bs, i);
+        if (!quant_arg(PyTuple_GET_ITEM(qs, i), &ws[i])) goto done;
+        PyObject *b = PyTuple_GET_ITEM(bs, i);
         if (b != Py_None) {
             if (get_buffer(b, &bufs[i], 0, 4, "bias")) goto done;
             pst_quant_state qst;
@@ -298,7 +301,6 @@ static PyObject *m_bnb_save(PyObject *self, PyObject *args) {
             biases[i] = bufs[i].buf;
         }
     }
-    pst_status s;
     Py_BEGIN_ALLOW_THREADS
     s = pst_bnb_save(path, ws, biases, mods, (int32_t)n);
     Py_END_ALLOW_THREADS
@@ -307,7 +309,7 @@ static PyObject *m_bnb_save(PyObject *self, PyObject *args) {
 done:
     if (bufs) for (Py_ssize_t i = 0; i < n; i++) release(&bufs[i]);
     PyMem_Free(bufs); PyMem_Free(ws); PyMem_Free(biases); PyMem_Free(mods);
-    Py_DECREF(qs); Py_DECREF(bs);
+    Py_XDECREF(qs); Py_XDECREF(bs); Py_XDECREF(keep_mods);
     return ret;
 }
 
@@ -317,13 +319,12 @@ static PyObject *bytes_or_none(const void *p, Py_ssize_t n) {
     return PyBytes_FromStringAndSize((const char *)p, n);
 }
 
-/* quant_state(capsule) -> dict with bytes copies of the state arrays and the scalars */
-static PyObject *m_quant_state(PyObject *self, PyObject *args) {
+/* quant_state(q) -> dict with bytes copies of the state arrays and the scalars: pst_quant_get_state */
+static PyObject *m_quant_state(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_quant *q = PyCapsule_GetPointer(cap, QUANT_CAPSULE);
-    if (!q) return NULL;
+    static char *kwlist[] = {"q", NULL};
+    pst_quant *q;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, quant_arg, &q)) return NULL;
     pst_quant_state s;
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
@@ -343,19 +344,20 @@ static PyObject *m_quant_state(PyObject *self, PyObject *args) {
 }
 
 /* bnb_load(path, module) -> (quant capsule, bias bytes|None) */
-static PyObject *m_bnb_load(PyObject *self, PyObject *args) {
+static PyObject *m_bnb_load(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"path", "module", NULL};
     const char *path, *module;
-    if (!PyArg_ParseTuple(args, "ss", &path, &module)) return NULL;
     pst_quant *q = NULL;
     int32_t has_bias = 0;
     pst_status s;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ss", kwlist, &path, &module)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     s = pst_bnb_load(path, module, &q, NULL, 0, &has_bias);
     Py_END_ALLOW_THREADS
     if (s != PST_OK) return raise_status(s);
-    PyObject *cap = PyCapsule_New(q, QUANT_CAPSULE, quant_capsule_free);
-    if (!cap) { pst_quant_free(q); return NULL; }
+    PyObject *cap = wrap_quant(q);
+    if (!cap) return NULL;
     PyObject *bias = Py_NewRef(Py_None);
     if (has_bias) {
         pst_quant_state qs;
@@ -377,19 +379,15 @@ static PyObject *m_bnb_load(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods_files[] = {
-    {"st_open", m_st_open, METH_VARARGS, "pst_safetensors_open -> capsule"},
-    {"st_tensors", (PyCFunction)(void (*)(void))m_st_tensors, METH_VARARGS | METH_KEYWORDS,
-     "st_tensors(st) -> [(name, dtype, shape, address, byte_count)]: pst_safetensors_tensor_at_v2."},
-    {"st_find", (PyCFunction)(void (*)(void))m_st_find, METH_VARARGS | METH_KEYWORDS,
-     "st_find(st, name) -> (name, dtype, shape, address, byte_count): pst_safetensors_find_v2."},
-    {"st_metadata", (PyCFunction)(void (*)(void))m_st_metadata, METH_VARARGS | METH_KEYWORDS,
-     "st_metadata(st) -> __metadata__ as a dict: pst_safetensors_metadata_at_v2."},
-    {"st_write", (PyCFunction)(void (*)(void))m_st_write, METH_VARARGS | METH_KEYWORDS,
-     "st_write(path, tensors, metadata): pst_safetensors_write_v2 (metadata None: no __metadata__)."},
-    {"peft_save", m_peft_save, METH_VARARGS, "pst_peft_save"},
-    {"peft_load", m_peft_load, METH_VARARGS, "pst_peft_load"},
-    {"bnb_save", m_bnb_save, METH_VARARGS, "pst_bnb_save"},
-    {"bnb_load", m_bnb_load, METH_VARARGS, "pst_bnb_load -> (quant capsule, bias bytes|None)"},
-    {"quant_state", m_quant_state, METH_VARARGS, "pst_quant_get_state -> dict of copies"},
+    KW_METHOD(st_open, "path", "pst_safetensors_open -> safetensors capsule (the file stays mapped while it lives)."),
+    KW_METHOD(st_tensors, "st", "pst_safetensors_tensor_at_v2 -> [(name, dtype, shape, address, byte_count)]."),
+    KW_METHOD(st_find, "st, name", "pst_safetensors_find_v2 -> (name, dtype, shape, address, byte_count)."),
+    KW_METHOD(st_metadata, "st", "pst_safetensors_metadata_at_v2 -> __metadata__ as a dict."),
+    KW_METHOD(st_write, "path, tensors, metadata", "pst_safetensors_write_v2 (metadata None: no __metadata__)."),
+    KW_METHOD(peft_save, "directory, adapter_name, layers, module_paths, base_model_name_or_path", "pst_peft_save."),
+    KW_METHOD(peft_load, "directory, layers, module_paths, as_name", "pst_peft_load."),
+    KW_METHOD(bnb_save, "path, weights, biases, modules", "pst_bnb_save."),
+    KW_METHOD(bnb_load, "path, module", "pst_bnb_load -> (quant capsule, bias bytes|None)."),
+    KW_METHOD(quant_state, "q", "pst_quant_get_state -> dict of copies."),
     {NULL, NULL, 0, NULL},
 };

@@ -1,13 +1,6 @@
 /* peftswift._native: language models and fine-tuning (included by _native.c). Handles travel
- * as capsules whose destructor frees them; long calls release the GIL, callbacks retake it. */
-
-static const char *LLM_CAPSULE = "peftswift.llm";
-static const char *TRAINER_CAPSULE = "peftswift.trainer";
-
-static void llm_capsule_free(PyObject *cap) { pst_llm_free(PyCapsule_GetPointer(cap, LLM_CAPSULE)); }
-static void trainer_capsule_free(PyObject *cap) { pst_trainer_free(PyCapsule_GetPointer(cap, TRAINER_CAPSULE)); }
-static pst_llm *get_llm(PyObject *cap) { return PyCapsule_GetPointer(cap, LLM_CAPSULE); }
-static pst_trainer *get_trainer(PyObject *cap) { return PyCapsule_GetPointer(cap, TRAINER_CAPSULE); }
+ * as capsules (wrap_llm / llm_arg, wrap_trainer / trainer_arg, _native.c); long calls release
+ * the GIL, callbacks retake it (PyGILState_Ensure) for as long as they run. */
 
 /* A Python list of ints from n int32 ids. */
 static PyObject *ids_to_list(const int32_t *ids, int64_t n) {
@@ -17,12 +10,14 @@ static PyObject *ids_to_list(const int32_t *ids, int64_t n) {
     return l;
 }
 
-/* llm_load(path, quantize, quant_type, blocksize, double_quant, pretokenizer) -> capsule */
-static PyObject *m_llm_load(PyObject *self, PyObject *args) {
+/* llm_load(path, quantize, quant_type, blocksize, double_quant, pretokenizer) -> capsule: the
+ * pst_llm_load_params fields */
+static PyObject *m_llm_load(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"path", "quantize", "quant_type", "blocksize", "double_quant", "pretokenizer", NULL};
     const char *path;
     int quantize, qt, bs, dq, pre;
-    if (!PyArg_ParseTuple(args, "siiiii", &path, &quantize, &qt, &bs, &dq, &pre)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siiiii", kwlist, &path, &quantize, &qt, &bs, &dq, &pre)) return NULL;
     pst_llm_load_params p;
     if (pst_llm_load_params_init(&p) != PST_OK) return raise_status(PST_ERR_INTERNAL);
     p.quantize = quantize; p.quant_type = qt; p.blocksize = bs; p.double_quant = dq; p.pretokenizer = pre;
@@ -32,18 +27,15 @@ static PyObject *m_llm_load(PyObject *self, PyObject *args) {
     st = pst_llm_load(path, &p, &m);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
-    PyObject *cap = PyCapsule_New(m, LLM_CAPSULE, llm_capsule_free);
-    if (!cap) pst_llm_free(m);
-    return cap;
+    return wrap_llm(m);
 }
 
-/* llm_info(cap) -> dict */
-static PyObject *m_llm_info(PyObject *self, PyObject *args) {
+/* llm_info(llm) -> dict: pst_llm_get_info */
+static PyObject *m_llm_info(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    static char *kwlist[] = {"llm", NULL};
+    pst_llm *m;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, llm_arg, &m)) return NULL;
     pst_llm_info i;
     memset(&i, 0, sizeof i);
     i.struct_size = sizeof i;
@@ -58,16 +50,15 @@ static PyObject *m_llm_info(PyObject *self, PyObject *args) {
                          "parameter_count", (long long)i.parameter_count, "base_bytes", (long long)i.base_bytes);
 }
 
-/* llm_tokenize(cap, text: str, flags) -> list[int] */
-static PyObject *m_llm_tokenize(PyObject *self, PyObject *args) {
+/* llm_tokenize(llm, text: str, flags) -> list[int] (flags: PST_TOKENIZE_*) */
+static PyObject *m_llm_tokenize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"llm", "text", "flags", NULL};
+    pst_llm *m;
     const char *text;
     Py_ssize_t len;
     int flags;
-    if (!PyArg_ParseTuple(args, "Os#i", &cap, &text, &len, &flags)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&s#i", kwlist, llm_arg, &m, &text, &len, &flags)) return NULL;
     int64_t n = 0;
     size_t cap_ids = (size_t)len + 16;
     int32_t *ids = PyMem_Malloc(cap_ids * sizeof *ids);
@@ -81,62 +72,72 @@ static PyObject *m_llm_tokenize(PyObject *self, PyObject *args) {
     return ret;
 }
 
-/* llm_chat_prompt(cap, user, system|None) -> list[int] */
-static PyObject *m_llm_chat_prompt(PyObject *self, PyObject *args) {
+/* llm_chat_prompt(llm, user, system|None) -> list[int]: tokenizes, so the GIL is released */
+static PyObject *m_llm_chat_prompt(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"llm", "user", "system", NULL};
+    pst_llm *m;
     const char *user, *system = NULL;
-    if (!PyArg_ParseTuple(args, "Osz", &cap, &user, &system)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&sz", kwlist, llm_arg, &m, &user, &system)) return NULL;
     int64_t n = 0;
-    pst_status st = pst_llm_chat_prompt(m, user, system, NULL, 0, &n);
+    pst_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_chat_prompt(m, user, system, NULL, 0, &n);
+    Py_END_ALLOW_THREADS
     if (st != PST_OK && st != PST_ERR_INVALID_ARG) return raise_status(st);
     if (st == PST_ERR_INVALID_ARG && n == 0) return raise_status(st);
     int32_t *ids = PyMem_Malloc((size_t)(n + 1) * sizeof *ids);
     if (!ids) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
     st = pst_llm_chat_prompt(m, user, system, ids, (size_t)n, &n);
+    Py_END_ALLOW_THREADS
     PyObject *ret = st == PST_OK ? ids_to_list(ids, n) : raise_status(st);
     PyMem_Free(ids);
     return ret;
 }
 
-/* llm_detokenize(cap, ids int32 buffer, flags) -> str */
-static PyObject *m_llm_detokenize(PyObject *self, PyObject *args) {
+/* llm_detokenize(llm, ids int32 buffer, flags) -> str (flags: PST_DETOKENIZE_*); the GIL is
+ * released while the text is made */
+static PyObject *m_llm_detokenize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *oids;
+    static char *kwlist[] = {"llm", "ids", "flags", NULL};
+    pst_llm *m;
+    PyObject *oids, *ret = NULL;
     int flags;
-    if (!PyArg_ParseTuple(args, "OOi", &cap, &oids, &flags)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
     Py_buffer b = {0};
-    if (get_buffer(oids, &b, 0, 4, "ids")) return NULL;
     int64_t len = 0;
-    PyObject *ret = NULL;
-    pst_status st = pst_llm_detokenize(m, b.buf, (size_t)(b.len / 4), flags, NULL, 0, &len);
+    char *text = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&Oi", kwlist, llm_arg, &m, &oids, &flags)) return NULL;
+    if (get_buffer(oids, &b, 0, 4, "ids")) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_detokenize(m, b.buf, (size_t)(b.len / 4), flags, NULL, 0, &len);
+    Py_END_ALLOW_THREADS
     if (st != PST_OK && !(st == PST_ERR_INVALID_ARG && (len > 0 || b.len == 0))) { raise_status(st); goto done; }
-    char *text = PyMem_Malloc((size_t)len + 1);
+    text = PyMem_Malloc((size_t)len + 1);
     if (!text) { PyErr_NoMemory(); goto done; }
+    Py_BEGIN_ALLOW_THREADS
     st = pst_llm_detokenize(m, b.buf, (size_t)(b.len / 4), flags, text, (size_t)len + 1, &len);
+    Py_END_ALLOW_THREADS
     ret = st == PST_OK ? PyUnicode_DecodeUTF8(text, (Py_ssize_t)len, "replace") : raise_status(st);
-    PyMem_Free(text);
 done:
+    PyMem_Free(text);
     release(&b);
     return ret;
 }
 
-/* llm_logits(cap, ids int32 buffer, batch, seq_len, out float32 buffer) */
-static PyObject *m_llm_logits(PyObject *self, PyObject *args) {
+/* llm_logits(llm, ids int32 buffer, batch, seq_len, logits float32 buffer) */
+static PyObject *m_llm_logits(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *oids, *oout;
+    static char *kwlist[] = {"llm", "ids", "batch", "seq_len", "logits", NULL};
+    pst_llm *m;
+    PyObject *oids, *oout;
     long long batch, seq;
-    if (!PyArg_ParseTuple(args, "OOLLO", &cap, &oids, &batch, &seq, &oout)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
     Py_buffer ids = {0}, out = {0};
     PyObject *ret = NULL;
     pst_status st;
-    if (get_buffer(oids, &ids, 0, 4, "ids") || get_buffer(oout, &out, 1, 4, "out")) goto done;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OLLO", kwlist, llm_arg, &m, &oids, &batch, &seq, &oout)) return NULL;
+    if (get_buffer(oids, &ids, 0, 4, "ids") || get_buffer(oout, &out, 1, 4, "logits")) goto done;
     if (ids.len / 4 != batch * seq) { PyErr_Format(PyExc_ValueError, "ids has %zd values, expected %lld", ids.len / 4, batch * seq); goto done; }
     Py_BEGIN_ALLOW_THREADS
     st = pst_llm_logits(m, ids.buf, batch, seq, out.buf, (size_t)(out.len / 4));
@@ -148,18 +149,18 @@ done:
     return ret;
 }
 
-/* llm_loss(cap, ids, labels|None, batch, seq_len) -> float */
-static PyObject *m_llm_loss(PyObject *self, PyObject *args) {
+/* llm_loss(llm, ids, labels|None, batch, seq_len) -> float */
+static PyObject *m_llm_loss(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *oids, *olab;
+    static char *kwlist[] = {"llm", "ids", "labels", "batch", "seq_len", NULL};
+    pst_llm *m;
+    PyObject *oids, *olab;
     long long batch, seq;
-    if (!PyArg_ParseTuple(args, "OOOLL", &cap, &oids, &olab, &batch, &seq)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
     Py_buffer ids = {0}, lab = {0};
     PyObject *ret = NULL;
     pst_status st;
     float loss = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OOLL", kwlist, llm_arg, &m, &oids, &olab, &batch, &seq)) return NULL;
     if (get_buffer(oids, &ids, 0, 4, "ids") || get_optional_buffer(olab, &lab, 4, "labels")) goto done;
     if (ids.len / 4 != batch * seq || (lab.buf && lab.len != ids.len)) {
         PyErr_Format(PyExc_ValueError, "ids and labels must hold batch * seq_len = %lld values", batch * seq);
@@ -175,70 +176,135 @@ done:
     return ret;
 }
 
-/* llm_simple(cap, op): 0 backward, 1 zero_grad, 2 train mode, 3 eval mode */
-static PyObject *m_llm_simple(PyObject *self, PyObject *args) {
+static PyObject *m_llm_backward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    int op;
-    if (!PyArg_ParseTuple(args, "Oi", &cap, &op)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    static char *kwlist[] = {"llm", NULL};
+    pst_llm *m;
     pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, llm_arg, &m)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = op == 0 ? pst_llm_backward(m) : op == 1 ? pst_llm_zero_grad(m) : pst_llm_set_training(m, op == 2);
+    st = pst_llm_backward(m);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-/* llm_add_adapter(cap, name, r, alpha, dropout, rslora, init, seed, targets|None) */
-static PyObject *m_llm_add_adapter(PyObject *self, PyObject *args) {
+/* llm_zero_grad(llm): writes every adapter gradient, so the GIL is released */
+static PyObject *m_llm_zero_grad(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"llm", NULL};
+    pst_llm *m;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, llm_arg, &m)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_zero_grad(m);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* llm_set_training(llm, training): a flag, no GIL release */
+static PyObject *m_llm_set_training(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", "training", NULL};
+    pst_llm *m;
+    int training;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&p", kwlist, llm_arg, &m, &training)) return NULL;
+    pst_status st = pst_llm_set_training(m, training);
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* llm_add_adapter(llm, name, r, alpha, dropout, use_rslora, init, seed, target_modules|None): the
+ * pst_lora_params fields; allocates and initializes every projection's A and B, so the GIL is
+ * released */
+static PyObject *m_llm_add_adapter(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", "name", "r", "alpha", "dropout", "use_rslora", "init", "seed", "target_modules", NULL};
+    pst_llm *m;
     const char *name, *targets = NULL;
     int r, rs, init;
     double alpha, dropout;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OsiddpiKz", &cap, &name, &r, &alpha, &dropout, &rs, &init, &seed, &targets)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&siddpiKz", kwlist, llm_arg, &m, &name, &r, &alpha, &dropout, &rs, &init,
+                                     &seed, &targets)) return NULL;
     pst_lora_params p;
     if (pst_lora_params_init(&p) != PST_OK) return raise_status(PST_ERR_INTERNAL);
     p.r = r; p.alpha = (float)alpha; p.dropout = (float)dropout; p.use_rslora = rs; p.init = init; p.seed = seed;
-    pst_status st = pst_llm_add_adapter(m, name, &p, targets);
-    if (st != PST_OK) return raise_status(st);
-    Py_RETURN_NONE;
-}
-
-/* llm_adapter_op(cap, op, a|None, b|None): 0 delete(name), 1 set(name|None), 2 save(name, dir), 3 load(dir, name) */
-static PyObject *m_llm_adapter_op(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *cap;
-    int op;
-    const char *a = NULL, *b = NULL;
-    if (!PyArg_ParseTuple(args, "Oizz", &cap, &op, &a, &b)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
-    pst_status st;
     Py_BEGIN_ALLOW_THREADS
-    switch (op) {
-    case 0: st = pst_llm_delete_adapter(m, a); break;
-    case 1: st = pst_llm_set_adapter(m, a); break;
-    case 2: st = pst_llm_save_adapter(m, a, b); break;
-    default: st = pst_llm_load_adapter(m, a, b); break;
-    }
+    st = pst_llm_add_adapter(m, name, &p, targets);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-/* llm_modules(cap) -> list[str] */
-static PyObject *m_llm_modules(PyObject *self, PyObject *args) {
+/* llm_delete_adapter(llm, name) (None passes NULL, which the library refuses) */
+static PyObject *m_llm_delete_adapter(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    static char *kwlist[] = {"llm", "name", NULL};
+    pst_llm *m;
+    const char *name = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&z", kwlist, llm_arg, &m, &name)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_delete_adapter(m, name);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* llm_set_adapter(llm, name|None): None, the base model alone */
+static PyObject *m_llm_set_adapter(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", "name", NULL};
+    pst_llm *m;
+    const char *name = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&z", kwlist, llm_arg, &m, &name)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_set_adapter(m, name);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* llm_save_adapter(llm, adapter, directory) */
+static PyObject *m_llm_save_adapter(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", "adapter", "directory", NULL};
+    pst_llm *m;
+    const char *adapter = NULL, *dir = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&zz", kwlist, llm_arg, &m, &adapter, &dir)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_save_adapter(m, adapter, dir);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* llm_load_adapter(llm, directory, name) */
+static PyObject *m_llm_load_adapter(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", "directory", "name", NULL};
+    pst_llm *m;
+    const char *dir = NULL, *name = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&zz", kwlist, llm_arg, &m, &dir, &name)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_llm_load_adapter(m, dir, name);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* llm_modules(llm) -> list[str]: pst_llm_module_count and pst_llm_module_at */
+static PyObject *m_llm_modules(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", NULL};
+    pst_llm *m;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, llm_arg, &m)) return NULL;
     int64_t n = 0;
     pst_status st = pst_llm_module_count(m, &n);
     if (st != PST_OK) return raise_status(st);
@@ -253,15 +319,14 @@ static PyObject *m_llm_modules(PyObject *self, PyObject *args) {
     return l;
 }
 
-/* llm_adapter_tensor(cap, module, adapter, which) -> (address, rows, cols) */
-static PyObject *m_llm_adapter_tensor(PyObject *self, PyObject *args) {
+/* llm_adapter_tensor(llm, module_path, adapter, which) -> (address, rows, cols) (which: PST_LORA_A, ...) */
+static PyObject *m_llm_adapter_tensor(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"llm", "module_path", "adapter", "which", NULL};
+    pst_llm *m;
     const char *module, *adapter;
     int which;
-    if (!PyArg_ParseTuple(args, "Ossi", &cap, &module, &adapter, &which)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&ssi", kwlist, llm_arg, &m, &module, &adapter, &which)) return NULL;
     float *data = NULL;
     int64_t rows = 0, cols = 0;
     pst_status st = pst_llm_adapter_tensor(m, module, adapter, which, &data, &rows, &cols);
@@ -271,8 +336,12 @@ static PyObject *m_llm_adapter_tensor(PyObject *self, PyObject *args) {
 
 typedef struct { PyObject *fn; int failed; } py_callback;
 
+/* Called by the engine, without the GIL, on whichever thread it runs: takes the GIL for the
+ * Python callback and gives it back. After a callback has raised, no further call is made (its
+ * exception stays set for the method to return) and the engine is asked to stop. */
 static int32_t token_trampoline(int32_t token, const char *bytes, size_t n, void *user) {
     py_callback *cb = user;
+    if (cb->failed) return 1;
     PyGILState_STATE g = PyGILState_Ensure();
     int32_t stop = 0;
     PyObject *r = PyObject_CallFunction(cb->fn, "iy#", (int)token, bytes, (Py_ssize_t)n);
@@ -282,24 +351,26 @@ static int32_t token_trampoline(int32_t token, const char *bytes, size_t n, void
     return stop;
 }
 
-/* llm_generate(cap, prompt int32 buffer, max_new, temperature, top_p, top_k, seed, disable,
- *              stop_at_eos, stop_ids int32 buffer|None, callback|None) -> list[int] */
-static PyObject *m_llm_generate(PyObject *self, PyObject *args) {
+/* llm_generate(llm, prompt int32 buffer, max_new_tokens, temperature, top_p, top_k, seed,
+ *              disable_adapters, stop_at_eos, stop_ids int32 buffer|None, callback|None) -> list[int]:
+ * the pst_generate_params fields; callback(token, bytes) runs with the GIL retaken */
+static PyObject *m_llm_generate(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *oprompt, *ostops, *fn;
+    static char *kwlist[] = {"llm", "prompt", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "disable_adapters",
+                             "stop_at_eos", "stop_ids", "callback", NULL};
+    pst_llm *m;
+    PyObject *oprompt, *ostops, *fn;
     int max_new, top_k, disable, stop_eos;
     double temp, top_p;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOiddiKppOO", &cap, &oprompt, &max_new, &temp, &top_p, &top_k, &seed, &disable, &stop_eos,
-                          &ostops, &fn)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OiddiKppOO", kwlist, llm_arg, &m, &oprompt, &max_new, &temp, &top_p, &top_k,
+                                     &seed, &disable, &stop_eos, &ostops, &fn)) return NULL;
     Py_buffer pr = {0}, stops = {0};
     PyObject *ret = NULL;
     int32_t *out = NULL;
     if (get_buffer(oprompt, &pr, 0, 4, "prompt") || get_optional_buffer(ostops, &stops, 4, "stop_ids")) goto done;
     pst_generate_params p;
-    if (pst_generate_params_init(&p) != PST_OK) return raise_status(PST_ERR_INTERNAL);
+    if (pst_generate_params_init(&p) != PST_OK) { raise_status(PST_ERR_INTERNAL); goto done; }
     p.max_new_tokens = max_new; p.temperature = (float)temp; p.top_p = (float)top_p; p.top_k = top_k; p.seed = seed;
     p.disable_adapters = disable; p.stop_at_eos = stop_eos; p.stop_ids = stops.buf; p.stop_count = (int32_t)(stops.len / 4);
     size_t capn = max_new > 0 ? (size_t)max_new : 1;
@@ -342,13 +413,14 @@ static int dict_str(PyObject *d, const char *k, const char **v) {
     return *v ? 0 : -1;
 }
 
-/* trainer_create(llm cap, paths: list[str], options: dict) -> capsule */
-static PyObject *m_trainer_create(PyObject *self, PyObject *args) {
+/* trainer_create(llm, data_paths: list[str], params: dict of the pst_trainer_params fields) -> capsule */
+static PyObject *m_trainer_create(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *opaths, *d;
-    if (!PyArg_ParseTuple(args, "OO!O!", &cap, &PyList_Type, &opaths, &PyDict_Type, &d)) return NULL;
-    pst_llm *m = get_llm(cap);
-    if (!m) return NULL;
+    static char *kwlist[] = {"llm", "data_paths", "params", NULL};
+    pst_llm *m;
+    PyObject *opaths, *d;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O!O!", kwlist, llm_arg, &m, &PyList_Type, &opaths, &PyDict_Type, &d))
+        return NULL;
     pst_trainer_params p;
     if (pst_trainer_params_init(&p) != PST_OK) return raise_status(PST_ERR_INTERNAL);
     long long fmt, seq, steps, bs, ga, warm, sched, o8, budget, r, seed, shuffle, ckpt, recompute;
@@ -382,9 +454,7 @@ static PyObject *m_trainer_create(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyMem_Free(paths);
     if (st != PST_OK) return raise_status(st);
-    PyObject *tc = PyCapsule_New(t, TRAINER_CAPSULE, trainer_capsule_free);
-    if (!tc) pst_trainer_free(t);
-    return tc;
+    return wrap_trainer(t);
 }
 
 static PyObject *progress_dict(const pst_train_progress *p) {
@@ -394,13 +464,12 @@ static PyObject *progress_dict(const pst_train_progress *p) {
                          "elapsed_seconds", p->elapsed_seconds, "checkpoint", p->checkpoint);
 }
 
-/* trainer_step(cap) -> dict */
-static PyObject *m_trainer_step(PyObject *self, PyObject *args) {
+/* trainer_step(trainer) -> dict */
+static PyObject *m_trainer_step(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_trainer *t = get_trainer(cap);
-    if (!t) return NULL;
+    static char *kwlist[] = {"trainer", NULL};
+    pst_trainer *t;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, trainer_arg, &t)) return NULL;
     pst_train_progress p;
     memset(&p, 0, sizeof p);
     p.struct_size = sizeof p;
@@ -412,8 +481,10 @@ static PyObject *m_trainer_step(PyObject *self, PyObject *args) {
     return progress_dict(&p);
 }
 
+/* As token_trampoline, for pst_trainer_train's progress. */
 static int32_t progress_trampoline(const pst_train_progress *p, void *user) {
     py_callback *cb = user;
+    if (cb->failed) return 1;
     PyGILState_STATE g = PyGILState_Ensure();
     int32_t stop = 0;
     PyObject *d = progress_dict(p);
@@ -425,13 +496,13 @@ static int32_t progress_trampoline(const pst_train_progress *p, void *user) {
     return stop;
 }
 
-/* trainer_train(cap, callback|None) */
-static PyObject *m_trainer_train(PyObject *self, PyObject *args) {
+/* trainer_train(trainer, callback|None): callback(progress) runs with the GIL retaken */
+static PyObject *m_trainer_train(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *fn;
-    if (!PyArg_ParseTuple(args, "OO", &cap, &fn)) return NULL;
-    pst_trainer *t = get_trainer(cap);
-    if (!t) return NULL;
+    static char *kwlist[] = {"trainer", "callback", NULL};
+    pst_trainer *t;
+    PyObject *fn;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O", kwlist, trainer_arg, &t, &fn)) return NULL;
     py_callback cb = {fn, 0};
     pst_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -442,30 +513,42 @@ static PyObject *m_trainer_train(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* trainer_save(cap, op, dir): 0 adapter, 1 checkpoint */
-static PyObject *m_trainer_save(PyObject *self, PyObject *args) {
+/* trainer_save_adapter(trainer, directory) */
+static PyObject *m_trainer_save_adapter(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    int op;
+    static char *kwlist[] = {"trainer", "directory", NULL};
+    pst_trainer *t;
     const char *dir;
-    if (!PyArg_ParseTuple(args, "Ois", &cap, &op, &dir)) return NULL;
-    pst_trainer *t = get_trainer(cap);
-    if (!t) return NULL;
     pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&s", kwlist, trainer_arg, &t, &dir)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = op == 0 ? pst_trainer_save_adapter(t, dir) : pst_trainer_save_checkpoint(t, dir);
+    st = pst_trainer_save_adapter(t, dir);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-/* trainer_info(cap) -> dict */
-static PyObject *m_trainer_info(PyObject *self, PyObject *args) {
+/* trainer_save_checkpoint(trainer, directory) */
+static PyObject *m_trainer_save_checkpoint(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_trainer *t = get_trainer(cap);
-    if (!t) return NULL;
+    static char *kwlist[] = {"trainer", "directory", NULL};
+    pst_trainer *t;
+    const char *dir;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&s", kwlist, trainer_arg, &t, &dir)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_trainer_save_checkpoint(t, dir);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* trainer_info(trainer) -> dict: pst_trainer_get_info */
+static PyObject *m_trainer_info(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"trainer", NULL};
+    pst_trainer *t;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, trainer_arg, &t)) return NULL;
     pst_trainer_info i;
     memset(&i, 0, sizeof i);
     i.struct_size = sizeof i;
@@ -476,42 +559,56 @@ static PyObject *m_trainer_info(PyObject *self, PyObject *args) {
                          "total_steps", (long long)i.total_steps, "trainable_parameters", (long long)i.trainable_parameters);
 }
 
-/* latest_checkpoint(dir) -> str | None */
-static PyObject *m_latest_checkpoint(PyObject *self, PyObject *args) {
+/* latest_checkpoint(directory) -> str | None: pst_trainer_latest_checkpoint; reads the directory,
+ * so the GIL is released */
+static PyObject *m_latest_checkpoint(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"directory", NULL};
     const char *dir;
-    if (!PyArg_ParseTuple(args, "s", &dir)) return NULL;
     int64_t len = 0;
-    pst_status st = pst_trainer_latest_checkpoint(dir, NULL, 0, &len);
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s", kwlist, &dir)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_trainer_latest_checkpoint(dir, NULL, 0, &len);
+    Py_END_ALLOW_THREADS
     if (st == PST_ERR_NOT_FOUND) Py_RETURN_NONE;
     if (st != PST_OK && len == 0) return raise_status(st);
     char *buf = PyMem_Malloc((size_t)len + 1);
     if (!buf) return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
     st = pst_trainer_latest_checkpoint(dir, buf, (size_t)len + 1, &len);
+    Py_END_ALLOW_THREADS
     PyObject *ret = st == PST_OK ? PyUnicode_DecodeUTF8(buf, (Py_ssize_t)len, "strict") : raise_status(st);
     PyMem_Free(buf);
     return ret;
 }
 
 static PyMethodDef methods_llm[] = {
-    {"llm_load", m_llm_load, METH_VARARGS, "pst_llm_load -> capsule"},
-    {"llm_info", m_llm_info, METH_VARARGS, "pst_llm_get_info -> dict"},
-    {"llm_tokenize", m_llm_tokenize, METH_VARARGS, "pst_llm_tokenize -> list"},
-    {"llm_chat_prompt", m_llm_chat_prompt, METH_VARARGS, "pst_llm_chat_prompt -> list"},
-    {"llm_detokenize", m_llm_detokenize, METH_VARARGS, "pst_llm_detokenize -> str"},
-    {"llm_logits", m_llm_logits, METH_VARARGS, "pst_llm_logits into a float32 buffer"},
-    {"llm_loss", m_llm_loss, METH_VARARGS, "pst_llm_loss -> float"},
-    {"llm_simple", m_llm_simple, METH_VARARGS, "backward / zero_grad / set_training"},
-    {"llm_add_adapter", m_llm_add_adapter, METH_VARARGS, "pst_llm_add_adapter"},
-    {"llm_adapter_op", m_llm_adapter_op, METH_VARARGS, "delete / set / save / load an adapter"},
-    {"llm_modules", m_llm_modules, METH_VARARGS, "module paths"},
-    {"llm_adapter_tensor", m_llm_adapter_tensor, METH_VARARGS, "pst_llm_adapter_tensor -> (address, rows, cols)"},
-    {"llm_generate", m_llm_generate, METH_VARARGS, "pst_llm_generate -> list"},
-    {"trainer_create", m_trainer_create, METH_VARARGS, "pst_trainer_create -> capsule"},
-    {"trainer_step", m_trainer_step, METH_VARARGS, "pst_trainer_step -> dict"},
-    {"trainer_train", m_trainer_train, METH_VARARGS, "pst_trainer_train"},
-    {"trainer_save", m_trainer_save, METH_VARARGS, "save adapter / checkpoint"},
-    {"trainer_info", m_trainer_info, METH_VARARGS, "pst_trainer_get_info -> dict"},
-    {"latest_checkpoint", m_latest_checkpoint, METH_VARARGS, "pst_trainer_latest_checkpoint -> str | None"},
+    KW_METHOD(llm_load, "path, quantize, quant_type, blocksize, double_quant, pretokenizer", "pst_llm_load -> llm capsule."),
+    KW_METHOD(llm_info, "llm", "pst_llm_get_info -> dict."),
+    KW_METHOD(llm_tokenize, "llm, text, flags", "pst_llm_tokenize -> list[int]."),
+    KW_METHOD(llm_chat_prompt, "llm, user, system", "pst_llm_chat_prompt -> list[int]."),
+    KW_METHOD(llm_detokenize, "llm, ids, flags", "pst_llm_detokenize -> str."),
+    KW_METHOD(llm_logits, "llm, ids, batch, seq_len, logits", "pst_llm_logits into a float32 buffer."),
+    KW_METHOD(llm_loss, "llm, ids, labels, batch, seq_len", "pst_llm_loss -> float."),
+    KW_METHOD(llm_backward, "llm", "pst_llm_backward."),
+    KW_METHOD(llm_zero_grad, "llm", "pst_llm_zero_grad."),
+    KW_METHOD(llm_set_training, "llm, training", "pst_llm_set_training."),
+    KW_METHOD(llm_add_adapter, "llm, name, r, alpha, dropout, use_rslora, init, seed, target_modules", "pst_llm_add_adapter."),
+    KW_METHOD(llm_delete_adapter, "llm, name", "pst_llm_delete_adapter."),
+    KW_METHOD(llm_set_adapter, "llm, name", "pst_llm_set_adapter (None: the base model alone)."),
+    KW_METHOD(llm_save_adapter, "llm, adapter, directory", "pst_llm_save_adapter."),
+    KW_METHOD(llm_load_adapter, "llm, directory, name", "pst_llm_load_adapter."),
+    KW_METHOD(llm_modules, "llm", "pst_llm_module_count / pst_llm_module_at -> list[str]."),
+    KW_METHOD(llm_adapter_tensor, "llm, module_path, adapter, which", "pst_llm_adapter_tensor -> (address, rows, cols)."),
+    KW_METHOD(llm_generate, "llm, prompt, max_new_tokens, temperature, top_p, top_k, seed, disable_adapters, stop_at_eos, "
+              "stop_ids, callback", "pst_llm_generate -> list[int]."),
+    KW_METHOD(trainer_create, "llm, data_paths, params", "pst_trainer_create -> trainer capsule (borrows llm)."),
+    KW_METHOD(trainer_step, "trainer", "pst_trainer_step -> progress dict."),
+    KW_METHOD(trainer_train, "trainer, callback", "pst_trainer_train."),
+    KW_METHOD(trainer_save_adapter, "trainer, directory", "pst_trainer_save_adapter."),
+    KW_METHOD(trainer_save_checkpoint, "trainer, directory", "pst_trainer_save_checkpoint."),
+    KW_METHOD(trainer_info, "trainer", "pst_trainer_get_info -> dict."),
+    KW_METHOD(latest_checkpoint, "directory", "pst_trainer_latest_checkpoint -> str | None."),
     {NULL, NULL, 0, NULL},
 };

@@ -1,18 +1,12 @@
 /* peftswift._native: the LoRA layer (included by _native.c). Handles travel as capsules
- * whose destructor frees them. */
-
-static const char *LORA_CAPSULE = "peftswift.lora";
-static const char *QUANT_CAPSULE = "peftswift.quant";
-
-static void lora_capsule_free(PyObject *cap) { pst_lora_free(PyCapsule_GetPointer(cap, LORA_CAPSULE)); }
-static void quant_capsule_free(PyObject *cap) { pst_quant_free(PyCapsule_GetPointer(cap, QUANT_CAPSULE)); }
-
-static pst_lora *get_lora(PyObject *cap) { return PyCapsule_GetPointer(cap, LORA_CAPSULE); }
+ * (wrap_lora / lora_arg, _native.c). */
 
 /* quant_from_state(packed, absmax, code, nested_absmax|None, nested_code|None, offset, shape, dtype,
- *                  quant_type, blocksize, nested_blocksize) -> capsule */
-static PyObject *m_quant_from_state(PyObject *self, PyObject *args) {
+ *                  quant_type, blocksize, nested_blocksize) -> capsule: the pst_quant_state fields */
+static PyObject *m_quant_from_state(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"packed", "absmax", "code", "nested_absmax", "nested_code", "offset", "shape", "dtype",
+                             "quant_type", "blocksize", "nested_blocksize", NULL};
     PyObject *op, *oa, *oc, *ona, *onc, *oshape;
     double offset;
     int dtype, qt, blocksize, nbs;
@@ -20,7 +14,8 @@ static PyObject *m_quant_from_state(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     pst_quant *q = NULL;
     pst_status st;
-    if (!PyArg_ParseTuple(args, "OOOOOdOiiii", &op, &oa, &oc, &ona, &onc, &offset, &oshape, &dtype, &qt, &blocksize, &nbs)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOdOiiii", kwlist, &op, &oa, &oc, &ona, &onc, &offset, &oshape, &dtype, &qt,
+                                     &blocksize, &nbs)) return NULL;
     pst_quant_state s;
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
@@ -46,47 +41,46 @@ static PyObject *m_quant_from_state(PyObject *self, PyObject *args) {
     st = pst_quant_from_state(&s, &q);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) { raise_status(st); goto done; }
-    ret = PyCapsule_New(q, QUANT_CAPSULE, quant_capsule_free);
-    if (!ret) pst_quant_free(q);
+    ret = wrap_quant(q);
 done:
     release(&p); release(&a); release(&c); release(&na); release(&nc);
     return ret;
 }
 
 /* lora_create_dense(weight, out_features, in_features, bias|None) -> capsule */
-static PyObject *m_lora_create_dense(PyObject *self, PyObject *args) {
+static PyObject *m_lora_create_dense(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"weight", "out_features", "in_features", "bias", NULL};
     PyObject *ow, *ob;
     long long of, inf;
     Py_buffer w = {0}, b = {0};
     PyObject *ret = NULL;
     pst_lora *l = NULL;
     pst_status st;
-    if (!PyArg_ParseTuple(args, "OLLO", &ow, &of, &inf, &ob)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLO", kwlist, &ow, &of, &inf, &ob)) return NULL;
     if (get_buffer(ow, &w, 0, 4, "weight") || get_optional_buffer(ob, &b, 4, "bias")) goto done;
     if (b.buf && b.len / 4 != of) { PyErr_Format(PyExc_ValueError, "bias has %zd values, expected out_features (%lld)", b.len / 4, of); goto done; }
     Py_BEGIN_ALLOW_THREADS
     st = pst_lora_create_dense(w.buf, (size_t)(w.len / 4), of, inf, b.buf, &l);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) { raise_status(st); goto done; }
-    ret = PyCapsule_New(l, LORA_CAPSULE, lora_capsule_free);
-    if (!ret) pst_lora_free(l);
+    ret = wrap_lora(l);
 done:
     release(&w); release(&b);
     return ret;
 }
 
-/* lora_create_quantized(quant capsule, bias|None) -> capsule */
-static PyObject *m_lora_create_quantized(PyObject *self, PyObject *args) {
+/* lora_create_quantized(base: quant capsule, bias|None) -> capsule */
+static PyObject *m_lora_create_quantized(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *oq, *ob;
+    static char *kwlist[] = {"base", "bias", NULL};
+    PyObject *ob;
     Py_buffer b = {0};
     PyObject *ret = NULL;
+    pst_quant *q;
     pst_lora *l = NULL;
     pst_status st;
-    if (!PyArg_ParseTuple(args, "OO", &oq, &ob)) return NULL;
-    pst_quant *q = PyCapsule_GetPointer(oq, QUANT_CAPSULE);
-    if (!q) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O", kwlist, quant_arg, &q, &ob)) return NULL;
     if (get_optional_buffer(ob, &b, 4, "bias")) goto done;
     int64_t of = 0;
     pst_quant_state s;
@@ -99,73 +93,85 @@ static PyObject *m_lora_create_quantized(PyObject *self, PyObject *args) {
     st = pst_lora_create_quantized(q, b.buf, &l);
     Py_END_ALLOW_THREADS
     if (st != PST_OK) { raise_status(st); goto done; }
-    ret = PyCapsule_New(l, LORA_CAPSULE, lora_capsule_free);
-    if (!ret) pst_lora_free(l);
+    ret = wrap_lora(l);
 done:
     release(&b);
     return ret;
 }
 
-/* lora_add_adapter(cap, name, r, alpha, dropout, use_rslora, init, seed) */
-static PyObject *m_lora_add_adapter(PyObject *self, PyObject *args) {
+/* lora_add_adapter(layer, name, r, alpha, dropout, use_rslora, init, seed): the pst_lora_params
+ * fields; allocates and initializes A and B, so the GIL is released */
+static PyObject *m_lora_add_adapter(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"layer", "name", "r", "alpha", "dropout", "use_rslora", "init", "seed", NULL};
+    pst_lora *l;
     const char *name;
     int r, rs, init;
     double alpha, dropout;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OsiddpiK", &cap, &name, &r, &alpha, &dropout, &rs, &init, &seed)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&siddpiK", kwlist, lora_arg, &l, &name, &r, &alpha, &dropout, &rs, &init,
+                                     &seed)) return NULL;
     pst_lora_params p;
     if (pst_lora_params_init(&p) != PST_OK) return raise_status(PST_ERR_INTERNAL);
     p.r = r; p.alpha = (float)alpha; p.dropout = (float)dropout; p.use_rslora = rs; p.init = init; p.seed = seed;
-    pst_status st = pst_lora_add_adapter(l, name, &p);
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_lora_add_adapter(l, name, &p);
+    Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-static PyObject *m_lora_delete_adapter(PyObject *self, PyObject *args) {
+static PyObject *m_lora_delete_adapter(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"layer", "name", NULL};
+    pst_lora *l;
     const char *name;
-    if (!PyArg_ParseTuple(args, "Os", &cap, &name)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&s", kwlist, lora_arg, &l, &name)) return NULL;
     pst_status st = pst_lora_delete_adapter(l, name);
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-/* Converts a list of str to a C array of char* (borrowed from the list's objects). */
-static int names_array(PyObject *list, const char ***out, Py_ssize_t *count) {
-    PyObject *seq = PySequence_Fast(list, "names must be a sequence of str");
+/* A sequence as a tuple the caller owns: its items stay alive while the GIL is released,
+ * whatever other threads do to the sequence given. msg: the TypeError for a non-sequence. */
+static PyObject *owned_tuple(PyObject *obj, const char *msg) {
+    PyObject *seq = PySequence_Fast(obj, msg);
+    if (!seq || PyTuple_CheckExact(seq)) return seq;
+    PyObject *t = PySequence_Tuple(seq);
+    Py_DECREF(seq);
+    return t;
+}
+
+/* Converts a sequence of str to a C array of char* (PyMem_Free it) borrowed from *keep, a
+ * tuple of the strings the caller releases after the native call. */
+static int names_array(PyObject *obj, PyObject **keep, const char ***out, Py_ssize_t *count) {
+    PyObject *seq = owned_tuple(obj, "names must be a sequence of str");
     if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     const char **arr = PyMem_Calloc(n ? (size_t)n : 1, sizeof(char *));
     if (!arr) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
     for (Py_ssize_t i = 0; i < n; i++) {
-        arr[i] = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+        arr[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(seq, i));
         if (!arr[i]) { PyMem_Free(arr); Py_DECREF(seq); return -1; }
     }
-    Py_DECREF(seq); /* the strings stay alive in the caller's list */
+    *keep = seq;
     *out = arr;
     *count = n;
     return 0;
 }
 
-/* lora_set_active(cap, names, weights|None) */
-static PyObject *m_lora_set_active(PyObject *self, PyObject *args) {
+/* lora_set_active(layer, names, weights|None) */
+static PyObject *m_lora_set_active(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *onames, *ow;
-    if (!PyArg_ParseTuple(args, "OOO", &cap, &onames, &ow)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    static char *kwlist[] = {"layer", "names", "weights", NULL};
+    pst_lora *l;
+    PyObject *onames, *ow, *keep = NULL, *ret = NULL;
     const char **names = NULL;
     Py_ssize_t n = 0;
     float *w = NULL;
-    PyObject *ret = NULL;
-    if (names_array(onames, &names, &n)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO", kwlist, lora_arg, &l, &onames, &ow)) return NULL;
+    if (names_array(onames, &keep, &names, &n)) return NULL;
     if (ow != Py_None) {
         PyObject *seq = PySequence_Fast(ow, "weights must be a sequence of floats");
         if (!seq) goto done;
@@ -182,32 +188,32 @@ static PyObject *m_lora_set_active(PyObject *self, PyObject *args) {
 done:
     PyMem_Free(names);
     PyMem_Free(w);
+    Py_XDECREF(keep);
     return ret;
 }
 
-static PyObject *m_lora_set_training(PyObject *self, PyObject *args) {
+static PyObject *m_lora_set_training(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"layer", "training", NULL};
+    pst_lora *l;
     int on;
-    if (!PyArg_ParseTuple(args, "Op", &cap, &on)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&p", kwlist, lora_arg, &l, &on)) return NULL;
     pst_status st = pst_lora_set_training(l, on);
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-/* lora_forward(cap, x, m, y) */
-static PyObject *m_lora_forward(PyObject *self, PyObject *args) {
+/* lora_forward(layer, x, m, y) */
+static PyObject *m_lora_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *ox, *oy;
+    static char *kwlist[] = {"layer", "x", "m", "y", NULL};
+    pst_lora *l;
+    PyObject *ox, *oy;
     long long m;
     Py_buffer x = {0}, y = {0};
     PyObject *ret = NULL;
     pst_status st;
-    if (!PyArg_ParseTuple(args, "OOLO", &cap, &ox, &m, &oy)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OLO", kwlist, lora_arg, &l, &ox, &m, &oy)) return NULL;
     if (get_buffer(ox, &x, 0, 4, "x") || get_buffer(oy, &y, 1, 4, "y")) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = pst_lora_forward(l, x.buf, (size_t)(x.len / 4), m, y.buf, (size_t)(y.len / 4));
@@ -219,18 +225,18 @@ done:
     return ret;
 }
 
-/* lora_backward(cap, dy, m, dx|None, bias_grad) */
-static PyObject *m_lora_backward(PyObject *self, PyObject *args) {
+/* lora_backward(layer, dy, m, dx|None, bias_grad) */
+static PyObject *m_lora_backward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *ody, *odx;
+    static char *kwlist[] = {"layer", "dy", "m", "dx", "bias_grad", NULL};
+    pst_lora *l;
+    PyObject *ody, *odx;
     long long m;
     int bg;
     Py_buffer dy = {0}, dx = {0};
     PyObject *ret = NULL;
     pst_status st;
-    if (!PyArg_ParseTuple(args, "OOLOp", &cap, &ody, &m, &odx, &bg)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OLOp", kwlist, lora_arg, &l, &ody, &m, &odx, &bg)) return NULL;
     if (get_buffer(ody, &dy, 0, 4, "dy")) goto done;
     if (odx != Py_None && get_buffer(odx, &dx, 1, 4, "dx")) goto done;
     Py_BEGIN_ALLOW_THREADS
@@ -243,27 +249,30 @@ done:
     return ret;
 }
 
-static PyObject *m_lora_zero_grad(PyObject *self, PyObject *args) {
+/* lora_zero_grad(layer): writes every adapter gradient, so the GIL is released */
+static PyObject *m_lora_zero_grad(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
-    pst_status st = pst_lora_zero_grad(l);
+    static char *kwlist[] = {"layer", NULL};
+    pst_lora *l;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, lora_arg, &l)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_lora_zero_grad(l);
+    Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
     Py_RETURN_NONE;
 }
 
-/* lora_tensor(cap, name, which) -> (address, rows, cols): the Python layer wraps it in an array
- * that keeps the layer alive (deleted adapters stay allocated until the layer is freed). */
-static PyObject *m_lora_tensor(PyObject *self, PyObject *args) {
+/* lora_tensor(layer, name, which) -> (address, rows, cols): pst_lora_adapter_tensor (which:
+ * PST_LORA_A, _B, _GRAD_A, _GRAD_B). The Python layer wraps the address in an array that keeps
+ * the layer alive (deleted adapters stay allocated until the layer is freed). */
+static PyObject *m_lora_tensor(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"layer", "name", "which", NULL};
+    pst_lora *l;
     const char *name;
     int which;
-    if (!PyArg_ParseTuple(args, "Osi", &cap, &name, &which)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&si", kwlist, lora_arg, &l, &name, &which)) return NULL;
     float *data = NULL;
     int64_t rows = 0, cols = 0;
     pst_status st = pst_lora_adapter_tensor(l, name, which, &data, &rows, &cols);
@@ -271,27 +280,25 @@ static PyObject *m_lora_tensor(PyObject *self, PyObject *args) {
     return Py_BuildValue("(KLL)", (unsigned long long)(uintptr_t)data, (long long)rows, (long long)cols);
 }
 
-/* lora_bias(cap) -> (bias address or 0, grad address or 0) */
-static PyObject *m_lora_bias(PyObject *self, PyObject *args) {
+/* lora_bias(layer) -> (bias address or 0, grad address or 0) */
+static PyObject *m_lora_bias(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    static char *kwlist[] = {"layer", NULL};
+    pst_lora *l;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, lora_arg, &l)) return NULL;
     float *b = NULL, *g = NULL;
     pst_status st = pst_lora_bias(l, &b, &g);
     if (st != PST_OK) return raise_status(st);
     return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)b, (unsigned long long)(uintptr_t)g);
 }
 
-/* lora_adapter_info(cap, name) -> (r, alpha, dropout, use_rslora, scaling, active, weight, merged) */
-static PyObject *m_lora_adapter_info(PyObject *self, PyObject *args) {
+/* lora_adapter_info(layer, name) -> (r, alpha, dropout, use_rslora, scaling, active, weight, merged) */
+static PyObject *m_lora_adapter_info(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
+    static char *kwlist[] = {"layer", "name", NULL};
+    pst_lora *l;
     const char *name;
-    if (!PyArg_ParseTuple(args, "Os", &cap, &name)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&s", kwlist, lora_arg, &l, &name)) return NULL;
     pst_lora_params p;
     float scaling = 0, weight = 0;
     int32_t active = 0, merged = 0;
@@ -302,33 +309,33 @@ static PyObject *m_lora_adapter_info(PyObject *self, PyObject *args) {
                          (double)scaling, PyBool_FromLong(active), (double)weight, PyBool_FromLong(merged));
 }
 
-/* lora_merge(cap, names|None) -> (max_abs_error, rms_error) */
-static PyObject *m_lora_merge(PyObject *self, PyObject *args) {
+/* lora_merge(layer, names|None) -> (max_abs_error, rms_error) */
+static PyObject *m_lora_merge(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *onames;
-    if (!PyArg_ParseTuple(args, "OO", &cap, &onames)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    static char *kwlist[] = {"layer", "names", NULL};
+    pst_lora *l;
+    PyObject *onames, *keep = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O", kwlist, lora_arg, &l, &onames)) return NULL;
     const char **names = NULL;
     Py_ssize_t n = 0;
-    if (onames != Py_None && names_array(onames, &names, &n)) return NULL;
+    if (onames != Py_None && names_array(onames, &keep, &names, &n)) return NULL;
     float mx = 0, rms = 0;
     pst_status st;
     Py_BEGIN_ALLOW_THREADS
     st = pst_lora_merge(l, names, (int32_t)n, &mx, &rms);
     Py_END_ALLOW_THREADS
     PyMem_Free(names);
+    Py_XDECREF(keep);
     if (st != PST_OK) return raise_status(st);
     return Py_BuildValue("(dd)", (double)mx, (double)rms);
 }
 
-static PyObject *m_lora_unmerge(PyObject *self, PyObject *args) {
+static PyObject *m_lora_unmerge(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap;
-    if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
+    static char *kwlist[] = {"layer", NULL};
+    pst_lora *l;
     pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, lora_arg, &l)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     st = pst_lora_unmerge(l);
     Py_END_ALLOW_THREADS
@@ -336,16 +343,16 @@ static PyObject *m_lora_unmerge(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* lora_base_weight(cap, out) */
-static PyObject *m_lora_base_weight(PyObject *self, PyObject *args) {
+/* lora_base_weight(layer, out) */
+static PyObject *m_lora_base_weight(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    PyObject *cap, *oo;
+    static char *kwlist[] = {"layer", "out", NULL};
+    pst_lora *l;
+    PyObject *oo;
     Py_buffer o = {0};
-    if (!PyArg_ParseTuple(args, "OO", &cap, &oo)) return NULL;
-    pst_lora *l = get_lora(cap);
-    if (!l) return NULL;
-    if (get_buffer(oo, &o, 1, 4, "out")) return NULL;
     pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O", kwlist, lora_arg, &l, &oo)) return NULL;
+    if (get_buffer(oo, &o, 1, 4, "out")) return NULL;
     Py_BEGIN_ALLOW_THREADS
     st = pst_lora_base_weight(l, o.buf, (size_t)(o.len / 4));
     Py_END_ALLOW_THREADS
@@ -355,21 +362,22 @@ static PyObject *m_lora_base_weight(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods_lora[] = {
-    {"quant_from_state", m_quant_from_state, METH_VARARGS, "pst_quant_from_state -> capsule"},
-    {"lora_create_dense", m_lora_create_dense, METH_VARARGS, "pst_lora_create_dense -> capsule"},
-    {"lora_create_quantized", m_lora_create_quantized, METH_VARARGS, "pst_lora_create_quantized -> capsule"},
-    {"lora_add_adapter", m_lora_add_adapter, METH_VARARGS, "pst_lora_add_adapter"},
-    {"lora_delete_adapter", m_lora_delete_adapter, METH_VARARGS, "pst_lora_delete_adapter"},
-    {"lora_set_active", m_lora_set_active, METH_VARARGS, "pst_lora_set_active"},
-    {"lora_set_training", m_lora_set_training, METH_VARARGS, "pst_lora_set_training"},
-    {"lora_forward", m_lora_forward, METH_VARARGS, "pst_lora_forward"},
-    {"lora_backward", m_lora_backward, METH_VARARGS, "pst_lora_backward"},
-    {"lora_zero_grad", m_lora_zero_grad, METH_VARARGS, "pst_lora_zero_grad"},
-    {"lora_tensor", m_lora_tensor, METH_VARARGS, "pst_lora_adapter_tensor -> (address, rows, cols)"},
-    {"lora_bias", m_lora_bias, METH_VARARGS, "pst_lora_bias -> (address, address)"},
-    {"lora_adapter_info", m_lora_adapter_info, METH_VARARGS, "pst_lora_adapter_info"},
-    {"lora_merge", m_lora_merge, METH_VARARGS, "pst_lora_merge -> (max_abs_error, rms_error)"},
-    {"lora_unmerge", m_lora_unmerge, METH_VARARGS, "pst_lora_unmerge"},
-    {"lora_base_weight", m_lora_base_weight, METH_VARARGS, "pst_lora_base_weight"},
+    KW_METHOD(quant_from_state, "packed, absmax, code, nested_absmax, nested_code, offset, shape, dtype, quant_type, "
+              "blocksize, nested_blocksize", "pst_quant_from_state -> quant capsule."),
+    KW_METHOD(lora_create_dense, "weight, out_features, in_features, bias", "pst_lora_create_dense -> lora capsule."),
+    KW_METHOD(lora_create_quantized, "base, bias", "pst_lora_create_quantized -> lora capsule (borrows base)."),
+    KW_METHOD(lora_add_adapter, "layer, name, r, alpha, dropout, use_rslora, init, seed", "pst_lora_add_adapter."),
+    KW_METHOD(lora_delete_adapter, "layer, name", "pst_lora_delete_adapter."),
+    KW_METHOD(lora_set_active, "layer, names, weights", "pst_lora_set_active."),
+    KW_METHOD(lora_set_training, "layer, training", "pst_lora_set_training."),
+    KW_METHOD(lora_forward, "layer, x, m, y", "pst_lora_forward."),
+    KW_METHOD(lora_backward, "layer, dy, m, dx, bias_grad", "pst_lora_backward."),
+    KW_METHOD(lora_zero_grad, "layer", "pst_lora_zero_grad."),
+    KW_METHOD(lora_tensor, "layer, name, which", "pst_lora_adapter_tensor -> (address, rows, cols)."),
+    KW_METHOD(lora_bias, "layer", "pst_lora_bias -> (address, address)."),
+    KW_METHOD(lora_adapter_info, "layer, name", "pst_lora_adapter_info -> tuple."),
+    KW_METHOD(lora_merge, "layer, names", "pst_lora_merge -> (max_abs_error, rms_error)."),
+    KW_METHOD(lora_unmerge, "layer", "pst_lora_unmerge."),
+    KW_METHOD(lora_base_weight, "layer, out", "pst_lora_base_weight."),
     {NULL, NULL, 0, NULL},
 };

@@ -122,15 +122,16 @@ done:
     return ret;
 }
 
-/* codebook(which, out) */
-static PyObject *m_codebook(PyObject *self, PyObject *args) {
+/* codebook(which, out): a table copy, no GIL release */
+static PyObject *m_codebook(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"which", "out", NULL};
     int which;
     PyObject *oo;
     Py_buffer o = {0};
     PyObject *ret = NULL;
     pst_status st;
-    if (!PyArg_ParseTuple(args, "iO", &which, &oo)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iO", kwlist, &which, &oo)) return NULL;
     if (get_buffer(oo, &o, 1, 4, "out")) goto done;
     st = pst_codebook(which, o.buf, (size_t)(o.len / 4));
     if (st != PST_OK) { raise_status(st); goto done; }
@@ -141,16 +142,11 @@ done:
 }
 
 static PyMethodDef methods_quant[] = {
-    {"quantize_4bit", (PyCFunction)(void (*)(void))m_quantize_4bit, METH_VARARGS | METH_KEYWORDS,
-     "quantize_4bit(x, dtype, n, blocksize, quant_type, packed, absmax): pst_4bit_quantize."},
-    {"dequantize_4bit", (PyCFunction)(void (*)(void))m_dequantize_4bit, METH_VARARGS | METH_KEYWORDS,
-     "dequantize_4bit(packed, absmax, code, quant_type, n, blocksize, out, out_dtype): pst_4bit_dequantize."},
-    {"quantize_8bit", (PyCFunction)(void (*)(void))m_quantize_8bit, METH_VARARGS | METH_KEYWORDS,
-     "quantize_8bit(x, n, blocksize, code, q, absmax): pst_8bit_quantize."},
-    {"dequantize_8bit", (PyCFunction)(void (*)(void))m_dequantize_8bit, METH_VARARGS | METH_KEYWORDS,
-     "dequantize_8bit(q, n, absmax, code, blocksize, out): pst_8bit_dequantize."},
-    {"double_quantize", (PyCFunction)(void (*)(void))m_double_quantize, METH_VARARGS | METH_KEYWORDS,
-     "double_quantize(absmax, nested_blocksize, q, nested_absmax) -> offset: pst_absmax_double_quantize."},
-    {"codebook", m_codebook, METH_VARARGS, "codebook(which, out): pst_codebook."},
+    KW_METHOD(quantize_4bit, "x, dtype, n, blocksize, quant_type, packed, absmax", "pst_4bit_quantize."),
+    KW_METHOD(dequantize_4bit, "packed, absmax, code, quant_type, n, blocksize, out, out_dtype", "pst_4bit_dequantize."),
+    KW_METHOD(quantize_8bit, "x, n, blocksize, code, q, absmax", "pst_8bit_quantize."),
+    KW_METHOD(dequantize_8bit, "q, n, absmax, code, blocksize, out", "pst_8bit_dequantize."),
+    KW_METHOD(double_quantize, "absmax, nested_blocksize, q, nested_absmax", "pst_absmax_double_quantize -> offset."),
+    KW_METHOD(codebook, "which, out", "pst_codebook (which: PST_CODE_*)."),
     {NULL, NULL, 0, NULL},
 };

@@ -4,6 +4,11 @@ import Testing
 
 /// Fast kernels against their reference twins, bit for bit (or within named tolerances).
 @Suite struct QuantKernelTests {
+    /// Fast matvec vs its reference twin: both sum the same fp32 products in other orders, so
+    /// they differ by at most ~n·2^-24 of Σ|w·v| (n <= 4096 here: 2.4e-4 worst case, ~sqrt(n)·2^-24
+    /// ~ 4e-6 in practice); 1e-5 of Σ|w·v| + 1.
+    static let reorderTol: Float = 1e-5
+
     static let lengths = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 1000, 4097, 9001]
 
     static func randomInput(_ n: Int, _ dtype: DType, seed: UInt64) -> [UInt8] {
@@ -88,7 +93,7 @@ import Testing
                         t.matvecReference(v, &y2, accumulate: acc)
                         for o in 0..<shape[0] {
                             let mag = (0..<shape[1]).reduce(Float(1)) { $0 + abs(w[o * shape[1] + $1] * v[$1]) }
-                            #expect(abs(y1[o] - y2[o]) <= 1e-5 * mag, "matvec \(shape) row \(o)")
+                            #expect(abs(y1[o] - y2[o]) <= Self.reorderTol * mag, "matvec \(shape) row \(o)")
                         }
                     }
                 }

@@ -33,9 +33,9 @@
  *     thread counts, token ids, and the number of entries of a caller's array of handles or
  *     names (layers, adapter names, data files: each with a documented limit) with the index
  *     pst_adamw_add_param returns. struct_size is a size_t (it holds a sizeof), and so is
- *     pst_token_callback's byte_count. (Counts declared ptrdiff_t before this rule became
- *     int64_t, and the few pst_llm_* / pst_trainer_* ones still declared ptrdiff_t follow:
- *     on x86-64 Linux, the library's platform, both are `long`, so the ABI is the same.)
+ *     pst_token_callback's byte_count. (Counts once declared ptrdiff_t became int64_t under
+ *     this rule, and the few pst_llm_* / pst_trainer_* ones still declared ptrdiff_t will
+ *     follow: on x86-64 Linux, the library's platform, both are `long`, so the ABI is the same.)
  *   - Handles are opaque: pst_X_create/load gives one, pst_X_free(NULL) is a no-op.
  *   - Parameter structs carry a leading struct_size and grow only at their end; a program
  *     compiled against an older header keeps working (see "Structs that grow" in Core).

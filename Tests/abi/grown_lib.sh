@@ -29,10 +29,12 @@ for rel, data in want.items():
     if not out.exists() or out.read_bytes() != data:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
+# Package.swift names the test target's folder; the library product does not build it
+(dst / "Tests/PeftSwiftTests").mkdir(parents=True, exist_ok=True)
 for rel in ["include", "scripts", "Sources"]:
     for f in list((dst / rel).rglob("*")):
         if f.is_file() and f.relative_to(dst).as_posix() not in want:
             f.unlink()
 PY
-"$dst/scripts/build-lib.sh" > "$root/.build-abi-grown/build.log" 2>&1 || { tail -30 "$root/.build-abi-grown/build.log" >&2; exit 1; }
+bash "$dst/scripts/build-lib.sh" > "$root/.build-abi-grown/build.log" 2>&1 || { tail -30 "$root/.build-abi-grown/build.log" >&2; exit 1; }
 echo "$dst/dist/lib"

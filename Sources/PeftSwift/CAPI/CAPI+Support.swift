@@ -10,7 +10,8 @@ import Glibc
 //   sizes          requireCapacity, requireCount, readShape
 //   handles        makeHandle, object, releaseHandle
 //   strings in     cString (≤ 4096 bytes), cStringOrNil, cText (any length), lengthText, utf8Text
-//   strings out    OwnedCString (owned by a handle), copyOutCString (into a caller's buffer)
+//   strings out    OwnedCString (owned by a handle), copyOutString (into a caller's buffer)
+//   LLM / trainer  copyOutIDs, targetModuleList (shared by the pst_llm_* and pst_trainer_* files)
 //   structs        GrowableStruct + readStruct / structOutput / readStructElement (struct_size)
 
 // MARK: - Sizes
@@ -163,8 +164,10 @@ final class OwnedCString {
 /// of the functions that return text (pst_llm_detokenize, pst_trainer_latest_checkpoint):
 /// *length gets the byte length (without the NUL) first; a too-small capacity, or a NULL
 /// buffer, is PST_ERR_INVALID_ARG with *length set, so a caller can size a second call.
-func copyOutCString(_ s: String, _ name: StaticString, _ text: UnsafeMutablePointer<CChar>?, _ capacity: Int64,
-                    _ length: UnsafeMutablePointer<Int64>) throws(PSTError) {
+/// (CAPI+LLM.swift still has a copy taking an Int capacity; it goes when its capacities become
+/// Int64, the header's rule, and its calls then land here unchanged.)
+func copyOutString(_ s: String, _ name: StaticString, _ text: UnsafeMutablePointer<CChar>?, _ capacity: Int64,
+                   _ length: UnsafeMutablePointer<Int64>) throws(PSTError) {
     let u = Array(s.utf8)
     length.pointee = Int64(u.count)
     try requireCapacity(name, have: text == nil ? 0 : capacity, need: u.count + 1)
@@ -172,6 +175,32 @@ func copyOutCString(_ s: String, _ name: StaticString, _ text: UnsafeMutablePoin
         u.withUnsafeBytes { UnsafeMutableRawPointer(text).copyMemory(from: $0.baseAddress!, byteCount: u.count) }
         text[u.count] = 0
     }
+}
+
+/// Copies token ids into a caller's buffer of `capacity` ids, after the sizing rule of
+/// pst_llm_tokenize: *count gets the number of ids first; a too-small capacity (or a NULL
+/// buffer) is PST_ERR_INVALID_ARG. (CAPI+LLM.swift's Int-capacity copy goes as copyOutString's.)
+func copyOutIDs(_ out: [Int32], _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int64,
+                _ count: UnsafeMutablePointer<Int64>) throws(PSTError) {
+    count.pointee = Int64(out.count)
+    try requireCapacity("ids", have: ids == nil ? 0 : capacity, need: out.count, unit: "ids")
+    if let ids, !out.isEmpty { out.withUnsafeBufferPointer { ids.update(from: $0.baseAddress!, count: out.count) } }
+}
+
+/// A comma-separated list of a model's projections ("q_proj, v_proj"; spaces and tabs around
+/// names ignored), as pst_llm_add_adapter and pst_trainer_params.target_modules take it;
+/// NULL means all seven. (CAPI+LLM.swift's targetList, for its split files to share.)
+func targetModuleList(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTError) -> [String] {
+    guard let s = try cStringOrNil(p, name) else { return LlamaModel.allTargetModules }
+    func trimmed(_ t: Substring) -> String {
+        var t = t
+        while let f = t.first, f == " " || f == "\t" { t.removeFirst() }
+        while let l = t.last, l == " " || l == "\t" { t.removeLast() }
+        return String(t)
+    }
+    let list = s.split(separator: ",").map(trimmed).filter { !$0.isEmpty }
+    guard !list.isEmpty else { throw .invalidArgument("\(name) (\"\(s)\") names no module") }
+    return list
 }
 
 // MARK: - Structs that grow (struct_size)

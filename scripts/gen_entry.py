@@ -33,12 +33,26 @@ NOT_STATUS = {"pst_get_num_threads": "return 0;"}
 
 
 def declarations(header_text):
-    """[(return type, name, parameter list text)] in header order."""
+    """[(return type, name, parameter list text)] in header order. A declaration starts with
+    PST_API and may continue over lines until `PST_NOEXCEPT;`."""
     out = []
-    for line in header_text.splitlines():
-        m = re.match(r"PST_API (?:PST_WARN_UNUSED_RESULT )?(.+?)\b(pst_\w+)\((.*)\) PST_NOEXCEPT;$", line)
-        if m:
-            out.append((m.group(1).strip(), m.group(2), m.group(3).strip()))
+    lines = header_text.splitlines()
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("PST_API "):
+            i += 1
+            continue
+        decl = lines[i].strip()
+        while not decl.endswith("PST_NOEXCEPT;"):
+            i += 1
+            if i == len(lines):
+                sys.exit(f"gen_entry: unterminated declaration {decl[:60]!r}...")
+            decl += " " + lines[i].strip()
+        i += 1
+        m = re.match(r"PST_API (?:PST_WARN_UNUSED_RESULT )?(.+?)\b(pst_\w+)\((.*)\) PST_NOEXCEPT;$", decl)
+        if not m:
+            sys.exit(f"gen_entry: cannot read the declaration {decl!r}")
+        out.append((m.group(1).strip(), m.group(2), m.group(3).strip()))
     return out
 
 

@@ -10,8 +10,8 @@
 #define PST_ENTRY __attribute__((visibility("default")))
 #define PST_CPU_OK() __builtin_expect(pstshim_cpu_ok(), 1)
 
-extern char const * pstimpl_version_string(void);
-PST_ENTRY char const * pst_version_string(void) {
+extern const char * pstimpl_version_string(void);
+PST_ENTRY const char * pst_version_string(void) {
     if (!PST_CPU_OK()) return PST_VERSION_STRING;
     return pstimpl_version_string();
 }
@@ -22,20 +22,20 @@ PST_ENTRY int32_t pst_abi_version(void) {
     return pstimpl_abi_version();
 }
 
-extern char const * pstimpl_status_string(int32_t status);
-PST_ENTRY char const * pst_status_string(int32_t status) {
+extern const char * pstimpl_status_string(pst_status status);
+PST_ENTRY const char * pst_status_string(pst_status status) {
     if (!PST_CPU_OK()) return pstshim_status_string(status);
     return pstimpl_status_string(status);
 }
 
-extern char const * pstimpl_last_error(void);
-PST_ENTRY char const * pst_last_error(void) {
+extern const char * pstimpl_last_error(void);
+PST_ENTRY const char * pst_last_error(void) {
     if (!PST_CPU_OK()) return pstshim_last_error();
     return pstimpl_last_error();
 }
 
-extern int32_t pstimpl_set_num_threads(int32_t n);
-PST_ENTRY int32_t pst_set_num_threads(int32_t n) {
+extern pst_status pstimpl_set_num_threads(int32_t n);
+PST_ENTRY pst_status pst_set_num_threads(int32_t n) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_set_num_threads");
         return PST_ERR_UNSUPPORTED_CPU;
@@ -52,778 +52,13 @@ PST_ENTRY int32_t pst_get_num_threads(void) {
     return pstimpl_get_num_threads();
 }
 
-extern int32_t pstimpl_cpu_check(void);
-PST_ENTRY int32_t pst_cpu_check(void) {
+extern pst_status pstimpl_cpu_check(void);
+PST_ENTRY pst_status pst_cpu_check(void) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_cpu_check");
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_cpu_check();
-}
-
-extern int32_t pstimpl_safetensors_open(char const * path, pst_safetensors * * out_);
-PST_ENTRY int32_t pst_safetensors_open(char const * path, pst_safetensors * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_open");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_open(path, out_);
-}
-
-extern void pstimpl_safetensors_free(pst_safetensors * st);
-PST_ENTRY void pst_safetensors_free(pst_safetensors * st) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_free");
-        return;
-    }
-    pstimpl_safetensors_free(st);
-}
-
-extern int32_t pstimpl_safetensors_count(pst_safetensors * st, int64_t * count, int64_t * metadata_count);
-PST_ENTRY int32_t pst_safetensors_count(pst_safetensors * st, int64_t * count, int64_t * metadata_count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_count");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_count(st, count, metadata_count);
-}
-
-extern int32_t pstimpl_safetensors_tensor_at(pst_safetensors * st, int64_t index, pst_tensor * out_);
-PST_ENTRY int32_t pst_safetensors_tensor_at(pst_safetensors * st, int64_t index, pst_tensor * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_tensor_at");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_tensor_at(st, index, out_);
-}
-
-extern int32_t pstimpl_safetensors_tensor_at_v2(pst_safetensors * st, int64_t index, pst_tensor * out_, pst_string * name);
-PST_ENTRY int32_t pst_safetensors_tensor_at_v2(pst_safetensors * st, int64_t index, pst_tensor * out_, pst_string * name) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_tensor_at_v2");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_tensor_at_v2(st, index, out_, name);
-}
-
-extern int32_t pstimpl_safetensors_find(pst_safetensors * st, char const * name, pst_tensor * out_);
-PST_ENTRY int32_t pst_safetensors_find(pst_safetensors * st, char const * name, pst_tensor * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_find");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_find(st, name, out_);
-}
-
-extern int32_t pstimpl_safetensors_find_v2(pst_safetensors * st, char const * name, int64_t name_length, pst_tensor * out_);
-PST_ENTRY int32_t pst_safetensors_find_v2(pst_safetensors * st, char const * name, int64_t name_length, pst_tensor * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_find_v2");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_find_v2(st, name, name_length, out_);
-}
-
-extern int32_t pstimpl_safetensors_metadata_at(pst_safetensors * st, int64_t index, char const * * key, char const * * value);
-PST_ENTRY int32_t pst_safetensors_metadata_at(pst_safetensors * st, int64_t index, char const * * key, char const * * value) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_metadata_at");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_metadata_at(st, index, key, value);
-}
-
-extern int32_t pstimpl_safetensors_metadata_at_v2(pst_safetensors * st, int64_t index, pst_string * key, pst_string * value);
-PST_ENTRY int32_t pst_safetensors_metadata_at_v2(pst_safetensors * st, int64_t index, pst_string * key, pst_string * value) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_metadata_at_v2");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_metadata_at_v2(st, index, key, value);
-}
-
-extern int32_t pstimpl_safetensors_write(char const * path, pst_tensor const * tensors, int64_t count, char const * const * meta_keys, char const * const * meta_values, int64_t meta_count);
-PST_ENTRY int32_t pst_safetensors_write(char const * path, pst_tensor const * tensors, int64_t count, char const * const * meta_keys, char const * const * meta_values, int64_t meta_count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_write");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_write(path, tensors, count, meta_keys, meta_values, meta_count);
-}
-
-extern int32_t pstimpl_safetensors_write_v2(char const * path, pst_tensor const * tensors, pst_string const * names, int64_t count, pst_string const * meta_keys, pst_string const * meta_values, int64_t meta_count);
-PST_ENTRY int32_t pst_safetensors_write_v2(char const * path, pst_tensor const * tensors, pst_string const * names, int64_t count, pst_string const * meta_keys, pst_string const * meta_values, int64_t meta_count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_safetensors_write_v2");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_safetensors_write_v2(path, tensors, names, count, meta_keys, meta_values, meta_count);
-}
-
-extern int32_t pstimpl_peft_save(char const * directory, char const * adapter_name, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * base_model_name_or_path);
-PST_ENTRY int32_t pst_peft_save(char const * directory, char const * adapter_name, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * base_model_name_or_path) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_peft_save");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_peft_save(directory, adapter_name, layers, module_paths, count, base_model_name_or_path);
-}
-
-extern int32_t pstimpl_peft_load(char const * directory, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * as_name);
-PST_ENTRY int32_t pst_peft_load(char const * directory, pst_lora * const * layers, char const * const * module_paths, int32_t count, char const * as_name) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_peft_load");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_peft_load(directory, layers, module_paths, count, as_name);
-}
-
-extern int32_t pstimpl_bnb_save(char const * path, pst_quant * const * weights, float const * const * biases, char const * const * modules, int32_t count);
-PST_ENTRY int32_t pst_bnb_save(char const * path, pst_quant * const * weights, float const * const * biases, char const * const * modules, int32_t count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_bnb_save");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_bnb_save(path, weights, biases, modules, count);
-}
-
-extern int32_t pstimpl_bnb_load(char const * path, char const * module_, pst_quant * * weight, float * bias, ptrdiff_t bias_capacity, int32_t * has_bias);
-PST_ENTRY int32_t pst_bnb_load(char const * path, char const * module_, pst_quant * * weight, float * bias, ptrdiff_t bias_capacity, int32_t * has_bias) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_bnb_load");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_bnb_load(path, module_, weight, bias, bias_capacity, has_bias);
-}
-
-extern int32_t pstimpl_llm_load_params_init(pst_llm_load_params * p);
-PST_ENTRY int32_t pst_llm_load_params_init(pst_llm_load_params * p) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_load_params_init");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_load_params_init(p);
-}
-
-extern int32_t pstimpl_llm_load(char const * path, pst_llm_load_params const * params, pst_llm * * out_);
-PST_ENTRY int32_t pst_llm_load(char const * path, pst_llm_load_params const * params, pst_llm * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_load");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_load(path, params, out_);
-}
-
-extern void pstimpl_llm_free(pst_llm * llm);
-PST_ENTRY void pst_llm_free(pst_llm * llm) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_free");
-        return;
-    }
-    pstimpl_llm_free(llm);
-}
-
-extern int32_t pstimpl_llm_get_info(pst_llm * llm, pst_llm_info * info);
-PST_ENTRY int32_t pst_llm_get_info(pst_llm * llm, pst_llm_info * info) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_get_info");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_get_info(llm, info);
-}
-
-extern int32_t pstimpl_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count);
-PST_ENTRY int32_t pst_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_tokenize");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_tokenize(llm, text, text_len, flags, ids, capacity, count);
-}
-
-extern int32_t pstimpl_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count);
-PST_ENTRY int32_t pst_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_chat_prompt");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_chat_prompt(llm, user, system, ids, capacity, count);
-}
-
-extern int32_t pstimpl_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length);
-PST_ENTRY int32_t pst_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_detokenize");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_detokenize(llm, ids, count, flags, text, capacity, length);
-}
-
-extern int32_t pstimpl_llm_logits(pst_llm * llm, int32_t const * ids, int64_t batch, int64_t seq_len, float * logits, ptrdiff_t capacity);
-PST_ENTRY int32_t pst_llm_logits(pst_llm * llm, int32_t const * ids, int64_t batch, int64_t seq_len, float * logits, ptrdiff_t capacity) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_logits");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_logits(llm, ids, batch, seq_len, logits, capacity);
-}
-
-extern int32_t pstimpl_llm_loss(pst_llm * llm, int32_t const * ids, int32_t const * labels, int64_t batch, int64_t seq_len, float * loss);
-PST_ENTRY int32_t pst_llm_loss(pst_llm * llm, int32_t const * ids, int32_t const * labels, int64_t batch, int64_t seq_len, float * loss) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_loss");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_loss(llm, ids, labels, batch, seq_len, loss);
-}
-
-extern int32_t pstimpl_llm_backward(pst_llm * llm);
-PST_ENTRY int32_t pst_llm_backward(pst_llm * llm) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_backward");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_backward(llm);
-}
-
-extern int32_t pstimpl_llm_zero_grad(pst_llm * llm);
-PST_ENTRY int32_t pst_llm_zero_grad(pst_llm * llm) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_zero_grad");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_zero_grad(llm);
-}
-
-extern int32_t pstimpl_llm_set_training(pst_llm * llm, int32_t training);
-PST_ENTRY int32_t pst_llm_set_training(pst_llm * llm, int32_t training) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_set_training");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_set_training(llm, training);
-}
-
-extern int32_t pstimpl_llm_add_adapter(pst_llm * llm, char const * name, pst_lora_params const * params, char const * target_modules);
-PST_ENTRY int32_t pst_llm_add_adapter(pst_llm * llm, char const * name, pst_lora_params const * params, char const * target_modules) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_add_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_add_adapter(llm, name, params, target_modules);
-}
-
-extern int32_t pstimpl_llm_delete_adapter(pst_llm * llm, char const * name);
-PST_ENTRY int32_t pst_llm_delete_adapter(pst_llm * llm, char const * name) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_delete_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_delete_adapter(llm, name);
-}
-
-extern int32_t pstimpl_llm_set_adapter(pst_llm * llm, char const * name);
-PST_ENTRY int32_t pst_llm_set_adapter(pst_llm * llm, char const * name) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_set_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_set_adapter(llm, name);
-}
-
-extern int32_t pstimpl_llm_module_count(pst_llm * llm, int64_t * count);
-PST_ENTRY int32_t pst_llm_module_count(pst_llm * llm, int64_t * count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_module_count");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_module_count(llm, count);
-}
-
-extern int32_t pstimpl_llm_module_at(pst_llm * llm, int64_t index, char const * * path);
-PST_ENTRY int32_t pst_llm_module_at(pst_llm * llm, int64_t index, char const * * path) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_module_at");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_module_at(llm, index, path);
-}
-
-extern int32_t pstimpl_llm_adapter_tensor(pst_llm * llm, char const * module_path, char const * adapter, int32_t which, float * * data, int64_t * rows, int64_t * cols);
-PST_ENTRY int32_t pst_llm_adapter_tensor(pst_llm * llm, char const * module_path, char const * adapter, int32_t which, float * * data, int64_t * rows, int64_t * cols) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_adapter_tensor");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_adapter_tensor(llm, module_path, adapter, which, data, rows, cols);
-}
-
-extern int32_t pstimpl_llm_save_adapter(pst_llm * llm, char const * adapter, char const * directory);
-PST_ENTRY int32_t pst_llm_save_adapter(pst_llm * llm, char const * adapter, char const * directory) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_save_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_save_adapter(llm, adapter, directory);
-}
-
-extern int32_t pstimpl_llm_load_adapter(pst_llm * llm, char const * directory, char const * name);
-PST_ENTRY int32_t pst_llm_load_adapter(pst_llm * llm, char const * directory, char const * name) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_load_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_load_adapter(llm, directory, name);
-}
-
-extern int32_t pstimpl_generate_params_init(pst_generate_params * p);
-PST_ENTRY int32_t pst_generate_params_init(pst_generate_params * p) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_generate_params_init");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_generate_params_init(p);
-}
-
-extern int32_t pstimpl_llm_generate(pst_llm * llm, int32_t const * prompt, ptrdiff_t prompt_count, pst_generate_params const * params, pst_token_callback callback, void * user, int32_t * out_, ptrdiff_t capacity, int64_t * count);
-PST_ENTRY int32_t pst_llm_generate(pst_llm * llm, int32_t const * prompt, ptrdiff_t prompt_count, pst_generate_params const * params, pst_token_callback callback, void * user, int32_t * out_, ptrdiff_t capacity, int64_t * count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_generate");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_generate(llm, prompt, prompt_count, params, callback, user, out_, capacity, count);
-}
-
-extern int32_t pstimpl_trainer_params_init(pst_trainer_params * p);
-PST_ENTRY int32_t pst_trainer_params_init(pst_trainer_params * p) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_params_init");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_params_init(p);
-}
-
-extern int32_t pstimpl_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_);
-PST_ENTRY int32_t pst_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_create");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_create(llm, data_paths, data_count, params, out_);
-}
-
-extern void pstimpl_trainer_free(pst_trainer * trainer);
-PST_ENTRY void pst_trainer_free(pst_trainer * trainer) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_free");
-        return;
-    }
-    pstimpl_trainer_free(trainer);
-}
-
-extern int32_t pstimpl_trainer_step(pst_trainer * trainer, pst_train_progress * progress);
-PST_ENTRY int32_t pst_trainer_step(pst_trainer * trainer, pst_train_progress * progress) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_step");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_step(trainer, progress);
-}
-
-extern int32_t pstimpl_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user);
-PST_ENTRY int32_t pst_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_train");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_train(trainer, callback, user);
-}
-
-extern int32_t pstimpl_trainer_save_adapter(pst_trainer * trainer, char const * directory);
-PST_ENTRY int32_t pst_trainer_save_adapter(pst_trainer * trainer, char const * directory) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_save_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_save_adapter(trainer, directory);
-}
-
-extern int32_t pstimpl_trainer_save_checkpoint(pst_trainer * trainer, char const * directory);
-PST_ENTRY int32_t pst_trainer_save_checkpoint(pst_trainer * trainer, char const * directory) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_save_checkpoint");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_save_checkpoint(trainer, directory);
-}
-
-extern int32_t pstimpl_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info);
-PST_ENTRY int32_t pst_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_get_info");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_get_info(trainer, info);
-}
-
-extern int32_t pstimpl_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length);
-PST_ENTRY int32_t pst_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_latest_checkpoint");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_latest_checkpoint(directory, path, capacity, length);
-}
-
-extern int32_t pstimpl_lora_params_init(pst_lora_params * p);
-PST_ENTRY int32_t pst_lora_params_init(pst_lora_params * p) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_params_init");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_params_init(p);
-}
-
-extern int32_t pstimpl_lora_create_dense(float const * weight, ptrdiff_t weight_count, int64_t out_features, int64_t in_features, float const * bias, pst_lora * * out_);
-PST_ENTRY int32_t pst_lora_create_dense(float const * weight, ptrdiff_t weight_count, int64_t out_features, int64_t in_features, float const * bias, pst_lora * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_create_dense");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_create_dense(weight, weight_count, out_features, in_features, bias, out_);
-}
-
-extern int32_t pstimpl_lora_create_quantized(pst_quant * base, float const * bias, pst_lora * * out_);
-PST_ENTRY int32_t pst_lora_create_quantized(pst_quant * base, float const * bias, pst_lora * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_create_quantized");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_create_quantized(base, bias, out_);
-}
-
-extern void pstimpl_lora_free(pst_lora * layer);
-PST_ENTRY void pst_lora_free(pst_lora * layer) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_free");
-        return;
-    }
-    pstimpl_lora_free(layer);
-}
-
-extern int32_t pstimpl_lora_info(pst_lora * layer, int64_t * in_features, int64_t * out_features, int32_t * adapter_count);
-PST_ENTRY int32_t pst_lora_info(pst_lora * layer, int64_t * in_features, int64_t * out_features, int32_t * adapter_count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_info");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_info(layer, in_features, out_features, adapter_count);
-}
-
-extern int32_t pstimpl_lora_add_adapter(pst_lora * layer, char const * name, pst_lora_params const * params);
-PST_ENTRY int32_t pst_lora_add_adapter(pst_lora * layer, char const * name, pst_lora_params const * params) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_add_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_add_adapter(layer, name, params);
-}
-
-extern int32_t pstimpl_lora_delete_adapter(pst_lora * layer, char const * name);
-PST_ENTRY int32_t pst_lora_delete_adapter(pst_lora * layer, char const * name) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_delete_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_delete_adapter(layer, name);
-}
-
-extern int32_t pstimpl_lora_set_active(pst_lora * layer, char const * const * names, float const * weights, int32_t count);
-PST_ENTRY int32_t pst_lora_set_active(pst_lora * layer, char const * const * names, float const * weights, int32_t count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_set_active");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_set_active(layer, names, weights, count);
-}
-
-extern int32_t pstimpl_lora_set_training(pst_lora * layer, bool training);
-PST_ENTRY int32_t pst_lora_set_training(pst_lora * layer, bool training) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_set_training");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_set_training(layer, training);
-}
-
-extern int32_t pstimpl_lora_forward(pst_lora * layer, float const * x, ptrdiff_t x_count, int64_t m, float * y, ptrdiff_t y_capacity);
-PST_ENTRY int32_t pst_lora_forward(pst_lora * layer, float const * x, ptrdiff_t x_count, int64_t m, float * y, ptrdiff_t y_capacity) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_forward");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_forward(layer, x, x_count, m, y, y_capacity);
-}
-
-extern int32_t pstimpl_lora_backward(pst_lora * layer, float const * dy, ptrdiff_t dy_count, int64_t m, float * dx, ptrdiff_t dx_capacity, bool bias_grad);
-PST_ENTRY int32_t pst_lora_backward(pst_lora * layer, float const * dy, ptrdiff_t dy_count, int64_t m, float * dx, ptrdiff_t dx_capacity, bool bias_grad) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_backward");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_backward(layer, dy, dy_count, m, dx, dx_capacity, bias_grad);
-}
-
-extern int32_t pstimpl_lora_zero_grad(pst_lora * layer);
-PST_ENTRY int32_t pst_lora_zero_grad(pst_lora * layer) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_zero_grad");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_zero_grad(layer);
-}
-
-extern int32_t pstimpl_lora_adapter_tensor(pst_lora * layer, char const * name, int32_t which, float * * data, int64_t * rows, int64_t * cols);
-PST_ENTRY int32_t pst_lora_adapter_tensor(pst_lora * layer, char const * name, int32_t which, float * * data, int64_t * rows, int64_t * cols) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_adapter_tensor");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_adapter_tensor(layer, name, which, data, rows, cols);
-}
-
-extern int32_t pstimpl_lora_adapter_info(pst_lora * layer, char const * name, pst_lora_params * params, float * scaling, int32_t * active, float * weight, int32_t * merged);
-PST_ENTRY int32_t pst_lora_adapter_info(pst_lora * layer, char const * name, pst_lora_params * params, float * scaling, int32_t * active, float * weight, int32_t * merged) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_adapter_info");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_adapter_info(layer, name, params, scaling, active, weight, merged);
-}
-
-extern int32_t pstimpl_lora_bias(pst_lora * layer, float * * bias, float * * grad_bias);
-PST_ENTRY int32_t pst_lora_bias(pst_lora * layer, float * * bias, float * * grad_bias) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_bias");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_bias(layer, bias, grad_bias);
-}
-
-extern int32_t pstimpl_lora_merge(pst_lora * layer, char const * const * names, int32_t count, float * max_abs_error, float * rms_error);
-PST_ENTRY int32_t pst_lora_merge(pst_lora * layer, char const * const * names, int32_t count, float * max_abs_error, float * rms_error) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_merge");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_merge(layer, names, count, max_abs_error, rms_error);
-}
-
-extern int32_t pstimpl_lora_unmerge(pst_lora * layer);
-PST_ENTRY int32_t pst_lora_unmerge(pst_lora * layer) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_unmerge");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_unmerge(layer);
-}
-
-extern int32_t pstimpl_lora_base_weight(pst_lora * layer, float * out_, ptrdiff_t capacity);
-PST_ENTRY int32_t pst_lora_base_weight(pst_lora * layer, float * out_, ptrdiff_t capacity) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lora_base_weight");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lora_base_weight(layer, out_, capacity);
-}
-
-extern int32_t pstimpl_adamw_params_init(pst_adamw_params * p);
-PST_ENTRY int32_t pst_adamw_params_init(pst_adamw_params * p) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_params_init");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_params_init(p);
-}
-
-extern int32_t pstimpl_adamw_create(pst_adamw_params const * params, pst_pager * pager, pst_adamw * * out_);
-PST_ENTRY int32_t pst_adamw_create(pst_adamw_params const * params, pst_pager * pager, pst_adamw * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_create");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_create(params, pager, out_);
-}
-
-extern void pstimpl_adamw_free(pst_adamw * opt);
-PST_ENTRY void pst_adamw_free(pst_adamw * opt) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_free");
-        return;
-    }
-    pstimpl_adamw_free(opt);
-}
-
-extern int32_t pstimpl_adamw_add_param(pst_adamw * opt, float * param, float * grad, int64_t count, int32_t * index);
-PST_ENTRY int32_t pst_adamw_add_param(pst_adamw * opt, float * param, float * grad, int64_t count, int32_t * index) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_add_param");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_add_param(opt, param, grad, count, index);
-}
-
-extern int32_t pstimpl_adamw_step(pst_adamw * opt);
-PST_ENTRY int32_t pst_adamw_step(pst_adamw * opt) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_step");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_step(opt);
-}
-
-extern int32_t pstimpl_adamw_zero_grad(pst_adamw * opt);
-PST_ENTRY int32_t pst_adamw_zero_grad(pst_adamw * opt) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_zero_grad");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_zero_grad(opt);
-}
-
-extern int32_t pstimpl_adamw_clip_grad_norm(pst_adamw * opt, double max_norm, float * total_norm);
-PST_ENTRY int32_t pst_adamw_clip_grad_norm(pst_adamw * opt, double max_norm, float * total_norm) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_clip_grad_norm");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_clip_grad_norm(opt, max_norm, total_norm);
-}
-
-extern int32_t pstimpl_adamw_set_lr(pst_adamw * opt, double lr);
-PST_ENTRY int32_t pst_adamw_set_lr(pst_adamw * opt, double lr) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_set_lr");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_set_lr(opt, lr);
-}
-
-extern int32_t pstimpl_adamw_state_size(pst_adamw * opt, int64_t * bytes);
-PST_ENTRY int32_t pst_adamw_state_size(pst_adamw * opt, int64_t * bytes) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_state_size");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_state_size(opt, bytes);
-}
-
-extern int32_t pstimpl_adamw_save_state(pst_adamw * opt, void * buf, ptrdiff_t capacity, int64_t * written);
-PST_ENTRY int32_t pst_adamw_save_state(pst_adamw * opt, void * buf, ptrdiff_t capacity, int64_t * written) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_save_state");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_save_state(opt, buf, capacity, written);
-}
-
-extern int32_t pstimpl_adamw_load_state(pst_adamw * opt, void const * buf, ptrdiff_t length);
-PST_ENTRY int32_t pst_adamw_load_state(pst_adamw * opt, void const * buf, ptrdiff_t length) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_adamw_load_state");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_adamw_load_state(opt, buf, length);
-}
-
-extern int32_t pstimpl_lr_multiplier(int32_t kind, int64_t step, int64_t warmup, int64_t total_steps, double cycles, double * out_);
-PST_ENTRY int32_t pst_lr_multiplier(int32_t kind, int64_t step, int64_t warmup, int64_t total_steps, double cycles, double * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_lr_multiplier");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_lr_multiplier(kind, step, warmup, total_steps, cycles, out_);
-}
-
-extern int32_t pstimpl_pager_create(int64_t budget_bytes, int64_t page_size, char const * spill_dir, pst_pager * * out_);
-PST_ENTRY int32_t pst_pager_create(int64_t budget_bytes, int64_t page_size, char const * spill_dir, pst_pager * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_pager_create");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_pager_create(budget_bytes, page_size, spill_dir, out_);
-}
-
-extern void pstimpl_pager_free(pst_pager * pager);
-PST_ENTRY void pst_pager_free(pst_pager * pager) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_pager_free");
-        return;
-    }
-    pstimpl_pager_free(pager);
-}
-
-extern int32_t pstimpl_pager_set_budget(pst_pager * pager, int64_t budget_bytes);
-PST_ENTRY int32_t pst_pager_set_budget(pst_pager * pager, int64_t budget_bytes) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_pager_set_budget");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_pager_set_budget(pager, budget_bytes);
-}
-
-extern int32_t pstimpl_pager_get_stats(pst_pager * pager, pst_pager_stats * stats);
-PST_ENTRY int32_t pst_pager_get_stats(pst_pager * pager, pst_pager_stats * stats) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_pager_get_stats");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_pager_get_stats(pager, stats);
-}
-
-extern int32_t pstimpl_paged_alloc(pst_pager * pager, int64_t bytes, pst_paged * * out_);
-PST_ENTRY int32_t pst_paged_alloc(pst_pager * pager, int64_t bytes, pst_paged * * out_) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_paged_alloc");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_paged_alloc(pager, bytes, out_);
-}
-
-extern int32_t pstimpl_paged_acquire(pst_paged * buffer, int64_t offset, int64_t count, bool for_writing, void * * ptr);
-PST_ENTRY int32_t pst_paged_acquire(pst_paged * buffer, int64_t offset, int64_t count, bool for_writing, void * * ptr) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_paged_acquire");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_paged_acquire(buffer, offset, count, for_writing, ptr);
-}
-
-extern int32_t pstimpl_paged_release(pst_paged * buffer, int64_t offset, int64_t count);
-PST_ENTRY int32_t pst_paged_release(pst_paged * buffer, int64_t offset, int64_t count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_paged_release");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_paged_release(buffer, offset, count);
-}
-
-extern int32_t pstimpl_paged_prefetch(pst_paged * buffer);
-PST_ENTRY int32_t pst_paged_prefetch(pst_paged * buffer) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_paged_prefetch");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_paged_prefetch(buffer);
-}
-
-extern void pstimpl_paged_free(pst_paged * buffer);
-PST_ENTRY void pst_paged_free(pst_paged * buffer) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_paged_free");
-        return;
-    }
-    pstimpl_paged_free(buffer);
 }
 
 extern int64_t pstimpl_4bit_packed_bytes(int64_t n);
@@ -844,17 +79,17 @@ PST_ENTRY int64_t pst_blockwise_count(int64_t n, int32_t blocksize) {
     return pstimpl_blockwise_count(n, blocksize);
 }
 
-extern int32_t pstimpl_codebook(int32_t which, float * out_, ptrdiff_t out_count);
-PST_ENTRY int32_t pst_codebook(int32_t which, float * out_, ptrdiff_t out_count) {
+extern pst_status pstimpl_codebook(int32_t which, float *out, int64_t out_count);
+PST_ENTRY pst_status pst_codebook(int32_t which, float *out, int64_t out_count) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_codebook");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_codebook(which, out_, out_count);
+    return pstimpl_codebook(which, out, out_count);
 }
 
-extern int32_t pstimpl_4bit_quantize(void const * x, int32_t dtype, int64_t n, int32_t blocksize, int32_t quant_type, uint8_t * packed, ptrdiff_t packed_capacity, float * absmax, ptrdiff_t absmax_capacity);
-PST_ENTRY int32_t pst_4bit_quantize(void const * x, int32_t dtype, int64_t n, int32_t blocksize, int32_t quant_type, uint8_t * packed, ptrdiff_t packed_capacity, float * absmax, ptrdiff_t absmax_capacity) {
+extern pst_status pstimpl_4bit_quantize(const void *x, int32_t dtype, int64_t n, int32_t blocksize, int32_t quant_type, uint8_t *packed, int64_t packed_capacity, float *absmax, int64_t absmax_capacity);
+PST_ENTRY pst_status pst_4bit_quantize(const void *x, int32_t dtype, int64_t n, int32_t blocksize, int32_t quant_type, uint8_t *packed, int64_t packed_capacity, float *absmax, int64_t absmax_capacity) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_4bit_quantize");
         return PST_ERR_UNSUPPORTED_CPU;
@@ -862,17 +97,17 @@ PST_ENTRY int32_t pst_4bit_quantize(void const * x, int32_t dtype, int64_t n, in
     return pstimpl_4bit_quantize(x, dtype, n, blocksize, quant_type, packed, packed_capacity, absmax, absmax_capacity);
 }
 
-extern int32_t pstimpl_4bit_dequantize(uint8_t const * packed, ptrdiff_t packed_bytes, float const * absmax, ptrdiff_t absmax_count, float const * code, int32_t quant_type, int64_t n, int32_t blocksize, void * out_, int32_t out_dtype, ptrdiff_t out_capacity);
-PST_ENTRY int32_t pst_4bit_dequantize(uint8_t const * packed, ptrdiff_t packed_bytes, float const * absmax, ptrdiff_t absmax_count, float const * code, int32_t quant_type, int64_t n, int32_t blocksize, void * out_, int32_t out_dtype, ptrdiff_t out_capacity) {
+extern pst_status pstimpl_4bit_dequantize(const uint8_t *packed, int64_t packed_bytes, const float *absmax, int64_t absmax_count, const float *code, int32_t quant_type, int64_t n, int32_t blocksize, void *out, int32_t out_dtype, int64_t out_capacity);
+PST_ENTRY pst_status pst_4bit_dequantize(const uint8_t *packed, int64_t packed_bytes, const float *absmax, int64_t absmax_count, const float *code, int32_t quant_type, int64_t n, int32_t blocksize, void *out, int32_t out_dtype, int64_t out_capacity) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_4bit_dequantize");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_4bit_dequantize(packed, packed_bytes, absmax, absmax_count, code, quant_type, n, blocksize, out_, out_dtype, out_capacity);
+    return pstimpl_4bit_dequantize(packed, packed_bytes, absmax, absmax_count, code, quant_type, n, blocksize, out, out_dtype, out_capacity);
 }
 
-extern int32_t pstimpl_8bit_quantize(float const * x, int64_t n, int32_t blocksize, float const * code, uint8_t * q, ptrdiff_t q_capacity, float * absmax, ptrdiff_t absmax_capacity);
-PST_ENTRY int32_t pst_8bit_quantize(float const * x, int64_t n, int32_t blocksize, float const * code, uint8_t * q, ptrdiff_t q_capacity, float * absmax, ptrdiff_t absmax_capacity) {
+extern pst_status pstimpl_8bit_quantize(const float *x, int64_t n, int32_t blocksize, const float *code, uint8_t *q, int64_t q_capacity, float *absmax, int64_t absmax_capacity);
+PST_ENTRY pst_status pst_8bit_quantize(const float *x, int64_t n, int32_t blocksize, const float *code, uint8_t *q, int64_t q_capacity, float *absmax, int64_t absmax_capacity) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_8bit_quantize");
         return PST_ERR_UNSUPPORTED_CPU;
@@ -880,35 +115,35 @@ PST_ENTRY int32_t pst_8bit_quantize(float const * x, int64_t n, int32_t blocksiz
     return pstimpl_8bit_quantize(x, n, blocksize, code, q, q_capacity, absmax, absmax_capacity);
 }
 
-extern int32_t pstimpl_8bit_dequantize(uint8_t const * q, int64_t n, float const * absmax, ptrdiff_t absmax_count, float const * code, int32_t blocksize, float * out_, ptrdiff_t out_capacity);
-PST_ENTRY int32_t pst_8bit_dequantize(uint8_t const * q, int64_t n, float const * absmax, ptrdiff_t absmax_count, float const * code, int32_t blocksize, float * out_, ptrdiff_t out_capacity) {
+extern pst_status pstimpl_8bit_dequantize(const uint8_t *q, int64_t n, const float *absmax, int64_t absmax_count, const float *code, int32_t blocksize, float *out, int64_t out_capacity);
+PST_ENTRY pst_status pst_8bit_dequantize(const uint8_t *q, int64_t n, const float *absmax, int64_t absmax_count, const float *code, int32_t blocksize, float *out, int64_t out_capacity) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_8bit_dequantize");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_8bit_dequantize(q, n, absmax, absmax_count, code, blocksize, out_, out_capacity);
+    return pstimpl_8bit_dequantize(q, n, absmax, absmax_count, code, blocksize, out, out_capacity);
 }
 
-extern int32_t pstimpl_quant_create_4bit(void const * x, int32_t dtype, int64_t const * shape, int32_t ndim, int32_t blocksize, int32_t quant_type, bool double_quant, pst_quant * * out_);
-PST_ENTRY int32_t pst_quant_create_4bit(void const * x, int32_t dtype, int64_t const * shape, int32_t ndim, int32_t blocksize, int32_t quant_type, bool double_quant, pst_quant * * out_) {
+extern pst_status pstimpl_quant_create_4bit(const void *x, int32_t dtype, const int64_t *shape, int32_t ndim, int32_t blocksize, int32_t quant_type, bool double_quant, pst_quant **out);
+PST_ENTRY pst_status pst_quant_create_4bit(const void *x, int32_t dtype, const int64_t *shape, int32_t ndim, int32_t blocksize, int32_t quant_type, bool double_quant, pst_quant **out) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_quant_create_4bit");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_quant_create_4bit(x, dtype, shape, ndim, blocksize, quant_type, double_quant, out_);
+    return pstimpl_quant_create_4bit(x, dtype, shape, ndim, blocksize, quant_type, double_quant, out);
 }
 
-extern int32_t pstimpl_quant_from_state(pst_quant_state const * st, pst_quant * * out_);
-PST_ENTRY int32_t pst_quant_from_state(pst_quant_state const * st, pst_quant * * out_) {
+extern pst_status pstimpl_quant_from_state(const pst_quant_state *st, pst_quant **out);
+PST_ENTRY pst_status pst_quant_from_state(const pst_quant_state *st, pst_quant **out) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_quant_from_state");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_quant_from_state(st, out_);
+    return pstimpl_quant_from_state(st, out);
 }
 
-extern int32_t pstimpl_quant_get_state(pst_quant * q, pst_quant_state * st);
-PST_ENTRY int32_t pst_quant_get_state(pst_quant * q, pst_quant_state * st) {
+extern pst_status pstimpl_quant_get_state(pst_quant *q, pst_quant_state *st);
+PST_ENTRY pst_status pst_quant_get_state(pst_quant *q, pst_quant_state *st) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_quant_get_state");
         return PST_ERR_UNSUPPORTED_CPU;
@@ -916,17 +151,17 @@ PST_ENTRY int32_t pst_quant_get_state(pst_quant * q, pst_quant_state * st) {
     return pstimpl_quant_get_state(q, st);
 }
 
-extern int32_t pstimpl_quant_dequantize(pst_quant * q, void * out_, ptrdiff_t out_capacity, int32_t dtype);
-PST_ENTRY int32_t pst_quant_dequantize(pst_quant * q, void * out_, ptrdiff_t out_capacity, int32_t dtype) {
+extern pst_status pstimpl_quant_dequantize(pst_quant *q, void *out, int64_t out_capacity, int32_t dtype);
+PST_ENTRY pst_status pst_quant_dequantize(pst_quant *q, void *out, int64_t out_capacity, int32_t dtype) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_quant_dequantize");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_quant_dequantize(q, out_, out_capacity, dtype);
+    return pstimpl_quant_dequantize(q, out, out_capacity, dtype);
 }
 
-extern int32_t pstimpl_quant_info(pst_quant * q, int64_t * n, int64_t * storage_bytes);
-PST_ENTRY int32_t pst_quant_info(pst_quant * q, int64_t * n, int64_t * storage_bytes) {
+extern pst_status pstimpl_quant_info(pst_quant *q, int64_t *n, int64_t *storage_bytes);
+PST_ENTRY pst_status pst_quant_info(pst_quant *q, int64_t *n, int64_t *storage_bytes) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_quant_info");
         return PST_ERR_UNSUPPORTED_CPU;
@@ -934,8 +169,8 @@ PST_ENTRY int32_t pst_quant_info(pst_quant * q, int64_t * n, int64_t * storage_b
     return pstimpl_quant_info(q, n, storage_bytes);
 }
 
-extern void pstimpl_quant_free(pst_quant * q);
-PST_ENTRY void pst_quant_free(pst_quant * q) {
+extern void pstimpl_quant_free(pst_quant *q);
+PST_ENTRY void pst_quant_free(pst_quant *q) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_quant_free");
         return;
@@ -943,11 +178,776 @@ PST_ENTRY void pst_quant_free(pst_quant * q) {
     pstimpl_quant_free(q);
 }
 
-extern int32_t pstimpl_absmax_double_quantize(float const * absmax, int64_t count, int32_t nested_blocksize, uint8_t * q, ptrdiff_t q_capacity, float * nested_absmax, ptrdiff_t nested_capacity, float * offset);
-PST_ENTRY int32_t pst_absmax_double_quantize(float const * absmax, int64_t count, int32_t nested_blocksize, uint8_t * q, ptrdiff_t q_capacity, float * nested_absmax, ptrdiff_t nested_capacity, float * offset) {
+extern pst_status pstimpl_absmax_double_quantize(const float *absmax, int64_t count, int32_t nested_blocksize, uint8_t *q, int64_t q_capacity, float *nested_absmax, int64_t nested_capacity, float *offset);
+PST_ENTRY pst_status pst_absmax_double_quantize(const float *absmax, int64_t count, int32_t nested_blocksize, uint8_t *q, int64_t q_capacity, float *nested_absmax, int64_t nested_capacity, float *offset) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_absmax_double_quantize");
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_absmax_double_quantize(absmax, count, nested_blocksize, q, q_capacity, nested_absmax, nested_capacity, offset);
+}
+
+extern pst_status pstimpl_lora_params_init(pst_lora_params *p);
+PST_ENTRY pst_status pst_lora_params_init(pst_lora_params *p) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_params_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_params_init(p);
+}
+
+extern pst_status pstimpl_lora_create_dense(const float *weight, int64_t weight_count, int64_t out_features, int64_t in_features, const float *bias, pst_lora **out);
+PST_ENTRY pst_status pst_lora_create_dense(const float *weight, int64_t weight_count, int64_t out_features, int64_t in_features, const float *bias, pst_lora **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_create_dense");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_create_dense(weight, weight_count, out_features, in_features, bias, out);
+}
+
+extern pst_status pstimpl_lora_create_quantized(pst_quant *base, const float *bias, pst_lora **out);
+PST_ENTRY pst_status pst_lora_create_quantized(pst_quant *base, const float *bias, pst_lora **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_create_quantized");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_create_quantized(base, bias, out);
+}
+
+extern void pstimpl_lora_free(pst_lora *layer);
+PST_ENTRY void pst_lora_free(pst_lora *layer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_free");
+        return;
+    }
+    pstimpl_lora_free(layer);
+}
+
+extern pst_status pstimpl_lora_info(pst_lora *layer, int64_t *in_features, int64_t *out_features, int32_t *adapter_count);
+PST_ENTRY pst_status pst_lora_info(pst_lora *layer, int64_t *in_features, int64_t *out_features, int32_t *adapter_count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_info");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_info(layer, in_features, out_features, adapter_count);
+}
+
+extern pst_status pstimpl_lora_add_adapter(pst_lora *layer, const char *name, const pst_lora_params *params);
+PST_ENTRY pst_status pst_lora_add_adapter(pst_lora *layer, const char *name, const pst_lora_params *params) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_add_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_add_adapter(layer, name, params);
+}
+
+extern pst_status pstimpl_lora_delete_adapter(pst_lora *layer, const char *name);
+PST_ENTRY pst_status pst_lora_delete_adapter(pst_lora *layer, const char *name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_delete_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_delete_adapter(layer, name);
+}
+
+extern pst_status pstimpl_lora_set_active(pst_lora *layer, const char *const *names, const float *weights, int32_t count);
+PST_ENTRY pst_status pst_lora_set_active(pst_lora *layer, const char *const *names, const float *weights, int32_t count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_set_active");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_set_active(layer, names, weights, count);
+}
+
+extern pst_status pstimpl_lora_set_training(pst_lora *layer, bool training);
+PST_ENTRY pst_status pst_lora_set_training(pst_lora *layer, bool training) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_set_training");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_set_training(layer, training);
+}
+
+extern pst_status pstimpl_lora_forward(pst_lora *layer, const float *x, int64_t x_count, int64_t m, float *y, int64_t y_capacity);
+PST_ENTRY pst_status pst_lora_forward(pst_lora *layer, const float *x, int64_t x_count, int64_t m, float *y, int64_t y_capacity) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_forward");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_forward(layer, x, x_count, m, y, y_capacity);
+}
+
+extern pst_status pstimpl_lora_backward(pst_lora *layer, const float *dy, int64_t dy_count, int64_t m, float *dx, int64_t dx_capacity, bool bias_grad);
+PST_ENTRY pst_status pst_lora_backward(pst_lora *layer, const float *dy, int64_t dy_count, int64_t m, float *dx, int64_t dx_capacity, bool bias_grad) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_backward");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_backward(layer, dy, dy_count, m, dx, dx_capacity, bias_grad);
+}
+
+extern pst_status pstimpl_lora_zero_grad(pst_lora *layer);
+PST_ENTRY pst_status pst_lora_zero_grad(pst_lora *layer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_zero_grad");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_zero_grad(layer);
+}
+
+extern pst_status pstimpl_lora_adapter_tensor(pst_lora *layer, const char *name, int32_t which, float **data, int64_t *rows, int64_t *cols);
+PST_ENTRY pst_status pst_lora_adapter_tensor(pst_lora *layer, const char *name, int32_t which, float **data, int64_t *rows, int64_t *cols) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_adapter_tensor");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_adapter_tensor(layer, name, which, data, rows, cols);
+}
+
+extern pst_status pstimpl_lora_adapter_info(pst_lora *layer, const char *name, pst_lora_params *params, float *scaling, int32_t *active, float *weight, int32_t *merged);
+PST_ENTRY pst_status pst_lora_adapter_info(pst_lora *layer, const char *name, pst_lora_params *params, float *scaling, int32_t *active, float *weight, int32_t *merged) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_adapter_info");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_adapter_info(layer, name, params, scaling, active, weight, merged);
+}
+
+extern pst_status pstimpl_lora_bias(pst_lora *layer, float **bias, float **grad_bias);
+PST_ENTRY pst_status pst_lora_bias(pst_lora *layer, float **bias, float **grad_bias) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_bias");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_bias(layer, bias, grad_bias);
+}
+
+extern pst_status pstimpl_lora_merge(pst_lora *layer, const char *const *names, int32_t count, float *max_abs_error, float *rms_error);
+PST_ENTRY pst_status pst_lora_merge(pst_lora *layer, const char *const *names, int32_t count, float *max_abs_error, float *rms_error) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_merge");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_merge(layer, names, count, max_abs_error, rms_error);
+}
+
+extern pst_status pstimpl_lora_unmerge(pst_lora *layer);
+PST_ENTRY pst_status pst_lora_unmerge(pst_lora *layer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_unmerge");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_unmerge(layer);
+}
+
+extern pst_status pstimpl_lora_base_weight(pst_lora *layer, float *out, int64_t capacity);
+PST_ENTRY pst_status pst_lora_base_weight(pst_lora *layer, float *out, int64_t capacity) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_base_weight");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_base_weight(layer, out, capacity);
+}
+
+extern pst_status pstimpl_adamw_params_init(pst_adamw_params *p);
+PST_ENTRY pst_status pst_adamw_params_init(pst_adamw_params *p) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_params_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_params_init(p);
+}
+
+extern pst_status pstimpl_adamw_create(const pst_adamw_params *params, pst_pager *pager, pst_adamw **out);
+PST_ENTRY pst_status pst_adamw_create(const pst_adamw_params *params, pst_pager *pager, pst_adamw **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_create");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_create(params, pager, out);
+}
+
+extern void pstimpl_adamw_free(pst_adamw *opt);
+PST_ENTRY void pst_adamw_free(pst_adamw *opt) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_free");
+        return;
+    }
+    pstimpl_adamw_free(opt);
+}
+
+extern pst_status pstimpl_adamw_add_param(pst_adamw *opt, float *param, float *grad, int64_t count, int32_t *index);
+PST_ENTRY pst_status pst_adamw_add_param(pst_adamw *opt, float *param, float *grad, int64_t count, int32_t *index) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_add_param");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_add_param(opt, param, grad, count, index);
+}
+
+extern pst_status pstimpl_adamw_step(pst_adamw *opt);
+PST_ENTRY pst_status pst_adamw_step(pst_adamw *opt) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_step");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_step(opt);
+}
+
+extern pst_status pstimpl_adamw_zero_grad(pst_adamw *opt);
+PST_ENTRY pst_status pst_adamw_zero_grad(pst_adamw *opt) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_zero_grad");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_zero_grad(opt);
+}
+
+extern pst_status pstimpl_adamw_clip_grad_norm(pst_adamw *opt, double max_norm, float *total_norm);
+PST_ENTRY pst_status pst_adamw_clip_grad_norm(pst_adamw *opt, double max_norm, float *total_norm) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_clip_grad_norm");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_clip_grad_norm(opt, max_norm, total_norm);
+}
+
+extern pst_status pstimpl_adamw_set_lr(pst_adamw *opt, double lr);
+PST_ENTRY pst_status pst_adamw_set_lr(pst_adamw *opt, double lr) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_set_lr");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_set_lr(opt, lr);
+}
+
+extern pst_status pstimpl_adamw_state_size(pst_adamw *opt, int64_t *bytes);
+PST_ENTRY pst_status pst_adamw_state_size(pst_adamw *opt, int64_t *bytes) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_state_size");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_state_size(opt, bytes);
+}
+
+extern pst_status pstimpl_adamw_save_state(pst_adamw *opt, void *buf, int64_t capacity, int64_t *written);
+PST_ENTRY pst_status pst_adamw_save_state(pst_adamw *opt, void *buf, int64_t capacity, int64_t *written) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_save_state");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_save_state(opt, buf, capacity, written);
+}
+
+extern pst_status pstimpl_adamw_load_state(pst_adamw *opt, const void *buf, int64_t length);
+PST_ENTRY pst_status pst_adamw_load_state(pst_adamw *opt, const void *buf, int64_t length) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_adamw_load_state");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_adamw_load_state(opt, buf, length);
+}
+
+extern pst_status pstimpl_lr_multiplier(int32_t kind, int64_t step, int64_t warmup, int64_t total_steps, double cycles, double *out);
+PST_ENTRY pst_status pst_lr_multiplier(int32_t kind, int64_t step, int64_t warmup, int64_t total_steps, double cycles, double *out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lr_multiplier");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lr_multiplier(kind, step, warmup, total_steps, cycles, out);
+}
+
+extern pst_status pstimpl_pager_create(int64_t budget_bytes, int64_t page_size, const char *spill_dir, pst_pager **out);
+PST_ENTRY pst_status pst_pager_create(int64_t budget_bytes, int64_t page_size, const char *spill_dir, pst_pager **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_pager_create");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_pager_create(budget_bytes, page_size, spill_dir, out);
+}
+
+extern void pstimpl_pager_free(pst_pager *pager);
+PST_ENTRY void pst_pager_free(pst_pager *pager) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_pager_free");
+        return;
+    }
+    pstimpl_pager_free(pager);
+}
+
+extern pst_status pstimpl_pager_set_budget(pst_pager *pager, int64_t budget_bytes);
+PST_ENTRY pst_status pst_pager_set_budget(pst_pager *pager, int64_t budget_bytes) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_pager_set_budget");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_pager_set_budget(pager, budget_bytes);
+}
+
+extern pst_status pstimpl_pager_get_stats(pst_pager *pager, pst_pager_stats *stats);
+PST_ENTRY pst_status pst_pager_get_stats(pst_pager *pager, pst_pager_stats *stats) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_pager_get_stats");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_pager_get_stats(pager, stats);
+}
+
+extern pst_status pstimpl_paged_alloc(pst_pager *pager, int64_t bytes, pst_paged **out);
+PST_ENTRY pst_status pst_paged_alloc(pst_pager *pager, int64_t bytes, pst_paged **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_paged_alloc");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_paged_alloc(pager, bytes, out);
+}
+
+extern pst_status pstimpl_paged_acquire(pst_paged *buffer, int64_t offset, int64_t count, bool for_writing, void **ptr);
+PST_ENTRY pst_status pst_paged_acquire(pst_paged *buffer, int64_t offset, int64_t count, bool for_writing, void **ptr) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_paged_acquire");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_paged_acquire(buffer, offset, count, for_writing, ptr);
+}
+
+extern pst_status pstimpl_paged_release(pst_paged *buffer, int64_t offset, int64_t count);
+PST_ENTRY pst_status pst_paged_release(pst_paged *buffer, int64_t offset, int64_t count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_paged_release");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_paged_release(buffer, offset, count);
+}
+
+extern pst_status pstimpl_paged_prefetch(pst_paged *buffer);
+PST_ENTRY pst_status pst_paged_prefetch(pst_paged *buffer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_paged_prefetch");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_paged_prefetch(buffer);
+}
+
+extern void pstimpl_paged_free(pst_paged *buffer);
+PST_ENTRY void pst_paged_free(pst_paged *buffer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_paged_free");
+        return;
+    }
+    pstimpl_paged_free(buffer);
+}
+
+extern pst_status pstimpl_safetensors_open(const char *path, pst_safetensors **out);
+PST_ENTRY pst_status pst_safetensors_open(const char *path, pst_safetensors **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_open");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_open(path, out);
+}
+
+extern void pstimpl_safetensors_free(pst_safetensors *st);
+PST_ENTRY void pst_safetensors_free(pst_safetensors *st) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_free");
+        return;
+    }
+    pstimpl_safetensors_free(st);
+}
+
+extern pst_status pstimpl_safetensors_count(pst_safetensors *st, int64_t *count, int64_t *metadata_count);
+PST_ENTRY pst_status pst_safetensors_count(pst_safetensors *st, int64_t *count, int64_t *metadata_count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_count");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_count(st, count, metadata_count);
+}
+
+extern pst_status pstimpl_safetensors_tensor_at(pst_safetensors *st, int64_t index, pst_tensor *out);
+PST_ENTRY pst_status pst_safetensors_tensor_at(pst_safetensors *st, int64_t index, pst_tensor *out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_tensor_at");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_tensor_at(st, index, out);
+}
+
+extern pst_status pstimpl_safetensors_tensor_at_v2(pst_safetensors *st, int64_t index, pst_tensor *out, pst_string *name);
+PST_ENTRY pst_status pst_safetensors_tensor_at_v2(pst_safetensors *st, int64_t index, pst_tensor *out, pst_string *name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_tensor_at_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_tensor_at_v2(st, index, out, name);
+}
+
+extern pst_status pstimpl_safetensors_find(pst_safetensors *st, const char *name, pst_tensor *out);
+PST_ENTRY pst_status pst_safetensors_find(pst_safetensors *st, const char *name, pst_tensor *out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_find");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_find(st, name, out);
+}
+
+extern pst_status pstimpl_safetensors_find_v2(pst_safetensors *st, const char *name, int64_t name_length, pst_tensor *out);
+PST_ENTRY pst_status pst_safetensors_find_v2(pst_safetensors *st, const char *name, int64_t name_length, pst_tensor *out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_find_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_find_v2(st, name, name_length, out);
+}
+
+extern pst_status pstimpl_safetensors_metadata_at(pst_safetensors *st, int64_t index, const char **key, const char **value);
+PST_ENTRY pst_status pst_safetensors_metadata_at(pst_safetensors *st, int64_t index, const char **key, const char **value) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_metadata_at");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_metadata_at(st, index, key, value);
+}
+
+extern pst_status pstimpl_safetensors_metadata_at_v2(pst_safetensors *st, int64_t index, pst_string *key, pst_string *value);
+PST_ENTRY pst_status pst_safetensors_metadata_at_v2(pst_safetensors *st, int64_t index, pst_string *key, pst_string *value) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_metadata_at_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_metadata_at_v2(st, index, key, value);
+}
+
+extern pst_status pstimpl_safetensors_write(const char *path, const pst_tensor *tensors, int64_t count, const char *const *meta_keys, const char *const *meta_values, int64_t meta_count);
+PST_ENTRY pst_status pst_safetensors_write(const char *path, const pst_tensor *tensors, int64_t count, const char *const *meta_keys, const char *const *meta_values, int64_t meta_count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_write");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_write(path, tensors, count, meta_keys, meta_values, meta_count);
+}
+
+extern pst_status pstimpl_safetensors_write_v2(const char *path, const pst_tensor *tensors, const pst_string *names, int64_t count, const pst_string *meta_keys, const pst_string *meta_values, int64_t meta_count);
+PST_ENTRY pst_status pst_safetensors_write_v2(const char *path, const pst_tensor *tensors, const pst_string *names, int64_t count, const pst_string *meta_keys, const pst_string *meta_values, int64_t meta_count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_safetensors_write_v2");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_safetensors_write_v2(path, tensors, names, count, meta_keys, meta_values, meta_count);
+}
+
+extern pst_status pstimpl_peft_save(const char *directory, const char *adapter_name, pst_lora *const *layers, const char *const *module_paths, int32_t count, const char *base_model_name_or_path);
+PST_ENTRY pst_status pst_peft_save(const char *directory, const char *adapter_name, pst_lora *const *layers, const char *const *module_paths, int32_t count, const char *base_model_name_or_path) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_peft_save");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_peft_save(directory, adapter_name, layers, module_paths, count, base_model_name_or_path);
+}
+
+extern pst_status pstimpl_peft_load(const char *directory, pst_lora *const *layers, const char *const *module_paths, int32_t count, const char *as_name);
+PST_ENTRY pst_status pst_peft_load(const char *directory, pst_lora *const *layers, const char *const *module_paths, int32_t count, const char *as_name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_peft_load");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_peft_load(directory, layers, module_paths, count, as_name);
+}
+
+extern pst_status pstimpl_bnb_save(const char *path, pst_quant *const *weights, const float *const *biases, const char *const *modules, int32_t count);
+PST_ENTRY pst_status pst_bnb_save(const char *path, pst_quant *const *weights, const float *const *biases, const char *const *modules, int32_t count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_bnb_save");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_bnb_save(path, weights, biases, modules, count);
+}
+
+extern pst_status pstimpl_bnb_load(const char *path, const char *module, pst_quant **weight, float *bias, int64_t bias_capacity, int32_t *has_bias);
+PST_ENTRY pst_status pst_bnb_load(const char *path, const char *module, pst_quant **weight, float *bias, int64_t bias_capacity, int32_t *has_bias) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_bnb_load");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_bnb_load(path, module, weight, bias, bias_capacity, has_bias);
+}
+
+extern pst_status pstimpl_llm_load_params_init(pst_llm_load_params *p);
+PST_ENTRY pst_status pst_llm_load_params_init(pst_llm_load_params *p) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_load_params_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_load_params_init(p);
+}
+
+extern pst_status pstimpl_llm_load(const char *path, const pst_llm_load_params *params, pst_llm **out);
+PST_ENTRY pst_status pst_llm_load(const char *path, const pst_llm_load_params *params, pst_llm **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_load");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_load(path, params, out);
+}
+
+extern void pstimpl_llm_free(pst_llm *llm);
+PST_ENTRY void pst_llm_free(pst_llm *llm) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_free");
+        return;
+    }
+    pstimpl_llm_free(llm);
+}
+
+extern pst_status pstimpl_llm_get_info(pst_llm *llm, pst_llm_info *info);
+PST_ENTRY pst_status pst_llm_get_info(pst_llm *llm, pst_llm_info *info) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_get_info");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_get_info(llm, info);
+}
+
+extern pst_status pstimpl_llm_tokenize(pst_llm *llm, const char *text, ptrdiff_t text_len, int32_t flags, int32_t *ids, ptrdiff_t capacity, int64_t *count);
+PST_ENTRY pst_status pst_llm_tokenize(pst_llm *llm, const char *text, ptrdiff_t text_len, int32_t flags, int32_t *ids, ptrdiff_t capacity, int64_t *count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_tokenize");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_tokenize(llm, text, text_len, flags, ids, capacity, count);
+}
+
+extern pst_status pstimpl_llm_chat_prompt(pst_llm *llm, const char *user, const char *system, int32_t *ids, ptrdiff_t capacity, int64_t *count);
+PST_ENTRY pst_status pst_llm_chat_prompt(pst_llm *llm, const char *user, const char *system, int32_t *ids, ptrdiff_t capacity, int64_t *count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_chat_prompt");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_chat_prompt(llm, user, system, ids, capacity, count);
+}
+
+extern pst_status pstimpl_llm_detokenize(pst_llm *llm, const int32_t *ids, ptrdiff_t count, int32_t flags, char *text, ptrdiff_t capacity, int64_t *length);
+PST_ENTRY pst_status pst_llm_detokenize(pst_llm *llm, const int32_t *ids, ptrdiff_t count, int32_t flags, char *text, ptrdiff_t capacity, int64_t *length) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_detokenize");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_detokenize(llm, ids, count, flags, text, capacity, length);
+}
+
+extern pst_status pstimpl_llm_logits(pst_llm *llm, const int32_t *ids, int64_t batch, int64_t seq_len, float *logits, ptrdiff_t capacity);
+PST_ENTRY pst_status pst_llm_logits(pst_llm *llm, const int32_t *ids, int64_t batch, int64_t seq_len, float *logits, ptrdiff_t capacity) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_logits");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_logits(llm, ids, batch, seq_len, logits, capacity);
+}
+
+extern pst_status pstimpl_llm_loss(pst_llm *llm, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq_len, float *loss);
+PST_ENTRY pst_status pst_llm_loss(pst_llm *llm, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq_len, float *loss) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_loss");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_loss(llm, ids, labels, batch, seq_len, loss);
+}
+
+extern pst_status pstimpl_llm_backward(pst_llm *llm);
+PST_ENTRY pst_status pst_llm_backward(pst_llm *llm) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_backward");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_backward(llm);
+}
+
+extern pst_status pstimpl_llm_zero_grad(pst_llm *llm);
+PST_ENTRY pst_status pst_llm_zero_grad(pst_llm *llm) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_zero_grad");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_zero_grad(llm);
+}
+
+extern pst_status pstimpl_llm_set_training(pst_llm *llm, int32_t training);
+PST_ENTRY pst_status pst_llm_set_training(pst_llm *llm, int32_t training) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_set_training");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_set_training(llm, training);
+}
+
+extern pst_status pstimpl_llm_add_adapter(pst_llm *llm, const char *name, const pst_lora_params *params, const char *target_modules);
+PST_ENTRY pst_status pst_llm_add_adapter(pst_llm *llm, const char *name, const pst_lora_params *params, const char *target_modules) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_add_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_add_adapter(llm, name, params, target_modules);
+}
+
+extern pst_status pstimpl_llm_delete_adapter(pst_llm *llm, const char *name);
+PST_ENTRY pst_status pst_llm_delete_adapter(pst_llm *llm, const char *name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_delete_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_delete_adapter(llm, name);
+}
+
+extern pst_status pstimpl_llm_set_adapter(pst_llm *llm, const char *name);
+PST_ENTRY pst_status pst_llm_set_adapter(pst_llm *llm, const char *name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_set_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_set_adapter(llm, name);
+}
+
+extern pst_status pstimpl_llm_module_count(pst_llm *llm, int64_t *count);
+PST_ENTRY pst_status pst_llm_module_count(pst_llm *llm, int64_t *count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_module_count");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_module_count(llm, count);
+}
+
+extern pst_status pstimpl_llm_module_at(pst_llm *llm, int64_t index, const char **path);
+PST_ENTRY pst_status pst_llm_module_at(pst_llm *llm, int64_t index, const char **path) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_module_at");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_module_at(llm, index, path);
+}
+
+extern pst_status pstimpl_llm_adapter_tensor(pst_llm *llm, const char *module_path, const char *adapter, int32_t which, float **data, int64_t *rows, int64_t *cols);
+PST_ENTRY pst_status pst_llm_adapter_tensor(pst_llm *llm, const char *module_path, const char *adapter, int32_t which, float **data, int64_t *rows, int64_t *cols) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_adapter_tensor");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_adapter_tensor(llm, module_path, adapter, which, data, rows, cols);
+}
+
+extern pst_status pstimpl_llm_save_adapter(pst_llm *llm, const char *adapter, const char *directory);
+PST_ENTRY pst_status pst_llm_save_adapter(pst_llm *llm, const char *adapter, const char *directory) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_save_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_save_adapter(llm, adapter, directory);
+}
+
+extern pst_status pstimpl_llm_load_adapter(pst_llm *llm, const char *directory, const char *name);
+PST_ENTRY pst_status pst_llm_load_adapter(pst_llm *llm, const char *directory, const char *name) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_load_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_load_adapter(llm, directory, name);
+}
+
+extern pst_status pstimpl_generate_params_init(pst_generate_params *p);
+PST_ENTRY pst_status pst_generate_params_init(pst_generate_params *p) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_generate_params_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_generate_params_init(p);
+}
+
+extern pst_status pstimpl_llm_generate(pst_llm *llm, const int32_t *prompt, ptrdiff_t prompt_count, const pst_generate_params *params, pst_token_callback callback, void *user, int32_t *out, ptrdiff_t capacity, int64_t *count);
+PST_ENTRY pst_status pst_llm_generate(pst_llm *llm, const int32_t *prompt, ptrdiff_t prompt_count, const pst_generate_params *params, pst_token_callback callback, void *user, int32_t *out, ptrdiff_t capacity, int64_t *count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_generate");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_generate(llm, prompt, prompt_count, params, callback, user, out, capacity, count);
+}
+
+extern pst_status pstimpl_trainer_params_init(pst_trainer_params *p);
+PST_ENTRY pst_status pst_trainer_params_init(pst_trainer_params *p) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_params_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_params_init(p);
+}
+
+extern pst_status pstimpl_trainer_create(pst_llm *llm, const char *const *data_paths, int32_t data_count, const pst_trainer_params *params, pst_trainer **out);
+PST_ENTRY pst_status pst_trainer_create(pst_llm *llm, const char *const *data_paths, int32_t data_count, const pst_trainer_params *params, pst_trainer **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_create");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_create(llm, data_paths, data_count, params, out);
+}
+
+extern void pstimpl_trainer_free(pst_trainer *trainer);
+PST_ENTRY void pst_trainer_free(pst_trainer *trainer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_free");
+        return;
+    }
+    pstimpl_trainer_free(trainer);
+}
+
+extern pst_status pstimpl_trainer_step(pst_trainer *trainer, pst_train_progress *progress);
+PST_ENTRY pst_status pst_trainer_step(pst_trainer *trainer, pst_train_progress *progress) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_step");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_step(trainer, progress);
+}
+
+extern pst_status pstimpl_trainer_train(pst_trainer *trainer, pst_progress_callback callback, void *user);
+PST_ENTRY pst_status pst_trainer_train(pst_trainer *trainer, pst_progress_callback callback, void *user) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_train");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_train(trainer, callback, user);
+}
+
+extern pst_status pstimpl_trainer_save_adapter(pst_trainer *trainer, const char *directory);
+PST_ENTRY pst_status pst_trainer_save_adapter(pst_trainer *trainer, const char *directory) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_save_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_save_adapter(trainer, directory);
+}
+
+extern pst_status pstimpl_trainer_save_checkpoint(pst_trainer *trainer, const char *directory);
+PST_ENTRY pst_status pst_trainer_save_checkpoint(pst_trainer *trainer, const char *directory) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_save_checkpoint");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_save_checkpoint(trainer, directory);
+}
+
+extern pst_status pstimpl_trainer_get_info(pst_trainer *trainer, pst_trainer_info *info);
+PST_ENTRY pst_status pst_trainer_get_info(pst_trainer *trainer, pst_trainer_info *info) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_get_info");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_get_info(trainer, info);
+}
+
+extern pst_status pstimpl_trainer_latest_checkpoint(const char *directory, char *path, ptrdiff_t capacity, int64_t *length);
+PST_ENTRY pst_status pst_trainer_latest_checkpoint(const char *directory, char *path, ptrdiff_t capacity, int64_t *length) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_latest_checkpoint");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_latest_checkpoint(directory, path, capacity, length);
 }

@@ -39,3 +39,20 @@ const char *pstshim_status_string(int32_t status) {
     default: return "unknown status";
     }
 }
+
+/* The growable structs (peftswift_types.h, "Structs that grow"): struct_size comes first, and a
+ * version-1 size can only stay at or below the struct's sizeof as fields are appended. */
+#define PST_GROWS(T, V1)                                                                  \
+    _Static_assert(offsetof(T, struct_size) == 0, #T ": struct_size must be the first field"); \
+    _Static_assert((V1) <= sizeof(T), #T ": " #V1 " must not exceed sizeof(" #T ")")
+PST_GROWS(pst_quant_state, PST_QUANT_STATE_V1_SIZE);
+PST_GROWS(pst_lora_params, PST_LORA_PARAMS_V1_SIZE);
+PST_GROWS(pst_adamw_params, PST_ADAMW_PARAMS_V1_SIZE);
+PST_GROWS(pst_pager_stats, PST_PAGER_STATS_V1_SIZE);
+PST_GROWS(pst_tensor, PST_TENSOR_V1_SIZE);
+PST_GROWS(pst_llm_load_params, PST_LLM_LOAD_PARAMS_V1_SIZE);
+PST_GROWS(pst_llm_info, PST_LLM_INFO_V1_SIZE);
+PST_GROWS(pst_generate_params, PST_GENERATE_PARAMS_V1_SIZE);
+PST_GROWS(pst_trainer_params, PST_TRAINER_PARAMS_V1_SIZE);
+PST_GROWS(pst_train_progress, PST_TRAIN_PROGRESS_V1_SIZE);
+PST_GROWS(pst_trainer_info, PST_TRAINER_INFO_V1_SIZE);

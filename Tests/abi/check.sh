@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The C ABI checks: header in sync with the Swift sources, usable from C99/C11/C++17 with
 # -Wall -Wextra -Werror, exported symbols == declared functions, no Swift runtime needed,
-# examples build with pkg-config and run, every function survives bad input.
+# examples build with pkg-config and run, every function survives bad input, a caller built
+# with older (shorter) parameter structs works.
 # Expects scripts/build-lib.sh to have filled dist/. Prints "abi: N passed, M failed".
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -79,6 +80,35 @@ out="$("$work/bad_input" "$root/Tests/fixtures/llm/tiny_llama.gguf" 2>&1)"; rc=$
 echo "$out" | grep -E '^(PASS|FAIL)' | sed 's/^/  /'
 if [ $rc -eq 0 ]; then ok "every function rejects NULL/undersized/invalid arguments with a status and a message"
 else bad "bad input" "$(echo "$out" | grep FAIL)"; fi
+
+# 6b. structs that grow: Tests/abi/struct_size.c is a caller compiled with shortened copies of
+#     four parameter structs. Against this library (whose version-1 layout is today's) they are
+#     older than version 1 and refused; against the same sources built with those fields counted
+#     as appended after version 1 (Tests/abi/grown_lib.sh) the older caller works.
+struct_size_run() { # name, binary, mode
+    local out rc
+    out="$(env -u LD_LIBRARY_PATH "$2" "$3" 2>&1)"; rc=$?
+    echo "$out" | grep -E '^(PASS|FAIL)' | sed 's/^/  /'
+    if [ $rc -eq 0 ]; then ok "$1"; else bad "$1" "$(echo "$out" | grep -A1 '^FAIL')"; fi
+}
+if out="$(cc -std=c11 -Wall -Wextra -Werror -pedantic "$root/Tests/abi/struct_size.c" -I"$dist/include" \
+          -L"$dist/lib" -Wl,-rpath,"$dist/lib" -lpeftswift -lm -o "$work/struct_size" 2>&1)"; then
+    ok "struct_size program builds (an older caller: shortened pst_lora_params, pst_adamw_params, pst_pager_stats, pst_tensor)"
+    struct_size_run "struct_size current: this library refuses structs older than version 1, 0 and larger than sizeof, with a message naming struct_size and the value" \
+        "$work/struct_size" current
+    if grown="$("$root/Tests/abi/grown_lib.sh" "$work/struct_size" 2>"$work/grown.err")"; then
+        ok "the library with those fields appended after version 1 builds (Tests/abi/grown_lib.sh, in .build-abi-grown/)"
+        if out="$(cc -std=c11 -Wall -Wextra -Werror -pedantic "$root/Tests/abi/struct_size.c" -I"$dist/include" \
+                  -L"$grown" -Wl,-rpath,"$grown" -lpeftswift -lm -o "$work/struct_size_older" 2>&1)"; then
+            struct_size_run "struct_size older: the older caller works with a newer library (defaults for the missing fields, nothing read or written past struct_size)" \
+                "$work/struct_size_older" older
+        else bad "struct_size program links with the grown library" "$out"; fi
+    else
+        bad "the library with grown structs builds (Tests/abi/grown_lib.sh)" "$(cat "$work/grown.err")"
+    fi
+else
+    bad "struct_size program builds" "$out"
+fi
 
 # 7. an older CPU (no AVX2/FMA/F16C): every function answers PST_ERR_UNSUPPORTED_CPU (or its
 #    documented value), never SIGILL. qemu-user runs the programs as those CPUs would; a

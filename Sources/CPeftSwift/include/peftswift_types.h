@@ -1,12 +1,24 @@
 /* peftswift_types.h: the hand-written part of the C API (status codes, constants, handle and
  * parameter types). The function declarations are generated from the Swift sources into
- * include/peftswift.h by scripts/gen_header.py; include <peftswift.h>, not this file. */
+ * include/peftswift.h by scripts/gen_header.py; include <peftswift.h>, not this file.
+ *
+ * The file is split into one block per section of the header, each opened by a line
+ * `/ * ==== section: NAME ==== * /` (without the spaces) and starting with the section's
+ * one-paragraph introduction; scripts/gen_header.py places each block at the start of its
+ * section, before that section's functions. Blocks come in the header's order (core,
+ * quantization, lora, optimizers, paging, files, llm, trainer), so that this file also compiles
+ * on its own, as the C module the Swift engine imports. */
 #ifndef PEFTSWIFT_TYPES_H
 #define PEFTSWIFT_TYPES_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+
+/* ==== section: core ==== */
+/* Versions, status codes, the calling thread's last error, the thread count and the CPU check;
+ * and what every other section uses: element types, the largest tensor rank, the opaque
+ * handles and the rule by which parameter structs grow (struct_size). */
 
 /* ---- Versions (compile time; compare with pst_version_string()/pst_abi_version() at run time) */
 #define PST_VERSION_MAJOR 0
@@ -42,55 +54,57 @@ typedef int32_t pst_status;
 #define PST_DTYPE_I32 5
 #define PST_DTYPE_I64 6
 
-/* ---- 4-bit quantization types (bitsandbytes' quant_type) */
+/* Largest tensor rank a pst_quant_state or pst_tensor carries. */
+#define PST_MAX_DIMS 8
+
+/* ---- Opaque handles, one per section that owns objects. Never dereference, copy or declare
+ * one by value: only pointers returned by the matching pst_*_create/load functions are valid,
+ * and only until the matching free. (Each is a complete struct with one reserved byte so that
+ * Swift can name the type; the byte has no meaning.) They are all declared here because
+ * sections use each other's: a LoRA layer over a pst_quant, a paged pst_adamw in a pst_pager. */
+typedef struct pst_quant { uint8_t pst_reserved_; } pst_quant;             /* quantization */
+typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;               /* LoRA */
+typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;             /* optimizers */
+typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;             /* paging */
+typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;             /* paging */
+typedef struct pst_safetensors { uint8_t pst_reserved_; } pst_safetensors; /* files */
+typedef struct pst_llm { uint8_t pst_reserved_; } pst_llm;                 /* language models */
+typedef struct pst_trainer { uint8_t pst_reserved_; } pst_trainer;         /* fine-tuning */
+
+/* ---- Structs that grow. A struct whose first field is `size_t struct_size` may gain fields
+ * at its end in a later version (never in the middle; a new field starts at or after the
+ * previous version's sizeof, so that it never lands in that version's tail padding). The
+ * caller sets struct_size to the sizeof of the struct it was compiled with (the _init
+ * functions do), and the library accepts any struct_size from the struct's first-version size
+ * (PST_<NAME>_V1_SIZE, beside each struct) up to its own sizeof:
+ *   - a struct the caller passes in is read for struct_size bytes only; fields beyond them
+ *     (added after the caller was compiled) take the defaults of the struct's _init function
+ *     (or 0 where it has none);
+ *   - a struct the library fills is written for struct_size bytes only.
+ * Any other struct_size is PST_ERR_INVALID_ARG, with a message naming it and its value.
+ * So a program compiled against an older header keeps working with a newer library; a newer
+ * program meets an older library's PST_ERR_INVALID_ARG rather than a silent misreading.
+ * An array of such structs (pst_safetensors_write's tensors) is laid out with the caller's
+ * sizeof: every element's struct_size must be the first element's. The V1 sizes are those of
+ * x86-64 Linux, the library's platform. */
+
+/* ==== section: quantization ==== */
+/* bitsandbytes' 4-bit (NF4, FP4) and 8-bit blockwise quantization, bit-exact with it: flat
+ * kernels over caller-owned buffers (pst_4bit_*, pst_8bit_*, pst_absmax_double_quantize) sized
+ * by pst_4bit_packed_bytes and pst_blockwise_count, the codebooks (pst_codebook), and the
+ * pst_quant handle, which owns a quantized tensor with its state (pst_quant_*). */
+
+/* 4-bit quantization types (bitsandbytes' quant_type) */
 #define PST_QUANT_NF4 0
 #define PST_QUANT_FP4 1
 
-/* ---- Codebooks (pst_codebook) */
+/* Codebooks (pst_codebook) */
 #define PST_CODE_NF4 0              /* 16 floats: bitsandbytes' NF4 table, sorted, code 7 = 0.0 */
 #define PST_CODE_FP4 1              /* 16 floats: bitsandbytes' FP4 table in bit order, 0b1000 = sign */
 #define PST_CODE_DYNAMIC_SIGNED 2   /* 256 floats: create_dynamic_map(signed=True), sorted */
 #define PST_CODE_DYNAMIC_UNSIGNED 3 /* 256 floats: create_dynamic_map(signed=False), sorted */
 
-/* Largest tensor rank a pst_quant_state carries. */
-#define PST_MAX_DIMS 8
-
-/* ---- Opaque handles. Never dereference, copy or declare one by value: only pointers returned
- * by the matching pst_*_create/load functions are valid, and only until the matching free.
- * (Each is a complete struct with one reserved byte so that Swift can name the type; the
- * byte has no meaning.) */
-typedef struct pst_quant { uint8_t pst_reserved_; } pst_quant;
-typedef struct pst_lora { uint8_t pst_reserved_; } pst_lora;
-typedef struct pst_pager { uint8_t pst_reserved_; } pst_pager;
-typedef struct pst_paged { uint8_t pst_reserved_; } pst_paged;
-typedef struct pst_adamw { uint8_t pst_reserved_; } pst_adamw;
-typedef struct pst_safetensors { uint8_t pst_reserved_; } pst_safetensors;
-typedef struct pst_llm { uint8_t pst_reserved_; } pst_llm;
-typedef struct pst_trainer { uint8_t pst_reserved_; } pst_trainer;
-
-/* ---- LoRA */
-#define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
-#define PST_LORA_INIT_GAUSSIAN 1  /* init_lora_weights="gaussian": A ~ N(0, (1/r)^2), B = 0 */
-#define PST_LORA_INIT_ZEROS 2     /* A = 0, B = 0 (for loading weights right after) */
-
-/* Which tensor of an adapter pst_lora_adapter_tensor returns */
-#define PST_LORA_A 0        /* lora_A.weight: r x in */
-#define PST_LORA_B 1        /* lora_B.weight: out x r */
-#define PST_LORA_GRAD_A 2   /* gradient of A: r x in */
-#define PST_LORA_GRAD_B 3   /* gradient of B: out x r */
-
-/* Parameters of one adapter, PEFT's LoraConfig fields. Initialize with pst_lora_params_init. */
-typedef struct pst_lora_params {
-    size_t struct_size;   /* sizeof(pst_lora_params), set by pst_lora_params_init */
-    int32_t r;            /* rank, 1 ... min(in, out); default 8 */
-    float alpha;          /* lora_alpha > 0; default 8 */
-    float dropout;        /* lora_dropout in [0, 1); default 0 */
-    int32_t use_rslora;   /* 1: scaling = alpha / sqrt(r); 0 (default): alpha / r */
-    int32_t init;         /* PST_LORA_INIT_*; default PST_LORA_INIT_KAIMING */
-    uint64_t seed;        /* seeds A's init and the dropout masks; default 0 */
-} pst_lora_params;
-
-/* ---- The state of a 4-bit quantized tensor: bitsandbytes' QuantState, field for field.
+/* The state of a 4-bit quantized tensor: bitsandbytes' QuantState, field for field.
  *
  * Layout (the memory layout is ABI; it is bitsandbytes' own):
  *   - the tensor (shape[0..ndim), row-major) is flattened; block b is elements
@@ -137,25 +151,40 @@ typedef struct pst_quant_state {
     int64_t nested_absmax_count; /* ceil(absmax_count / nested_blocksize) */
     const float *nested_code;    /* 256 floats (nested_quant_map); NULL when !nested */
 } pst_quant_state;
+#define PST_QUANT_STATE_V1_SIZE 168 /* sizeof(pst_quant_state) in version 1 */
 
-/* ---- Paged memory. Statistics of a pager (pst_pager_stats). */
-typedef struct pst_pager_stats {
-    size_t struct_size;          /* set to sizeof(pst_pager_stats) */
-    int64_t budget_bytes;        /* the RAM budget now */
-    int64_t page_size;
-    int64_t resident_bytes;      /* page memory mapped now */
-    int64_t peak_resident_bytes; /* the largest resident_bytes seen */
-    int64_t pinned_bytes;        /* resident bytes held by acquires */
-    int64_t pages_spilled;       /* pages written to the spill file */
-    int64_t bytes_spilled;
-    int64_t pages_evicted;       /* pages whose memory was returned (spilled or clean) */
-    int64_t pages_read_back;     /* pages read back from the spill file */
-    int64_t bytes_read_back;
-    int64_t spill_file_bytes;    /* size of the (unlinked) spill file */
-    double io_seconds;           /* time spent in spill-file I/O */
-} pst_pager_stats;
+/* ==== section: lora ==== */
+/* pst_lora: a linear layer over a frozen dense or 4-bit base with named LoRA adapters (PEFT's
+ * LoraConfig fields): forward and backward, several adapters active with weights, merging into
+ * the base weight and back. */
 
-/* ---- Optimizers */
+#define PST_LORA_INIT_KAIMING 0   /* PEFT's default: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
+#define PST_LORA_INIT_GAUSSIAN 1  /* init_lora_weights="gaussian": A ~ N(0, (1/r)^2), B = 0 */
+#define PST_LORA_INIT_ZEROS 2     /* A = 0, B = 0 (for loading weights right after) */
+
+/* Which tensor of an adapter pst_lora_adapter_tensor returns */
+#define PST_LORA_A 0        /* lora_A.weight: r x in */
+#define PST_LORA_B 1        /* lora_B.weight: out x r */
+#define PST_LORA_GRAD_A 2   /* gradient of A: r x in */
+#define PST_LORA_GRAD_B 3   /* gradient of B: out x r */
+
+/* Parameters of one adapter, PEFT's LoraConfig fields. Initialize with pst_lora_params_init. */
+typedef struct pst_lora_params {
+    size_t struct_size;   /* sizeof(pst_lora_params), set by pst_lora_params_init */
+    int32_t r;            /* rank, 1 ... min(in, out); default 8 */
+    float alpha;          /* lora_alpha > 0; default 8 */
+    float dropout;        /* lora_dropout in [0, 1); default 0 */
+    int32_t use_rslora;   /* 1: scaling = alpha / sqrt(r); 0 (default): alpha / r */
+    int32_t init;         /* PST_LORA_INIT_*; default PST_LORA_INIT_KAIMING */
+    uint64_t seed;        /* seeds A's init and the dropout masks; default 0 */
+} pst_lora_params;
+#define PST_LORA_PARAMS_V1_SIZE 40 /* sizeof(pst_lora_params) in version 1 */
+
+/* ==== section: optimizers ==== */
+/* AdamW with torch.optim.AdamW's semantics, or with bitsandbytes' 8-bit blockwise state
+ * (AdamW8bit), in memory or paged in a pst_pager (pst_adamw_*); and the learning-rate schedules
+ * of Hugging Face transformers (pst_lr_multiplier). */
+
 #define PST_OPTIM_STATE_F32 0   /* torch.optim.AdamW: fp32 moments */
 #define PST_OPTIM_STATE_8BIT 1  /* bitsandbytes AdamW8bit: blockwise 8-bit moments (blocks of 256) */
 
@@ -176,9 +205,38 @@ typedef struct pst_adamw_params {
     int32_t state_format;   /* PST_OPTIM_STATE_F32 (default) or PST_OPTIM_STATE_8BIT */
     int32_t min_8bit_size;  /* 8-bit only: parameters with fewer elements keep fp32 state (4096) */
 } pst_adamw_params;
+#define PST_ADAMW_PARAMS_V1_SIZE 56 /* sizeof(pst_adamw_params) in version 1 */
 
-/* ---- Files. A tensor of a safetensors file (read: pointers borrowed from the open file, valid
- * until pst_safetensors_free; write: the caller's, read during the call only). */
+/* ==== section: paging ==== */
+/* pst_pager: large buffers (pst_paged) in fixed-size pages under a RAM budget, spilled to an
+ * unlinked file and read back on demand, with explicit pinning (acquire/release) and prefetch;
+ * the store behind paged optimizers. */
+
+/* Statistics of a pager (pst_pager_get_stats). */
+typedef struct pst_pager_stats {
+    size_t struct_size;          /* set to sizeof(pst_pager_stats) */
+    int64_t budget_bytes;        /* the RAM budget now */
+    int64_t page_size;
+    int64_t resident_bytes;      /* page memory mapped now */
+    int64_t peak_resident_bytes; /* the largest resident_bytes seen */
+    int64_t pinned_bytes;        /* resident bytes held by acquires */
+    int64_t pages_spilled;       /* pages written to the spill file */
+    int64_t bytes_spilled;
+    int64_t pages_evicted;       /* pages whose memory was returned (spilled or clean) */
+    int64_t pages_read_back;     /* pages read back from the spill file */
+    int64_t bytes_read_back;
+    int64_t spill_file_bytes;    /* size of the (unlinked) spill file */
+    double io_seconds;           /* time spent in spill-file I/O */
+} pst_pager_stats;
+#define PST_PAGER_STATS_V1_SIZE 104 /* sizeof(pst_pager_stats) in version 1 */
+
+/* ==== section: files ==== */
+/* The file formats of the Python ecosystem, interchangeable with it: safetensors files
+ * (memory-mapped reading, atomic writing; strings with lengths in the _v2 functions), PEFT
+ * adapter directories (pst_peft_*) and bitsandbytes Linear4bit checkpoints (pst_bnb_*). */
+
+/* A tensor of a safetensors file (read: pointers borrowed from the open file, valid until
+ * pst_safetensors_free; write: the caller's, read during the call only). */
 typedef struct pst_tensor {
     size_t struct_size;            /* sizeof(pst_tensor) */
     const char *name;              /* UTF-8, NUL-terminated (names with NUL bytes: the _v2 functions and pst_string) */
@@ -188,6 +246,7 @@ typedef struct pst_tensor {
     const void *data;              /* little-endian elements, row-major */
     int64_t byte_count;            /* product(shape) * element size */
 } pst_tensor;
+#define PST_TENSOR_V1_SIZE 112 /* sizeof(pst_tensor) in version 1 */
 
 /* A string with its length in bytes (UTF-8), for the names and __metadata__ of safetensors
  * files, which may be any JSON string: NUL bytes included, any length (the format bounds only
@@ -204,8 +263,11 @@ typedef struct pst_string {
  * meta_count 0 writes an empty "__metadata__":{} (metadata={}). */
 #define PST_SAFETENSORS_NO_METADATA (-1)
 
-/* ---- Language models (pst_llm_*): a Llama-architecture model with its tokenizer, loaded from
- * a GGUF file or a Hugging Face checkpoint directory. */
+/* ==== section: llm ==== */
+/* pst_llm: a Llama-architecture model with its tokenizer, loaded from a GGUF file or a Hugging
+ * Face checkpoint directory, its projections 4-bit as they load: tokenization, logits, loss and
+ * backward, LoRA adapters on its projections (saved and loaded as PEFT directories), and text
+ * generation with a KV cache. */
 
 /* Pre-tokenizer of the byte-level BPE tokenizer (pst_llm_load_params.pretokenizer) */
 #define PST_PRETOK_AUTO 0    /* the file's own (tokenizer.ggml.pre / tokenizer.json) */
@@ -222,6 +284,7 @@ typedef struct pst_llm_load_params {
     int32_t double_quant;  /* 1 (default): double quantization of the block constants */
     int32_t pretokenizer;  /* PST_PRETOK_* (default PST_PRETOK_AUTO) */
 } pst_llm_load_params;
+#define PST_LLM_LOAD_PARAMS_V1_SIZE 32 /* sizeof(pst_llm_load_params) in version 1 */
 
 /* What a loaded model is (pst_llm_get_info). */
 typedef struct pst_llm_info {
@@ -245,6 +308,7 @@ typedef struct pst_llm_info {
     int64_t parameter_count;  /* of the base model (4-bit weights count as parameters) */
     int64_t base_bytes;       /* memory of the frozen base's weights as held now */
 } pst_llm_info;
+#define PST_LLM_INFO_V1_SIZE 88 /* sizeof(pst_llm_info) in version 1 */
 
 /* pst_llm_tokenize flags */
 #define PST_TOKENIZE_ADD_SPECIAL 1    /* add BOS/EOS as the tokenizer's defaults say */
@@ -265,12 +329,17 @@ typedef struct pst_generate_params {
     const int32_t *stop_ids;   /* more stop tokens (may be NULL) */
     int32_t stop_count;
 } pst_generate_params;
+#define PST_GENERATE_PARAMS_V1_SIZE 56 /* sizeof(pst_generate_params) in version 1 */
 
 /* Called by pst_llm_generate with each new token and its bytes (a token may end inside a UTF-8
  * sequence: concatenate the bytes). Return 0 to go on, nonzero to stop. */
 typedef int32_t (*pst_token_callback)(int32_t token, const char *bytes, size_t byte_count, void *user);
 
-/* ---- Fine-tuning (pst_trainer_*) */
+/* ==== section: trainer ==== */
+/* pst_trainer: a QLoRA fine-tuning run over a pst_llm: data files read, checked and tokenized
+ * into rows, optimizer steps with gradient accumulation and clipping, checkpoints from which a
+ * run resumes bit for bit, and the trained adapter saved as a PEFT directory. */
+
 #define PST_DATA_TEXT 0    /* UTF-8 text files, tokenized and packed into seq_len rows (causal LM) */
 #define PST_DATA_JSONL 1   /* JSON Lines of {"instruction": ..., "response": ...}, rendered with the
                               ChatML template, loss on the responses only, one row per example */
@@ -305,6 +374,7 @@ typedef struct pst_trainer_params {
                                       (e.g. "\n\n"); NULL = one document per file */
     const char *system_prompt;     /* PST_DATA_JSONL: a ChatML system turn for every row; NULL = none */
 } pst_trainer_params;
+#define PST_TRAINER_PARAMS_V1_SIZE 184 /* sizeof(pst_trainer_params) in version 1 */
 
 /* Reported after each optimizer step (pst_trainer_step, the pst_trainer_train callback). */
 typedef struct pst_train_progress {
@@ -320,6 +390,7 @@ typedef struct pst_train_progress {
     const char *checkpoint;    /* the checkpoint written after this step, or NULL; valid until the
                                   next call on the trainer */
 } pst_train_progress;
+#define PST_TRAIN_PROGRESS_V1_SIZE 72 /* sizeof(pst_train_progress) in version 1 */
 
 /* Called by pst_trainer_train after each step. Return 0 to go on, nonzero to stop (the trainer
  * stays usable: pst_trainer_save_checkpoint, then resume later). */
@@ -336,5 +407,6 @@ typedef struct pst_trainer_info {
     int64_t total_steps;
     int64_t trainable_parameters;
 } pst_trainer_info;
+#define PST_TRAINER_INFO_V1_SIZE 64 /* sizeof(pst_trainer_info) in version 1 */
 
 #endif /* PEFTSWIFT_TYPES_H */

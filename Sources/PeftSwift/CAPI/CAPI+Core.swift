@@ -20,7 +20,7 @@ public func pst_abi_version() -> Int32 { Version.abi }
 /// Returns a static, human-readable name for a status code ("ok", "invalid argument", ...);
 /// unknown codes give "unknown status". Never NULL; never free it.
 @c(pstimpl_status_string)
-public func pst_status_string(_ status: Int32) -> UnsafePointer<CChar> {
+public func pst_status_string(_ status: pst_status) -> UnsafePointer<CChar> {
     pstshim_status_string(status)
 }
 
@@ -34,7 +34,7 @@ public func pst_last_error() -> UnsafePointer<CChar> { LastError.current }
 /// CPUs). Applies process-wide from the next call on.
 /// Errors: PST_ERR_INVALID_ARG when n is outside 1 ... 1024.
 @c(pstimpl_set_num_threads)
-public func pst_set_num_threads(_ n: Int32) -> Int32 {
+public func pst_set_num_threads(_ n: Int32) -> pst_status {
     cEntry("pst_set_num_threads") { () throws(PSTError) in
         guard n >= 1 && n <= 1024 else { throw .invalidArgument("n (\(n)) must be in 1...1024") }
         Threads.count = Int(n)
@@ -54,7 +54,7 @@ public func pst_get_num_threads() -> Int32 { Int32(Threads.count) }
 /// pst_abi_version, pst_version_string, pst_status_string and pst_last_error work as usual.
 /// Call it first to report the problem early (the Python module's import does).
 @c(pstimpl_cpu_check)
-public func pst_cpu_check() -> Int32 {
+public func pst_cpu_check() -> pst_status {
     // Reached only through the exported pst_cpu_check, which has checked the CPU already.
     cEntry("pst_cpu_check") { () throws(PSTError) in }
 }

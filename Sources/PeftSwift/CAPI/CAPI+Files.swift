@@ -13,71 +13,6 @@ import Glibc
 // strings, and refuse (PST_ERR_UNSUPPORTED) to hand out a string that holds a NUL byte rather
 // than hand out a shorter one.
 
-/// Bytes owned by a handle, followed by a NUL byte: C reads them as a C string or, with
-/// `count`, as a pst_string (a name or metadata string may itself hold NUL bytes).
-final class OwnedCString {
-    let p: UnsafeMutablePointer<CChar>
-    /// Bytes before the terminating NUL.
-    let count: Int
-    /// The string itself holds a NUL byte: as a C string it would read shorter than it is.
-    let containsNUL: Bool
-
-    init(_ s: String) {
-        let u = Array(s.utf8)
-        count = u.count
-        containsNUL = u.contains(0)
-        p = UnsafeMutablePointer<CChar>.allocate(capacity: u.count + 1)
-        u.withUnsafeBufferPointer { b in
-            for i in 0..<u.count { p[i] = CChar(bitPattern: b[i]) }
-        }
-        p[u.count] = 0
-    }
-    deinit { p.deallocate() }
-
-    var cString: UnsafePointer<CChar> { UnsafePointer(p) }
-    var string: pst_string { pst_string(data: UnsafePointer(p), length: Int64(count)) }
-}
-
-/// A NUL-terminated UTF-8 string of any length: tensor names and metadata have no fixed cap
-/// (the header limit applies when the file is written). `name` names the argument.
-func cText(_ p: UnsafePointer<CChar>?, _ name: @autoclosure () -> String) throws(PSTError) -> String {
-    guard let p else { throw .invalidArgument("\(name()) is NULL") }
-    return try utf8Text(UnsafeRawBufferPointer(start: p, count: strlen(p)), name())
-}
-
-/// A UTF-8 string given as data plus a length in bytes (NUL bytes allowed). A length beyond
-/// the safetensors header limit cannot be written, so it is refused before any byte is read.
-func lengthText(_ p: UnsafePointer<CChar>?, _ length: Int64, data dataName: @autoclosure () -> String,
-                length lengthName: @autoclosure () -> String) throws(PSTError) -> String {
-    guard length >= 0 else { throw .invalidArgument("\(lengthName()) (\(length)) must be >= 0") }
-    guard length <= Int64(SafeTensorsFile.maxHeaderBytes) else {
-        throw .invalidArgument("\(lengthName()) (\(length)) is more than a safetensors header can hold (\(SafeTensorsFile.maxHeaderBytes) bytes)")
-    }
-    guard length > 0 else { return "" }
-    guard let p else { throw .invalidArgument("\(dataName()) is NULL but \(lengthName()) is \(length)") }
-    return try utf8Text(UnsafeRawBufferPointer(start: p, count: Int(length)), dataName())
-}
-
-/// One element of a pst_string array.
-func lengthText(_ s: pst_string, _ name: @autoclosure () -> String) throws(PSTError) -> String {
-    try lengthText(s.data, s.length, data: "\(name()).data", length: "\(name()).length")
-}
-
-func utf8Text(_ b: UnsafeRawBufferPointer, _ name: @autoclosure () -> String) throws(PSTError) -> String {
-    guard let s = String(validating: b, as: UTF8.self) else {
-        // the offset of the first invalid sequence, for the message
-        var it = b.makeIterator(), decoder = UTF8(), at = 0
-        decoding: while true {
-            switch decoder.decode(&it) {
-            case .scalarValue(let u): at += UTF8.width(u)
-            case .emptyInput, .error: break decoding
-            }
-        }
-        throw .invalidArgument("\(name()) (\(b.count) bytes) is not valid UTF-8 (at byte \(at))")
-    }
-    return s
-}
-
 /// Counts a safetensors header can hold at all (it is at most SafeTensorsFile.maxHeaderBytes):
 /// a tensor entry takes at least 49 bytes (`"":{"dtype":"U8","shape":[],"data_offsets":[0,0]}`),
 /// a metadata entry at least 5 (`"":""`). Bounds derived from the format, not caps of our own.
@@ -102,7 +37,7 @@ final class SafeTensorsHandle {
         metaValues = meta.map { OwnedCString($0.value) }
     }
 
-    func fill(_ i: Int, _ out: UnsafeMutablePointer<pst_tensor>) {
+    func fill(_ i: Int, _ out: StructOutput<pst_tensor>) {
         let v = views[i]
         var t = pst_tensor()
         t.struct_size = MemoryLayout<pst_tensor>.size
@@ -115,7 +50,7 @@ final class SafeTensorsHandle {
         }
         t.data = v.bytes.baseAddress
         t.byte_count = Int64(v.byteCount)
-        out.pointee = t
+        out.store(t)
     }
 
     func checkTensorIndex(_ index: Int64) throws(PSTError) -> Int {
@@ -140,12 +75,9 @@ final class SafeTensorsHandle {
     }
 }
 
-func checkTensorStruct(_ p: UnsafeMutablePointer<pst_tensor>?, _ name: StaticString) throws(PSTError) -> UnsafeMutablePointer<pst_tensor> {
-    let t = try required(p, name)
-    guard t.pointee.struct_size == MemoryLayout<pst_tensor>.size else {
-        throw .invalidArgument("\(name)->struct_size (\(t.pointee.struct_size)) must be sizeof(pst_tensor) (\(MemoryLayout<pst_tensor>.size))")
-    }
-    return t
+/// A pst_tensor the library fills (out->struct_size checked, as for every struct that grows).
+func checkTensorStruct(_ p: UnsafeMutablePointer<pst_tensor>?, _ name: StaticString) throws(PSTError) -> StructOutput<pst_tensor> {
+    try structOutput(try required(p, name), name)
 }
 
 /// Opens a safetensors file by memory-mapping it; the header is checked completely (length,
@@ -154,7 +86,7 @@ func checkTensorStruct(_ p: UnsafeMutablePointer<pst_tensor>?, _ name: StaticStr
 /// Errors: PST_ERR_IO (cannot open/map), PST_ERR_CORRUPT (malformed file; the message names
 /// the file and the problem), PST_ERR_INVALID_ARG.
 @c(pstimpl_safetensors_open)
-public func pst_safetensors_open(_ path: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_safetensors>?>?) -> Int32 {
+public func pst_safetensors_open(_ path: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_safetensors>?>?) -> pst_status {
     cEntry("pst_safetensors_open") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
@@ -175,7 +107,7 @@ public func pst_safetensors_free(_ st: UnsafeMutablePointer<pst_safetensors>?) {
 /// Errors: PST_ERR_INVALID_ARG.
 @c(pstimpl_safetensors_count)
 public func pst_safetensors_count(_ st: UnsafeMutablePointer<pst_safetensors>?, _ count: UnsafeMutablePointer<Int64>?,
-                                  _ metadata_count: UnsafeMutablePointer<Int64>?) -> Int32 {
+                                  _ metadata_count: UnsafeMutablePointer<Int64>?) -> pst_status {
     cEntry("pst_safetensors_count") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         count?.pointee = Int64(h.views.count)
@@ -190,7 +122,7 @@ public func pst_safetensors_count(_ st: UnsafeMutablePointer<pst_safetensors>?, 
 /// Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size), PST_ERR_UNSUPPORTED
 /// (the name holds a NUL byte).
 @c(pstimpl_safetensors_tensor_at)
-public func pst_safetensors_tensor_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64, _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
+public func pst_safetensors_tensor_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64, _ out: UnsafeMutablePointer<pst_tensor>?) -> pst_status {
     cEntry("pst_safetensors_tensor_at") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let o = try checkTensorStruct(out, "out")
@@ -206,7 +138,7 @@ public func pst_safetensors_tensor_at(_ st: UnsafeMutablePointer<pst_safetensors
 /// Errors: PST_ERR_INVALID_ARG (index out of range, NULL, struct_size).
 @c(pstimpl_safetensors_tensor_at_v2)
 public func pst_safetensors_tensor_at_v2(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64, _ out: UnsafeMutablePointer<pst_tensor>?,
-                                         _ name: UnsafeMutablePointer<pst_string>?) -> Int32 {
+                                         _ name: UnsafeMutablePointer<pst_string>?) -> pst_status {
     cEntry("pst_safetensors_tensor_at_v2") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let o = try checkTensorStruct(out, "out")
@@ -220,7 +152,7 @@ public func pst_safetensors_tensor_at_v2(_ st: UnsafeMutablePointer<pst_safetens
 /// Describes the tensor called name (NUL-terminated) in *out (as pst_safetensors_tensor_at).
 /// Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG.
 @c(pstimpl_safetensors_find)
-public func pst_safetensors_find(_ st: UnsafeMutablePointer<pst_safetensors>?, _ name: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
+public func pst_safetensors_find(_ st: UnsafeMutablePointer<pst_safetensors>?, _ name: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<pst_tensor>?) -> pst_status {
     cEntry("pst_safetensors_find") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let n = try cText(name, "name")
@@ -236,7 +168,7 @@ public func pst_safetensors_find(_ st: UnsafeMutablePointer<pst_safetensors>?, _
 /// Errors: PST_ERR_NOT_FOUND, PST_ERR_INVALID_ARG (NULL, name_length < 0, invalid UTF-8).
 @c(pstimpl_safetensors_find_v2)
 public func pst_safetensors_find_v2(_ st: UnsafeMutablePointer<pst_safetensors>?, _ name: UnsafePointer<CChar>?, _ name_length: Int64,
-                                    _ out: UnsafeMutablePointer<pst_tensor>?) -> Int32 {
+                                    _ out: UnsafeMutablePointer<pst_tensor>?) -> pst_status {
     cEntry("pst_safetensors_find_v2") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let n = try lengthText(name, name_length, data: "name", length: "name_length")
@@ -253,7 +185,7 @@ public func pst_safetensors_find_v2(_ st: UnsafeMutablePointer<pst_safetensors>?
 @c(pstimpl_safetensors_metadata_at)
 public func pst_safetensors_metadata_at(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64,
                                         _ key: UnsafeMutablePointer<UnsafePointer<CChar>?>?,
-                                        _ value: UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> Int32 {
+                                        _ value: UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> pst_status {
     cEntry("pst_safetensors_metadata_at") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let k = try required(key, "key"), v = try required(value, "value")
@@ -275,7 +207,7 @@ public func pst_safetensors_metadata_at(_ st: UnsafeMutablePointer<pst_safetenso
 /// Errors: PST_ERR_INVALID_ARG (index out of range, NULL).
 @c(pstimpl_safetensors_metadata_at_v2)
 public func pst_safetensors_metadata_at_v2(_ st: UnsafeMutablePointer<pst_safetensors>?, _ index: Int64,
-                                           _ key: UnsafeMutablePointer<pst_string>?, _ value: UnsafeMutablePointer<pst_string>?) -> Int32 {
+                                           _ key: UnsafeMutablePointer<pst_string>?, _ value: UnsafeMutablePointer<pst_string>?) -> pst_status {
     cEntry("pst_safetensors_metadata_at_v2") { () throws(PSTError) in
         let h = object(try required(st, "st"), as: SafeTensorsHandle.self)
         let k = try required(key, "key"), v = try required(value, "value")
@@ -296,10 +228,7 @@ func writeEntries(_ tensors: UnsafePointer<pst_tensor>?, _ count: Int64, names: 
     let ts = try required(tensors, "tensors")
     entries.reserveCapacity(Int(count))
     for i in 0..<Int(count) {
-        let t = ts[i]
-        guard t.struct_size == MemoryLayout<pst_tensor>.size else {
-            throw .invalidArgument("tensors[\(i)].struct_size (\(t.struct_size)) must be sizeof(pst_tensor) (\(MemoryLayout<pst_tensor>.size))")
-        }
+        let t = try readStructElement(ts, i, over: pst_tensor(), "tensors")
         let name: String
         if let names { name = try lengthText(names[i], "names[\(i)]") } else { name = try cText(t.name, "tensors[\(i)].name") }
         let dts = try cText(t.dtype, "tensors[\(i)].dtype")
@@ -348,7 +277,7 @@ func writeEntries(_ tensors: UnsafePointer<pst_tensor>?, _ count: Int64, names: 
 @c(pstimpl_safetensors_write)
 public func pst_safetensors_write(_ path: UnsafePointer<CChar>?, _ tensors: UnsafePointer<pst_tensor>?, _ count: Int64,
                                   _ meta_keys: UnsafePointer<UnsafePointer<CChar>?>?, _ meta_values: UnsafePointer<UnsafePointer<CChar>?>?,
-                                  _ meta_count: Int64) -> Int32 {
+                                  _ meta_count: Int64) -> pst_status {
     cEntry("pst_safetensors_write") { () throws(PSTError) in
         let p = try cString(path, "path")
         guard meta_count >= 0 && meta_count <= maxSafeTensorsMetadataCount else {
@@ -383,7 +312,7 @@ public func pst_safetensors_write(_ path: UnsafePointer<CChar>?, _ tensors: Unsa
 public func pst_safetensors_write_v2(_ path: UnsafePointer<CChar>?, _ tensors: UnsafePointer<pst_tensor>?,
                                      _ names: UnsafePointer<pst_string>?, _ count: Int64,
                                      _ meta_keys: UnsafePointer<pst_string>?, _ meta_values: UnsafePointer<pst_string>?,
-                                     _ meta_count: Int64) -> Int32 {
+                                     _ meta_count: Int64) -> pst_status {
     cEntry("pst_safetensors_write_v2") { () throws(PSTError) in
         let p = try cString(path, "path")
         guard meta_count >= Int64(PST_SAFETENSORS_NO_METADATA) && meta_count <= maxSafeTensorsMetadataCount else {
@@ -427,7 +356,7 @@ func layerList(_ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?, _ path
 @c(pstimpl_peft_save)
 public func pst_peft_save(_ directory: UnsafePointer<CChar>?, _ adapter_name: UnsafePointer<CChar>?,
                           _ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?, _ module_paths: UnsafePointer<UnsafePointer<CChar>?>?,
-                          _ count: Int32, _ base_model_name_or_path: UnsafePointer<CChar>?) -> Int32 {
+                          _ count: Int32, _ base_model_name_or_path: UnsafePointer<CChar>?) -> pst_status {
     cEntry("pst_peft_save") { () throws(PSTError) in
         let dir = try cString(directory, "directory"), name = try cString(adapter_name, "adapter_name")
         let mods = try layerList(layers, module_paths, count)
@@ -445,7 +374,7 @@ public func pst_peft_save(_ directory: UnsafePointer<CChar>?, _ adapter_name: Un
 /// (as_name taken), PST_ERR_UNSUPPORTED, PST_ERR_INVALID_ARG.
 @c(pstimpl_peft_load)
 public func pst_peft_load(_ directory: UnsafePointer<CChar>?, _ layers: UnsafePointer<UnsafeMutablePointer<pst_lora>?>?,
-                          _ module_paths: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32, _ as_name: UnsafePointer<CChar>?) -> Int32 {
+                          _ module_paths: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32, _ as_name: UnsafePointer<CChar>?) -> pst_status {
     cEntry("pst_peft_load") { () throws(PSTError) in
         let dir = try cString(directory, "directory"), name = try cString(as_name, "as_name")
         let mods = try layerList(layers, module_paths, count)
@@ -460,7 +389,7 @@ public func pst_peft_load(_ directory: UnsafePointer<CChar>?, _ layers: UnsafePo
 /// Errors: PST_ERR_INVALID_ARG (a weight not 2-D, NULLs), PST_ERR_IO.
 @c(pstimpl_bnb_save)
 public func pst_bnb_save(_ path: UnsafePointer<CChar>?, _ weights: UnsafePointer<UnsafeMutablePointer<pst_quant>?>?,
-                         _ biases: UnsafePointer<UnsafePointer<Float>?>?, _ modules: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32) -> Int32 {
+                         _ biases: UnsafePointer<UnsafePointer<Float>?>?, _ modules: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32) -> pst_status {
     cEntry("pst_bnb_save") { () throws(PSTError) in
         let p = try cString(path, "path")
         guard count >= 1 && count <= 100_000 else { throw .invalidArgument("count (\(count)) must be in 1...100000") }
@@ -488,7 +417,7 @@ public func pst_bnb_save(_ path: UnsafePointer<CChar>?, _ weights: UnsafePointer
 @c(pstimpl_bnb_load)
 public func pst_bnb_load(_ path: UnsafePointer<CChar>?, _ module: UnsafePointer<CChar>?,
                          _ weight: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?,
-                         _ bias: UnsafeMutablePointer<Float>?, _ bias_capacity: Int, _ has_bias: UnsafeMutablePointer<Int32>?) -> Int32 {
+                         _ bias: UnsafeMutablePointer<Float>?, _ bias_capacity: Int64, _ has_bias: UnsafeMutablePointer<Int32>?) -> pst_status {
     cEntry("pst_bnb_load") { () throws(PSTError) in
         let w = try required(weight, "weight")
         w.pointee = nil

@@ -6,18 +6,10 @@ import Glibc
 // C API of the LoRA layer (Sources/PeftSwift/LoRA): pst_lora handles over a dense or quantized
 // frozen base, with named adapters.
 
-func cString(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTError) -> String {
-    let p = try required(p, name)
-    let n = strnlen(p, 4097)
-    guard n <= 4096 else { throw .invalidArgument("\(name) is longer than 4096 bytes") }
-    guard let s = String(validatingCString: p) else { throw .invalidArgument("\(name) is not valid UTF-8") }
-    return s
-}
-
 /// Fills *p with the defaults: r 8, alpha 8, dropout 0, no rsLoRA, kaiming init, seed 0.
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
 @c(pstimpl_lora_params_init)
-public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) -> Int32 {
+public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) -> pst_status {
     cEntry("pst_lora_params_init") { () throws(PSTError) in
         let p = try required(p, "params")
         p.pointee = pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: 8, alpha: 8, dropout: 0,
@@ -30,8 +22,8 @@ public func pst_lora_params_init(_ p: UnsafeMutablePointer<pst_lora_params>?) ->
 /// weight_count is the number of floats at weight. Free with pst_lora_free.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_NONFINITE, PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_lora_create_dense)
-public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_count: Int, _ out_features: Int64, _ in_features: Int64,
-                                  _ bias: UnsafePointer<Float>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> Int32 {
+public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_count: Int64, _ out_features: Int64, _ in_features: Int64,
+                                  _ bias: UnsafePointer<Float>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> pst_status {
     cEntry("pst_lora_create_dense") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
@@ -51,7 +43,7 @@ public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_coun
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE (base not 2-D), PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_lora_create_quantized)
 public func pst_lora_create_quantized(_ base: UnsafeMutablePointer<pst_quant>?, _ bias: UnsafePointer<Float>?,
-                                      _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> Int32 {
+                                      _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> pst_status {
     cEntry("pst_lora_create_quantized") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
@@ -73,7 +65,7 @@ public func pst_lora_free(_ layer: UnsafeMutablePointer<pst_lora>?) {
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
 @c(pstimpl_lora_info)
 public func pst_lora_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ in_features: UnsafeMutablePointer<Int64>?,
-                          _ out_features: UnsafeMutablePointer<Int64>?, _ adapter_count: UnsafeMutablePointer<Int32>?) -> Int32 {
+                          _ out_features: UnsafeMutablePointer<Int64>?, _ adapter_count: UnsafeMutablePointer<Int32>?) -> pst_status {
     cEntry("pst_lora_info") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         in_features?.pointee = Int64(l.inFeatures)
@@ -88,18 +80,13 @@ public func pst_lora_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ in_feature
 /// PST_ERR_EXISTS (the name is taken), PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_lora_add_adapter)
 public func pst_lora_add_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?,
-                                 _ params: UnsafePointer<pst_lora_params>?) -> Int32 {
+                                 _ params: UnsafePointer<pst_lora_params>?) -> pst_status {
     cEntry("pst_lora_add_adapter") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         let n = try cString(name, "name")
         var p = pst_lora_params()
         _ = pst_lora_params_init(&p)
-        if let params {
-            guard params.pointee.struct_size == MemoryLayout<pst_lora_params>.size else {
-                throw .invalidArgument("params->struct_size (\(params.pointee.struct_size)) must be sizeof(pst_lora_params) (\(MemoryLayout<pst_lora_params>.size)); use pst_lora_params_init")
-            }
-            p = params.pointee
-        }
+        if let params { p = try readStruct(params, over: p, "params") }
         guard let ini = LoraInit(rawValue: p.`init`) else {
             throw .invalidArgument("params->init (\(p.`init`)) is not a PST_LORA_INIT_* value")
         }
@@ -112,7 +99,7 @@ public func pst_lora_add_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ nam
 /// Deletes the adapter called name (it must not be merged).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged).
 @c(pstimpl_lora_delete_adapter)
-public func pst_lora_delete_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?) -> Int32 {
+public func pst_lora_delete_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?) -> pst_status {
     cEntry("pst_lora_delete_adapter") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         try l.deleteAdapter(try cString(name, "name"))
@@ -124,7 +111,7 @@ public func pst_lora_delete_adapter(_ layer: UnsafeMutablePointer<pst_lora>?, _ 
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (changing a merged adapter's weight).
 @c(pstimpl_lora_set_active)
 public func pst_lora_set_active(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: UnsafePointer<UnsafePointer<CChar>?>?,
-                                _ weights: UnsafePointer<Float>?, _ count: Int32) -> Int32 {
+                                _ weights: UnsafePointer<Float>?, _ count: Int32) -> pst_status {
     cEntry("pst_lora_set_active") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         guard count >= 0 && count <= 4096 else { throw .invalidArgument("count (\(count)) must be in 0...4096") }
@@ -141,7 +128,7 @@ public func pst_lora_set_active(_ layer: UnsafeMutablePointer<pst_lora>?, _ name
 /// Switches training mode (dropout on) or eval mode (dropout off). Layers start in training mode.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
 @c(pstimpl_lora_set_training)
-public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ training: Bool) -> Int32 {
+public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ training: Bool) -> pst_status {
     cEntry("pst_lora_set_training") { () throws(PSTError) in
         object(try required(layer, "layer"), as: LoraLinear.self).training = training
     }
@@ -151,13 +138,13 @@ public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ tr
 /// x_count and y_capacity are in floats. In training mode the layer keeps what backward needs.
 /// Errors: PST_ERR_INVALID_ARG (NULL, m < 1), PST_ERR_SHAPE (a buffer smaller than m rows).
 @c(pstimpl_lora_forward)
-public func pst_lora_forward(_ layer: UnsafeMutablePointer<pst_lora>?, _ x: UnsafePointer<Float>?, _ x_count: Int, _ m: Int64,
-                             _ y: UnsafeMutablePointer<Float>?, _ y_capacity: Int) -> Int32 {
+public func pst_lora_forward(_ layer: UnsafeMutablePointer<pst_lora>?, _ x: UnsafePointer<Float>?, _ x_count: Int64, _ m: Int64,
+                             _ y: UnsafeMutablePointer<Float>?, _ y_capacity: Int64) -> pst_status {
     cEntry("pst_lora_forward") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         let xp = try required(x, "x"), yp = try required(y, "y")
         let mm = try requireCount("m", m)
-        try l.forward(UnsafeBufferPointer(start: xp, count: x_count), m: mm, UnsafeMutableBufferPointer(start: yp, count: y_capacity))
+        try l.forward(UnsafeBufferPointer(start: xp, count: Int(x_count)), m: mm, UnsafeMutableBufferPointer(start: yp, count: Int(y_capacity)))
     }
 }
 
@@ -166,21 +153,21 @@ public func pst_lora_forward(_ layer: UnsafeMutablePointer<pst_lora>?, _ x: Unsa
 /// (dx_capacity floats). m must equal the last forward's.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_MISUSE (no forward before).
 @c(pstimpl_lora_backward)
-public func pst_lora_backward(_ layer: UnsafeMutablePointer<pst_lora>?, _ dy: UnsafePointer<Float>?, _ dy_count: Int, _ m: Int64,
-                              _ dx: UnsafeMutablePointer<Float>?, _ dx_capacity: Int, _ bias_grad: Bool) -> Int32 {
+public func pst_lora_backward(_ layer: UnsafeMutablePointer<pst_lora>?, _ dy: UnsafePointer<Float>?, _ dy_count: Int64, _ m: Int64,
+                              _ dx: UnsafeMutablePointer<Float>?, _ dx_capacity: Int64, _ bias_grad: Bool) -> pst_status {
     cEntry("pst_lora_backward") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         let dyp = try required(dy, "dy")
         let mm = try requireCount("m", m)
-        try l.backward(UnsafeBufferPointer(start: dyp, count: dy_count), m: mm,
-                       dx: dx.map { UnsafeMutableBufferPointer(start: $0, count: dx_capacity) }, accumulateBiasGrad: bias_grad)
+        try l.backward(UnsafeBufferPointer(start: dyp, count: Int(dy_count)), m: mm,
+                       dx: dx.map { UnsafeMutableBufferPointer(start: $0, count: Int(dx_capacity)) }, accumulateBiasGrad: bias_grad)
     }
 }
 
 /// Sets every adapter's gradients and the bias gradient to zero.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
 @c(pstimpl_lora_zero_grad)
-public func pst_lora_zero_grad(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 {
+public func pst_lora_zero_grad(_ layer: UnsafeMutablePointer<pst_lora>?) -> pst_status {
     cEntry("pst_lora_zero_grad") { () throws(PSTError) in
         object(try required(layer, "layer"), as: LoraLinear.self).zeroGrad()
     }
@@ -194,7 +181,7 @@ public func pst_lora_zero_grad(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int3
 @c(pstimpl_lora_adapter_tensor)
 public func pst_lora_adapter_tensor(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?, _ which: Int32,
                                     _ data: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
-                                    _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?) -> Int32 {
+                                    _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?) -> pst_status {
     cEntry("pst_lora_adapter_tensor") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         let d = try required(data, "data")
@@ -215,20 +202,22 @@ public func pst_lora_adapter_tensor(_ layer: UnsafeMutablePointer<pst_lora>?, _ 
 }
 
 /// Writes an adapter's r, alpha, dropout, rsLoRA flag, weight in the active set, and whether
-/// it is active and merged. Any output may be NULL.
+/// it is active and merged. Any output may be NULL; params->struct_size must be set (as
+/// pst_lora_params_init sets it), and only that many bytes of *params are written.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
 @c(pstimpl_lora_adapter_info)
 public func pst_lora_adapter_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ name: UnsafePointer<CChar>?,
                                   _ params: UnsafeMutablePointer<pst_lora_params>?, _ scaling: UnsafeMutablePointer<Float>?,
                                   _ active: UnsafeMutablePointer<Int32>?, _ weight: UnsafeMutablePointer<Float>?,
-                                  _ merged: UnsafeMutablePointer<Int32>?) -> Int32 {
+                                  _ merged: UnsafeMutablePointer<Int32>?) -> pst_status {
     cEntry("pst_lora_adapter_info") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let out = try params.map { (p) throws(PSTError) in try structOutput(p, "params") }
         let a = try l.requireAdapter(try cString(name, "name"))
-        if let params {
+        if let out {
             let c = a.config
-            params.pointee = pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: Int32(c.r), alpha: c.alpha,
-                                             dropout: c.dropout, use_rslora: c.useRslora ? 1 : 0, init: c.initialization.rawValue, seed: c.seed)
+            out.store(pst_lora_params(struct_size: MemoryLayout<pst_lora_params>.size, r: Int32(c.r), alpha: c.alpha,
+                                      dropout: c.dropout, use_rslora: c.useRslora ? 1 : 0, init: c.initialization.rawValue, seed: c.seed))
         }
         scaling?.pointee = a.scaling
         active?.pointee = l.active.contains { $0 === a } ? 1 : 0
@@ -242,7 +231,7 @@ public func pst_lora_adapter_info(_ layer: UnsafeMutablePointer<pst_lora>?, _ na
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
 @c(pstimpl_lora_bias)
 public func pst_lora_bias(_ layer: UnsafeMutablePointer<pst_lora>?, _ bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
-                          _ grad_bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?) -> Int32 {
+                          _ grad_bias: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?) -> pst_status {
     cEntry("pst_lora_bias") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         bias?.pointee = l.bias?.baseAddress
@@ -258,7 +247,7 @@ public func pst_lora_bias(_ layer: UnsafeMutablePointer<pst_lora>?, _ bias: Unsa
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (already merged), PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_lora_merge)
 public func pst_lora_merge(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: UnsafePointer<UnsafePointer<CChar>?>?, _ count: Int32,
-                           _ max_abs_error: UnsafeMutablePointer<Float>?, _ rms_error: UnsafeMutablePointer<Float>?) -> Int32 {
+                           _ max_abs_error: UnsafeMutablePointer<Float>?, _ rms_error: UnsafeMutablePointer<Float>?) -> pst_status {
     cEntry("pst_lora_merge") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         guard count >= 0 && count <= 4096 else { throw .invalidArgument("count (\(count)) must be in 0...4096") }
@@ -279,7 +268,7 @@ public func pst_lora_merge(_ layer: UnsafeMutablePointer<pst_lora>?, _ names: Un
 /// pre-merge codes back). No merged adapter: nothing happens.
 /// Errors: PST_ERR_INVALID_ARG (layer NULL).
 @c(pstimpl_lora_unmerge)
-public func pst_lora_unmerge(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 {
+public func pst_lora_unmerge(_ layer: UnsafeMutablePointer<pst_lora>?) -> pst_status {
     cEntry("pst_lora_unmerge") { () throws(PSTError) in
         try object(try required(layer, "layer"), as: LoraLinear.self).unmerge()
     }
@@ -289,7 +278,7 @@ public func pst_lora_unmerge(_ layer: UnsafeMutablePointer<pst_lora>?) -> Int32 
 /// out x in floats, into out (capacity in floats).
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_lora_base_weight)
-public func pst_lora_base_weight(_ layer: UnsafeMutablePointer<pst_lora>?, _ out: UnsafeMutablePointer<Float>?, _ capacity: Int) -> Int32 {
+public func pst_lora_base_weight(_ layer: UnsafeMutablePointer<pst_lora>?, _ out: UnsafeMutablePointer<Float>?, _ capacity: Int64) -> pst_status {
     cEntry("pst_lora_base_weight") { () throws(PSTError) in
         let l = object(try required(layer, "layer"), as: LoraLinear.self)
         let o = try required(out, "out")

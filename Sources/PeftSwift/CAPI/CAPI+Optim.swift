@@ -7,7 +7,7 @@ import CPeftSwift
 /// weight_decay 1e-2, fp32 state, min_8bit_size 4096.
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
 @c(pstimpl_adamw_params_init)
-public func pst_adamw_params_init(_ p: UnsafeMutablePointer<pst_adamw_params>?) -> Int32 {
+public func pst_adamw_params_init(_ p: UnsafeMutablePointer<pst_adamw_params>?) -> pst_status {
     cEntry("pst_adamw_params_init") { () throws(PSTError) in
         try required(p, "params").pointee = pst_adamw_params(
             struct_size: MemoryLayout<pst_adamw_params>.size, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8,
@@ -21,18 +21,13 @@ public func pst_adamw_params_init(_ p: UnsafeMutablePointer<pst_adamw_params>?) 
 /// Errors: PST_ERR_INVALID_ARG (a hyper-parameter out of range, an unknown state format).
 @c(pstimpl_adamw_create)
 public func pst_adamw_create(_ params: UnsafePointer<pst_adamw_params>?, _ pager: UnsafeMutablePointer<pst_pager>?,
-                             _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_adamw>?>?) -> Int32 {
+                             _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_adamw>?>?) -> pst_status {
     cEntry("pst_adamw_create") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
         var p = pst_adamw_params()
         _ = pst_adamw_params_init(&p)
-        if let params {
-            guard params.pointee.struct_size == MemoryLayout<pst_adamw_params>.size else {
-                throw .invalidArgument("params->struct_size (\(params.pointee.struct_size)) must be sizeof(pst_adamw_params) (\(MemoryLayout<pst_adamw_params>.size)); use pst_adamw_params_init")
-            }
-            p = params.pointee
-        }
+        if let params { p = try readStruct(params, over: p, "params") }
         let format: AdamW.StateFormat
         switch p.state_format {
         case PST_OPTIM_STATE_F32: format = .float32
@@ -62,7 +57,7 @@ public func pst_adamw_free(_ opt: UnsafeMutablePointer<pst_adamw>?) {
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_adamw_add_param)
 public func pst_adamw_add_param(_ opt: UnsafeMutablePointer<pst_adamw>?, _ param: UnsafeMutablePointer<Float>?,
-                                _ grad: UnsafeMutablePointer<Float>?, _ count: Int64, _ index: UnsafeMutablePointer<Int32>?) -> Int32 {
+                                _ grad: UnsafeMutablePointer<Float>?, _ count: Int64, _ index: UnsafeMutablePointer<Int32>?) -> pst_status {
     cEntry("pst_adamw_add_param") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
         let p = try required(param, "param"), g = try required(grad, "grad")
@@ -75,7 +70,7 @@ public func pst_adamw_add_param(_ opt: UnsafeMutablePointer<pst_adamw>?, _ param
 /// One AdamW step over every registered parameter with the current learning rate.
 /// Errors: PST_ERR_IO / PST_ERR_CORRUPT / PST_ERR_OUT_OF_MEMORY from a paged state.
 @c(pstimpl_adamw_step)
-public func pst_adamw_step(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int32 {
+public func pst_adamw_step(_ opt: UnsafeMutablePointer<pst_adamw>?) -> pst_status {
     cEntry("pst_adamw_step") { () throws(PSTError) in
         try object(try required(opt, "opt"), as: AdamW.self).step()
     }
@@ -84,7 +79,7 @@ public func pst_adamw_step(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int32 {
 /// Sets every registered gradient to zero.
 /// Errors: PST_ERR_INVALID_ARG (opt NULL).
 @c(pstimpl_adamw_zero_grad)
-public func pst_adamw_zero_grad(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int32 {
+public func pst_adamw_zero_grad(_ opt: UnsafeMutablePointer<pst_adamw>?) -> pst_status {
     cEntry("pst_adamw_zero_grad") { () throws(PSTError) in
         object(try required(opt, "opt"), as: AdamW.self).zeroGrad()
     }
@@ -96,7 +91,7 @@ public func pst_adamw_zero_grad(_ opt: UnsafeMutablePointer<pst_adamw>?) -> Int3
 /// Errors: PST_ERR_INVALID_ARG (max_norm negative or not finite).
 @c(pstimpl_adamw_clip_grad_norm)
 public func pst_adamw_clip_grad_norm(_ opt: UnsafeMutablePointer<pst_adamw>?, _ max_norm: Double,
-                                     _ total_norm: UnsafeMutablePointer<Float>?) -> Int32 {
+                                     _ total_norm: UnsafeMutablePointer<Float>?) -> pst_status {
     cEntry("pst_adamw_clip_grad_norm") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
         let n = try o.clipGradNorm(maxNorm: max_norm)
@@ -107,7 +102,7 @@ public func pst_adamw_clip_grad_norm(_ opt: UnsafeMutablePointer<pst_adamw>?, _ 
 /// Sets the learning rate used by the next steps (e.g. base lr x pst_lr_multiplier).
 /// Errors: PST_ERR_INVALID_ARG (lr negative or not finite).
 @c(pstimpl_adamw_set_lr)
-public func pst_adamw_set_lr(_ opt: UnsafeMutablePointer<pst_adamw>?, _ lr: Double) -> Int32 {
+public func pst_adamw_set_lr(_ opt: UnsafeMutablePointer<pst_adamw>?, _ lr: Double) -> pst_status {
     cEntry("pst_adamw_set_lr") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
         guard lr.isFinite && lr >= 0 else { throw .invalidArgument("lr (\(lr)) must be finite and >= 0") }
@@ -118,7 +113,7 @@ public func pst_adamw_set_lr(_ opt: UnsafeMutablePointer<pst_adamw>?, _ lr: Doub
 /// Writes the size in bytes of the optimizer's saved state to *bytes.
 /// Errors: PST_ERR_INVALID_ARG.
 @c(pstimpl_adamw_state_size)
-public func pst_adamw_state_size(_ opt: UnsafeMutablePointer<pst_adamw>?, _ bytes: UnsafeMutablePointer<Int64>?) -> Int32 {
+public func pst_adamw_state_size(_ opt: UnsafeMutablePointer<pst_adamw>?, _ bytes: UnsafeMutablePointer<Int64>?) -> pst_status {
     cEntry("pst_adamw_state_size") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
         try required(bytes, "bytes").pointee = Int64(o.serializedStateSize)
@@ -130,8 +125,8 @@ public func pst_adamw_state_size(_ opt: UnsafeMutablePointer<pst_adamw>?, _ byte
 /// NULL) receives the bytes written. Resuming from it continues a run exactly.
 /// Errors: PST_ERR_INVALID_ARG (buffer too small), PST_ERR_IO (paged state).
 @c(pstimpl_adamw_save_state)
-public func pst_adamw_save_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf: UnsafeMutableRawPointer?, _ capacity: Int,
-                                 _ written: UnsafeMutablePointer<Int64>?) -> Int32 {
+public func pst_adamw_save_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf: UnsafeMutableRawPointer?, _ capacity: Int64,
+                                 _ written: UnsafeMutablePointer<Int64>?) -> pst_status {
     cEntry("pst_adamw_save_state") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
         let b = try required(buf, "buf")
@@ -148,12 +143,12 @@ public func pst_adamw_save_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf:
 /// Errors: PST_ERR_CORRUPT (bad checksum, truncated, wrong version), PST_ERR_SHAPE
 /// (different parameters), PST_ERR_INVALID_ARG.
 @c(pstimpl_adamw_load_state)
-public func pst_adamw_load_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf: UnsafeRawPointer?, _ length: Int) -> Int32 {
+public func pst_adamw_load_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf: UnsafeRawPointer?, _ length: Int64) -> pst_status {
     cEntry("pst_adamw_load_state") { () throws(PSTError) in
         let o = object(try required(opt, "opt"), as: AdamW.self)
         let b = try required(buf, "buf")
         guard length >= 0 else { throw .invalidArgument("length (\(length)) must be >= 0") }
-        try o.restoreState(UnsafeRawBufferPointer(start: b, count: length))
+        try o.restoreState(UnsafeRawBufferPointer(start: b, count: Int(length)))
     }
 }
 
@@ -163,7 +158,7 @@ public func pst_adamw_load_state(_ opt: UnsafeMutablePointer<pst_adamw>?, _ buf:
 /// Errors: PST_ERR_INVALID_ARG (unknown kind, negative steps, total < warmup, out NULL).
 @c(pstimpl_lr_multiplier)
 public func pst_lr_multiplier(_ kind: Int32, _ step: Int64, _ warmup: Int64, _ total_steps: Int64, _ cycles: Double,
-                              _ out: UnsafeMutablePointer<Double>?) -> Int32 {
+                              _ out: UnsafeMutablePointer<Double>?) -> pst_status {
     cEntry("pst_lr_multiplier") { () throws(PSTError) in
         let o = try required(out, "out")
         let s: LRSchedule

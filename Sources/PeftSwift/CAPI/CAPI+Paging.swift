@@ -22,13 +22,13 @@ final class PagedHandle {
 /// needs it, with the page kept resident and intact).
 @c(pstimpl_pager_create)
 public func pst_pager_create(_ budget_bytes: Int64, _ page_size: Int64, _ spill_dir: UnsafePointer<CChar>?,
-                             _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_pager>?>?) -> Int32 {
+                             _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_pager>?>?) -> pst_status {
     cEntry("pst_pager_create") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
         guard budget_bytes > 0 else { throw .invalidArgument("budget_bytes (\(budget_bytes)) must be > 0") }
         guard page_size >= 0 else { throw .invalidArgument("page_size (\(page_size)) must be >= 0 (0: 4 MiB)") }
-        let dir: String? = spill_dir == nil ? nil : try cString(spill_dir, "spill_dir")
+        let dir = try cStringOrNil(spill_dir, "spill_dir")
         if let dir {
             // fail now rather than at the first eviction, deep inside a training step
             var st = stat()
@@ -52,7 +52,7 @@ public func pst_pager_free(_ pager: UnsafeMutablePointer<pst_pager>?) {
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY (pinned pages exceed the new budget),
 /// PST_ERR_IO (a spill write failed; data stays resident and intact).
 @c(pstimpl_pager_set_budget)
-public func pst_pager_set_budget(_ pager: UnsafeMutablePointer<pst_pager>?, _ budget_bytes: Int64) -> Int32 {
+public func pst_pager_set_budget(_ pager: UnsafeMutablePointer<pst_pager>?, _ budget_bytes: Int64) -> pst_status {
     cEntry("pst_pager_set_budget") { () throws(PSTError) in
         let p = object(try required(pager, "pager"), as: Pager.self)
         guard budget_bytes > 0 else { throw .invalidArgument("budget_bytes (\(budget_bytes)) must be > 0") }
@@ -63,21 +63,18 @@ public func pst_pager_set_budget(_ pager: UnsafeMutablePointer<pst_pager>?, _ bu
 /// Fills *stats (stats->struct_size must be sizeof(pst_pager_stats)).
 /// Errors: PST_ERR_INVALID_ARG.
 @c(pstimpl_pager_get_stats)
-public func pst_pager_get_stats(_ pager: UnsafeMutablePointer<pst_pager>?, _ stats: UnsafeMutablePointer<pst_pager_stats>?) -> Int32 {
+public func pst_pager_get_stats(_ pager: UnsafeMutablePointer<pst_pager>?, _ stats: UnsafeMutablePointer<pst_pager_stats>?) -> pst_status {
     cEntry("pst_pager_get_stats") { () throws(PSTError) in
         let p = object(try required(pager, "pager"), as: Pager.self)
-        let s = try required(stats, "stats")
-        guard s.pointee.struct_size == MemoryLayout<pst_pager_stats>.size else {
-            throw .invalidArgument("stats->struct_size (\(s.pointee.struct_size)) must be sizeof(pst_pager_stats) (\(MemoryLayout<pst_pager_stats>.size))")
-        }
+        let s = try structOutput(try required(stats, "stats"), "stats")
         let t = p.stats
-        s.pointee = pst_pager_stats(struct_size: MemoryLayout<pst_pager_stats>.size, budget_bytes: Int64(t.budgetBytes),
+        s.store(pst_pager_stats(struct_size: MemoryLayout<pst_pager_stats>.size, budget_bytes: Int64(t.budgetBytes),
                                     page_size: Int64(t.pageSize), resident_bytes: Int64(t.residentBytes),
                                     peak_resident_bytes: Int64(t.peakResidentBytes), pinned_bytes: Int64(t.pinnedBytes),
                                     pages_spilled: Int64(t.pagesSpilled), bytes_spilled: Int64(t.bytesSpilled),
                                     pages_evicted: Int64(t.pagesEvicted), pages_read_back: Int64(t.pagesReadBack),
                                     bytes_read_back: Int64(t.bytesReadBack), spill_file_bytes: Int64(t.spillFileBytes),
-                                    io_seconds: t.ioSeconds)
+                                    io_seconds: t.ioSeconds))
     }
 }
 
@@ -86,7 +83,7 @@ public func pst_pager_get_stats(_ pager: UnsafeMutablePointer<pst_pager>?, _ sta
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_paged_alloc)
 public func pst_paged_alloc(_ pager: UnsafeMutablePointer<pst_pager>?, _ bytes: Int64,
-                            _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_paged>?>?) -> Int32 {
+                            _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_paged>?>?) -> pst_status {
     cEntry("pst_paged_alloc") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
@@ -105,7 +102,7 @@ public func pst_paged_alloc(_ pager: UnsafeMutablePointer<pst_pager>?, _ bytes: 
 /// checksum failed on read-back: the data is never returned), PST_ERR_MISUSE (freed buffer).
 @c(pstimpl_paged_acquire)
 public func pst_paged_acquire(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offset: Int64, _ count: Int64, _ for_writing: Bool,
-                              _ ptr: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int32 {
+                              _ ptr: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> pst_status {
     cEntry("pst_paged_acquire") { () throws(PSTError) in
         let b = object(try required(buffer, "buffer"), as: PagedHandle.self).buffer
         let out = try required(ptr, "ptr")
@@ -117,7 +114,7 @@ public func pst_paged_acquire(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offs
 /// Unpins a range pinned by pst_paged_acquire (the same offset and count).
 /// Errors: PST_ERR_MISUSE (the range was not acquired), PST_ERR_INVALID_ARG.
 @c(pstimpl_paged_release)
-public func pst_paged_release(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offset: Int64, _ count: Int64) -> Int32 {
+public func pst_paged_release(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offset: Int64, _ count: Int64) -> pst_status {
     cEntry("pst_paged_release") { () throws(PSTError) in
         let b = object(try required(buffer, "buffer"), as: PagedHandle.self).buffer
         guard offset >= 0, count >= 1 else { throw .invalidArgument("offset (\(offset)) must be >= 0 and count (\(count)) >= 1") }
@@ -129,7 +126,7 @@ public func pst_paged_release(_ buffer: UnsafeMutablePointer<pst_paged>?, _ offs
 /// once; a later acquire waits for pages still on their way.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (freed buffer).
 @c(pstimpl_paged_prefetch)
-public func pst_paged_prefetch(_ buffer: UnsafeMutablePointer<pst_paged>?) -> Int32 {
+public func pst_paged_prefetch(_ buffer: UnsafeMutablePointer<pst_paged>?) -> pst_status {
     cEntry("pst_paged_prefetch") { () throws(PSTError) in
         try object(try required(buffer, "buffer"), as: PagedHandle.self).buffer.prefetch()
     }

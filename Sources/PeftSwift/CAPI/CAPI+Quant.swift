@@ -20,7 +20,7 @@ public func pst_blockwise_count(_ n: Int64, _ blocksize: Int32) -> Int64 {
 /// out_count is the capacity of out in floats.
 /// Errors: PST_ERR_INVALID_ARG for an unknown codebook, a NULL or too small out.
 @c(pstimpl_codebook)
-public func pst_codebook(_ which: Int32, _ out: UnsafeMutablePointer<Float>?, _ out_count: Int) -> Int32 {
+public func pst_codebook(_ which: Int32, _ out: UnsafeMutablePointer<Float>?, _ out_count: Int64) -> pst_status {
     cEntry("pst_codebook") { () throws(PSTError) in
         let table: [Float]
         switch which {
@@ -60,8 +60,8 @@ func floatDType(_ raw: Int32, _ name: StaticString) throws(PSTError) -> DType {
 /// or quant_type, capacity too small), PST_ERR_NONFINITE (NaN/Inf; the message names the index).
 @c(pstimpl_4bit_quantize)
 public func pst_4bit_quantize(_ x: UnsafeRawPointer?, _ dtype: Int32, _ n: Int64, _ blocksize: Int32, _ quant_type: Int32,
-                              _ packed: UnsafeMutablePointer<UInt8>?, _ packed_capacity: Int,
-                              _ absmax: UnsafeMutablePointer<Float>?, _ absmax_capacity: Int) -> Int32 {
+                              _ packed: UnsafeMutablePointer<UInt8>?, _ packed_capacity: Int64,
+                              _ absmax: UnsafeMutablePointer<Float>?, _ absmax_capacity: Int64) -> pst_status {
     cEntry("pst_4bit_quantize") { () throws(PSTError) in
         let x = try required(x, "x")
         let dt = try floatDType(dtype, "dtype")
@@ -82,11 +82,11 @@ public func pst_4bit_quantize(_ x: UnsafeRawPointer?, _ dtype: Int32, _ n: Int64
 /// Errors: PST_ERR_INVALID_ARG (NULL pointer, bad n/blocksize/dtype/quant_type, a buffer smaller
 /// than n needs), PST_ERR_NONFINITE (an absmax or code value is NaN/Inf).
 @c(pstimpl_4bit_dequantize)
-public func pst_4bit_dequantize(_ packed: UnsafePointer<UInt8>?, _ packed_bytes: Int,
-                                _ absmax: UnsafePointer<Float>?, _ absmax_count: Int,
+public func pst_4bit_dequantize(_ packed: UnsafePointer<UInt8>?, _ packed_bytes: Int64,
+                                _ absmax: UnsafePointer<Float>?, _ absmax_count: Int64,
                                 _ code: UnsafePointer<Float>?, _ quant_type: Int32,
                                 _ n: Int64, _ blocksize: Int32,
-                                _ out: UnsafeMutableRawPointer?, _ out_dtype: Int32, _ out_capacity: Int) -> Int32 {
+                                _ out: UnsafeMutableRawPointer?, _ out_dtype: Int32, _ out_capacity: Int64) -> pst_status {
     cEntry("pst_4bit_dequantize") { () throws(PSTError) in
         let p = try required(packed, "packed"), a = try required(absmax, "absmax")
         let count = try requireCount("n", n)
@@ -113,8 +113,8 @@ public func pst_4bit_dequantize(_ packed: UnsafePointer<UInt8>?, _ packed_bytes:
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE (naming the index).
 @c(pstimpl_8bit_quantize)
 public func pst_8bit_quantize(_ x: UnsafePointer<Float>?, _ n: Int64, _ blocksize: Int32, _ code: UnsafePointer<Float>?,
-                              _ q: UnsafeMutablePointer<UInt8>?, _ q_capacity: Int,
-                              _ absmax: UnsafeMutablePointer<Float>?, _ absmax_capacity: Int) -> Int32 {
+                              _ q: UnsafeMutablePointer<UInt8>?, _ q_capacity: Int64,
+                              _ absmax: UnsafeMutablePointer<Float>?, _ absmax_capacity: Int64) -> pst_status {
     cEntry("pst_8bit_quantize") { () throws(PSTError) in
         let x = try required(x, "x")
         let count = try requireCount("n", n)
@@ -132,9 +132,9 @@ public func pst_8bit_quantize(_ x: UnsafePointer<Float>?, _ n: Int64, _ blocksiz
 /// code: 256 floats (NULL: the signed dynamic map). out_capacity in floats.
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE (an absmax is NaN/Inf).
 @c(pstimpl_8bit_dequantize)
-public func pst_8bit_dequantize(_ q: UnsafePointer<UInt8>?, _ n: Int64, _ absmax: UnsafePointer<Float>?, _ absmax_count: Int,
+public func pst_8bit_dequantize(_ q: UnsafePointer<UInt8>?, _ n: Int64, _ absmax: UnsafePointer<Float>?, _ absmax_count: Int64,
                                 _ code: UnsafePointer<Float>?, _ blocksize: Int32,
-                                _ out: UnsafeMutablePointer<Float>?, _ out_capacity: Int) -> Int32 {
+                                _ out: UnsafeMutablePointer<Float>?, _ out_capacity: Int64) -> pst_status {
     cEntry("pst_8bit_dequantize") { () throws(PSTError) in
         let qq = try required(q, "q"), a = try required(absmax, "absmax")
         let count = try requireCount("n", n)
@@ -159,7 +159,7 @@ public func pst_8bit_dequantize(_ q: UnsafePointer<UInt8>?, _ n: Int64, _ absmax
 @c(pstimpl_quant_create_4bit)
 public func pst_quant_create_4bit(_ x: UnsafeRawPointer?, _ dtype: Int32, _ shape: UnsafePointer<Int64>?, _ ndim: Int32,
                                   _ blocksize: Int32, _ quant_type: Int32, _ double_quant: Bool,
-                                  _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> Int32 {
+                                  _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> pst_status {
     cEntry("pst_quant_create_4bit") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
@@ -181,14 +181,11 @@ public func pst_quant_create_4bit(_ x: UnsafeRawPointer?, _ dtype: Int32, _ shap
 /// disagree), PST_ERR_NONFINITE, PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_quant_from_state)
 public func pst_quant_from_state(_ st: UnsafePointer<pst_quant_state>?,
-                                 _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> Int32 {
+                                 _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> pst_status {
     cEntry("pst_quant_from_state") { () throws(PSTError) in
         let o = try required(out, "out")
         o.pointee = nil
-        let s = try required(st, "state").pointee
-        guard s.struct_size == MemoryLayout<pst_quant_state>.size else {
-            throw .invalidArgument("state->struct_size (\(s.struct_size)) must be sizeof(pst_quant_state) (\(MemoryLayout<pst_quant_state>.size))")
-        }
+        let s = try readStruct(try required(st, "state"), over: pst_quant_state(), "state")
         let qt = try quantType(s.quant_type)
         let dt = try floatDType(s.dtype, "state->dtype")
         let dims = try withUnsafeBytes(of: s.shape) { (raw) throws(PSTError) in
@@ -221,13 +218,10 @@ public func pst_quant_from_state(_ st: UnsafePointer<pst_quant_state>?,
 /// caller to sizeof(pst_quant_state).
 /// Errors: PST_ERR_INVALID_ARG (NULL, wrong struct_size).
 @c(pstimpl_quant_get_state)
-public func pst_quant_get_state(_ q: UnsafeMutablePointer<pst_quant>?, _ st: UnsafeMutablePointer<pst_quant_state>?) -> Int32 {
+public func pst_quant_get_state(_ q: UnsafeMutablePointer<pst_quant>?, _ st: UnsafeMutablePointer<pst_quant_state>?) -> pst_status {
     cEntry("pst_quant_get_state") { () throws(PSTError) in
         let t = object(try required(q, "q"), as: QuantizedTensor.self)
-        let s = try required(st, "state")
-        guard s.pointee.struct_size == MemoryLayout<pst_quant_state>.size else {
-            throw .invalidArgument("state->struct_size (\(s.pointee.struct_size)) must be sizeof(pst_quant_state) (\(MemoryLayout<pst_quant_state>.size))")
-        }
+        let s = try structOutput(try required(st, "state"), "state")
         var r = pst_quant_state()
         r.struct_size = MemoryLayout<pst_quant_state>.size
         r.quant_type = t.quantType.rawValue
@@ -254,7 +248,7 @@ public func pst_quant_get_state(_ q: UnsafeMutablePointer<pst_quant>?, _ st: Uns
             r.absmax = UnsafeRawPointer(a.baseAddress)
             r.absmax_count = Int64(a.count)
         }
-        s.pointee = r
+        s.store(r)
     }
 }
 
@@ -262,7 +256,7 @@ public func pst_quant_get_state(_ q: UnsafeMutablePointer<pst_quant>?, _ st: Uns
 /// out_capacity in bytes).
 /// Errors: PST_ERR_INVALID_ARG (NULL, bad dtype, out too small).
 @c(pstimpl_quant_dequantize)
-public func pst_quant_dequantize(_ q: UnsafeMutablePointer<pst_quant>?, _ out: UnsafeMutableRawPointer?, _ out_capacity: Int, _ dtype: Int32) -> Int32 {
+public func pst_quant_dequantize(_ q: UnsafeMutablePointer<pst_quant>?, _ out: UnsafeMutableRawPointer?, _ out_capacity: Int64, _ dtype: Int32) -> pst_status {
     cEntry("pst_quant_dequantize") { () throws(PSTError) in
         let t = object(try required(q, "q"), as: QuantizedTensor.self)
         let o = try required(out, "out")
@@ -276,7 +270,7 @@ public func pst_quant_dequantize(_ q: UnsafeMutablePointer<pst_quant>?, _ out: U
 /// in memory (codes + absmax or nested state + maps) to *storage_bytes; either may be NULL.
 /// Errors: PST_ERR_INVALID_ARG (q NULL).
 @c(pstimpl_quant_info)
-public func pst_quant_info(_ q: UnsafeMutablePointer<pst_quant>?, _ n: UnsafeMutablePointer<Int64>?, _ storage_bytes: UnsafeMutablePointer<Int64>?) -> Int32 {
+public func pst_quant_info(_ q: UnsafeMutablePointer<pst_quant>?, _ n: UnsafeMutablePointer<Int64>?, _ storage_bytes: UnsafeMutablePointer<Int64>?) -> pst_status {
     cEntry("pst_quant_info") { () throws(PSTError) in
         let t = object(try required(q, "q"), as: QuantizedTensor.self)
         n?.pointee = Int64(t.count)
@@ -299,9 +293,9 @@ public func pst_quant_free(_ q: UnsafeMutablePointer<pst_quant>?) {
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE.
 @c(pstimpl_absmax_double_quantize)
 public func pst_absmax_double_quantize(_ absmax: UnsafePointer<Float>?, _ count: Int64, _ nested_blocksize: Int32,
-                                       _ q: UnsafeMutablePointer<UInt8>?, _ q_capacity: Int,
-                                       _ nested_absmax: UnsafeMutablePointer<Float>?, _ nested_capacity: Int,
-                                       _ offset: UnsafeMutablePointer<Float>?) -> Int32 {
+                                       _ q: UnsafeMutablePointer<UInt8>?, _ q_capacity: Int64,
+                                       _ nested_absmax: UnsafeMutablePointer<Float>?, _ nested_capacity: Int64,
+                                       _ offset: UnsafeMutablePointer<Float>?) -> pst_status {
     cEntry("pst_absmax_double_quantize") { () throws(PSTError) in
         let a = try required(absmax, "absmax")
         let n = try requireCount("count", count)

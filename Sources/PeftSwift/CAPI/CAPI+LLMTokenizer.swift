@@ -1,0 +1,93 @@
+import CPeftSwift
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// C API of the model's tokenizer (Sources/PeftSwift/Tokenizer): text to ids and back, chat
+// prompts. The handle and the helpers are in CAPI+LLM.swift.
+
+/// Copies ids into a caller's buffer after the sizing rule of pst_llm_tokenize: *count gets
+/// the number of ids first; a too-small capacity (or NULL buffer) is PST_ERR_INVALID_ARG.
+func copyOutIDs(_ out: [Int32], _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
+                _ count: UnsafeMutablePointer<Int64>) throws(PSTError) {
+    count.pointee = Int64(out.count)
+    try requireCapacity("ids", have: ids == nil ? 0 : capacity, need: out.count, unit: "ids")
+    if let ids, !out.isEmpty { out.withUnsafeBufferPointer { ids.update(from: $0.baseAddress!, count: out.count) } }
+}
+
+/// Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
+/// Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
+/// may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
+/// set, so a caller can size the buffer with a first call.
+/// Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
+@c(pstimpl_llm_tokenize)
+public func pst_llm_tokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ text: UnsafePointer<CChar>?, _ text_len: Int,
+                             _ flags: Int32, _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
+                             _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
+    cEntry("pst_llm_tokenize") { () throws(PSTError) in
+        let h = try llmObject(llm)
+        let n = try required(count, "count")
+        n.pointee = 0
+        guard text_len >= 0 else { throw .invalidArgument("text_len (\(text_len)) must be >= 0") }
+        guard flags & ~3 == 0 else { throw .invalidArgument("flags (\(flags)) has bits other than PST_TOKENIZE_*") }
+        let tok = try h.requireTokenizer()
+        let s: String
+        if text_len == 0 { s = "" } else {
+            let t = try required(text, "text")
+            let bytes = UnsafeRawBufferPointer(start: t, count: text_len)
+            s = try TrainingDataset.decodeUTF8(Array(bytes), source: "text")
+        }
+        let add = flags & PST_TOKENIZE_ADD_SPECIAL != 0
+        let out = tok.encode(s, addBOS: add ? nil : false, addEOS: add ? nil : false,
+                             parseSpecial: flags & PST_TOKENIZE_PARSE_SPECIAL != 0)
+        try copyOutIDs(out, ids, capacity, n)
+    }
+}
+
+/// The ids of a one-turn chat prompt in the ChatML format (SmolLM2's template):
+/// [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
+/// system may be NULL. Sizing as pst_llm_tokenize.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
+@c(pstimpl_llm_chat_prompt)
+public func pst_llm_chat_prompt(_ llm: UnsafeMutablePointer<pst_llm>?, _ user: UnsafePointer<CChar>?,
+                                _ system: UnsafePointer<CChar>?, _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
+                                _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
+    cEntry("pst_llm_chat_prompt") { () throws(PSTError) in
+        let h = try llmObject(llm)
+        let n = try required(count, "count")
+        n.pointee = 0
+        let u = try longCString(user, "user"), sys = try system == nil ? nil : longCString(system, "system")
+        let tok = try h.requireTokenizer()
+        let out = try TrainingDataset.chatPrompt(u, tokenizer: tok, system: sys)
+        try copyOutIDs(out, ids, capacity, n)
+    }
+}
+
+/// The text of count ids (flags: PST_DETOKENIZE_*), NUL-terminated into text (capacity bytes,
+/// including the NUL). *length receives the byte length without the NUL; when capacity is too
+/// small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
+/// are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
+/// Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
+@c(pstimpl_llm_detokenize)
+public func pst_llm_detokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ count: Int,
+                               _ flags: Int32, _ text: UnsafeMutablePointer<CChar>?, _ capacity: Int,
+                               _ length: UnsafeMutablePointer<Int64>?) -> Int32 {
+    cEntry("pst_llm_detokenize") { () throws(PSTError) in
+        let h = try llmObject(llm)
+        let len = try required(length, "length")
+        len.pointee = 0
+        guard count >= 0 else { throw .invalidArgument("count (\(count)) must be >= 0") }
+        guard flags & ~1 == 0 else { throw .invalidArgument("flags (\(flags)) has bits other than PST_DETOKENIZE_*") }
+        let tok = try h.requireTokenizer()
+        var list: [Int32] = []
+        if count > 0 {
+            let p = try required(ids, "ids")
+            list = Array(UnsafeBufferPointer(start: p, count: count))
+            if let i = list.firstIndex(where: { $0 < 0 || Int($0) >= tok.vocabSize }) {
+                throw .invalidArgument("ids[\(i)] (\(list[i])) is outside the vocabulary 0..<\(tok.vocabSize)")
+            }
+        }
+        let s = tok.decode(list, skipSpecial: flags & PST_DETOKENIZE_SKIP_SPECIAL != 0)
+        try copyOutString(s, "text", text, capacity, len)
+    }
+}

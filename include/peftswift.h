@@ -615,32 +615,6 @@ PST_API void pst_llm_free(pst_llm * llm) PST_NOEXCEPT;
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_get_info(pst_llm * llm, pst_llm_info * info) PST_NOEXCEPT;
 
 /**
- * Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
- * Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
- * may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
- * set, so a caller can size the buffer with a first call.
- * Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
-
-/**
- * The ids of a one-turn chat prompt in the ChatML format (SmolLM2's template):
- * [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
- * system may be NULL. Sizing as pst_llm_tokenize.
- * Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
-
-/**
- * The text of count ids (flags: PST_DETOKENIZE_*), NUL-terminated into text (capacity bytes,
- * including the NUL). *length receives the byte length without the NUL; when capacity is too
- * small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
- * are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
- * Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length) PST_NOEXCEPT;
-
-/**
  * Logits of every position: logits (batch * seq_len * vocab floats, row-major [b][t][v]) for
  * ids (batch * seq_len token ids). Runs with dropout off (evaluation), with the active adapters.
  * Errors: PST_ERR_INVALID_ARG (NULL, ids out of range, capacity, seq_len beyond the context),
@@ -675,6 +649,8 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_zero_grad(pst_llm * llm) PST_NOEX
  * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_set_training(pst_llm * llm, int32_t training) PST_NOEXCEPT;
+
+/* ---- from Sources/PeftSwift/CAPI/CAPI+LLMAdapters.swift ------------------------------------------- */
 
 /**
  * Adds an adapter called name (NULL: "default") to the target_modules projections of every
@@ -737,6 +713,8 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_save_adapter(pst_llm * llm, char 
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_load_adapter(pst_llm * llm, char const * directory, char const * name) PST_NOEXCEPT;
 
+/* ---- from Sources/PeftSwift/CAPI/CAPI+LLMGenerate.swift ------------------------------------------- */
+
 /**
  * Fills *p with the defaults: 64 new tokens, greedy, stop at EOS.
  * Errors: PST_ERR_INVALID_ARG (p NULL).
@@ -755,74 +733,33 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_generate_params_init(pst_generate_par
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_generate(pst_llm * llm, int32_t const * prompt, ptrdiff_t prompt_count, pst_generate_params const * params, pst_token_callback callback, void * user, int32_t * out_, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
 
-/**
- * Fills *p with QLoRA's defaults (see pst_trainer_params).
- * Errors: PST_ERR_INVALID_ARG (p NULL).
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_params_init(pst_trainer_params * p) PST_NOEXCEPT;
+/* ---- from Sources/PeftSwift/CAPI/CAPI+LLMTokenizer.swift ------------------------------------------ */
 
 /**
- * Sets up a fine-tuning run of llm on data_count data files (params->data_format): the data
- * are read, checked (UTF-8, non-empty, ids within the vocabulary, seq_len within the context)
- * and tokenized, a new adapter (params->adapter_name) is attached to the target projections
- * and the optimizer is created; with params->resume_from the adapter, optimizer state, step,
- * data position and dropout RNGs come from that checkpoint, so continuing gives the same
- * parameters, bit for bit, as a run never interrupted. Everything is checked before any
- * training work. The trainer keeps llm alive; the adapter stays on the model after
- * pst_trainer_free (generate with it, save it). Free with pst_trainer_free.
- * Errors: PST_ERR_INVALID_ARG (params, data: empty, not UTF-8, bad JSON Lines; seq_len beyond
- * the context), PST_ERR_NOT_FOUND, PST_ERR_IO, PST_ERR_EXISTS (adapter name taken),
- * PST_ERR_CORRUPT (a damaged checkpoint), PST_ERR_UNSUPPORTED (no tokenizer), PST_ERR_MISUSE.
+ * Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
+ * Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
+ * may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
+ * set, so a caller can size the buffer with a first call.
+ * Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
  */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_) PST_NOEXCEPT;
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
 
 /**
- * Frees a trainer (its optimizer state and data); NULL is a no-op. The adapter stays on the model.
+ * The ids of a one-turn chat prompt in the ChatML format (SmolLM2's template):
+ * [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
+ * system may be NULL. Sizing as pst_llm_tokenize.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
  */
-PST_API void pst_trainer_free(pst_trainer * trainer) PST_NOEXCEPT;
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count) PST_NOEXCEPT;
 
 /**
- * Runs one optimizer step (gradient accumulation, clipping, AdamW, a checkpoint when due) and
- * fills *progress (may be NULL; else struct_size must be sizeof(pst_train_progress)).
- * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (all steps done, model busy), PST_ERR_NONFINITE
- * (the loss diverged; no update is made), PST_ERR_IO (checkpoint), PST_ERR_OUT_OF_MEMORY.
+ * The text of count ids (flags: PST_DETOKENIZE_*), NUL-terminated into text (capacity bytes,
+ * including the NUL). *length receives the byte length without the NUL; when capacity is too
+ * small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
+ * are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
+ * Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
  */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_step(pst_trainer * trainer, pst_train_progress * progress) PST_NOEXCEPT;
-
-/**
- * Runs the remaining steps, calling callback (may be NULL) after each; a nonzero return stops
- * early (then nothing more is saved: call pst_trainer_save_checkpoint to keep the state).
- * After the last step, saves the adapter to params->output_dir when it was given.
- * Errors: as pst_trainer_step.
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user) PST_NOEXCEPT;
-
-/**
- * Saves the trained adapter as a PEFT directory (as pst_llm_save_adapter).
- * Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_save_adapter(pst_trainer * trainer, char const * directory) PST_NOEXCEPT;
-
-/**
- * Writes a resumable checkpoint (adapter, optimizer state, step, data position, RNGs) as the
- * directory `directory`, atomically as a whole (written beside it, then renamed).
- * Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_save_checkpoint(pst_trainer * trainer, char const * directory) PST_NOEXCEPT;
-
-/**
- * Fills *info (info->struct_size must be sizeof(pst_trainer_info)).
- * Errors: PST_ERR_INVALID_ARG.
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info) PST_NOEXCEPT;
-
-/**
- * The newest complete checkpoint under directory (a checkpoint-<N> holding trainer_state.json,
- * largest N), NUL-terminated into path (capacity bytes); *length receives its byte length
- * (0 and PST_ERR_NOT_FOUND when there is none). Sizing as pst_llm_detokenize.
- * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
- */
-PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length) PST_NOEXCEPT;
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length) PST_NOEXCEPT;
 
 /* ---- from Sources/PeftSwift/CAPI/CAPI+LoRA.swift -------------------------------------------------- */
 
@@ -1228,6 +1165,77 @@ PST_API void pst_quant_free(pst_quant * q) PST_NOEXCEPT;
  * Errors: PST_ERR_INVALID_ARG, PST_ERR_NONFINITE.
  */
 PST_API PST_WARN_UNUSED_RESULT int32_t pst_absmax_double_quantize(float const * absmax, int64_t count, int32_t nested_blocksize, uint8_t * q, ptrdiff_t q_capacity, float * nested_absmax, ptrdiff_t nested_capacity, float * offset) PST_NOEXCEPT;
+
+/* ---- from Sources/PeftSwift/CAPI/CAPI+Trainer.swift ----------------------------------------------- */
+
+/**
+ * Fills *p with QLoRA's defaults (see pst_trainer_params).
+ * Errors: PST_ERR_INVALID_ARG (p NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_params_init(pst_trainer_params * p) PST_NOEXCEPT;
+
+/**
+ * Sets up a fine-tuning run of llm on data_count data files (params->data_format): the data
+ * are read, checked (UTF-8, non-empty, ids within the vocabulary, seq_len within the context)
+ * and tokenized, a new adapter (params->adapter_name) is attached to the target projections
+ * and the optimizer is created; with params->resume_from the adapter, optimizer state, step,
+ * data position and dropout RNGs come from that checkpoint, so continuing gives the same
+ * parameters, bit for bit, as a run never interrupted. Everything is checked before any
+ * training work. The trainer keeps llm alive; the adapter stays on the model after
+ * pst_trainer_free (generate with it, save it). Free with pst_trainer_free.
+ * Errors: PST_ERR_INVALID_ARG (params, data: empty, not UTF-8, bad JSON Lines; seq_len beyond
+ * the context), PST_ERR_NOT_FOUND, PST_ERR_IO, PST_ERR_EXISTS (adapter name taken),
+ * PST_ERR_CORRUPT (a damaged checkpoint), PST_ERR_UNSUPPORTED (no tokenizer), PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_) PST_NOEXCEPT;
+
+/**
+ * Frees a trainer (its optimizer state and data); NULL is a no-op. The adapter stays on the model.
+ */
+PST_API void pst_trainer_free(pst_trainer * trainer) PST_NOEXCEPT;
+
+/**
+ * Runs one optimizer step (gradient accumulation, clipping, AdamW, a checkpoint when due) and
+ * fills *progress (may be NULL; else struct_size must be sizeof(pst_train_progress)).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (all steps done, model busy), PST_ERR_NONFINITE
+ * (the loss diverged; no update is made), PST_ERR_IO (checkpoint), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_step(pst_trainer * trainer, pst_train_progress * progress) PST_NOEXCEPT;
+
+/**
+ * Runs the remaining steps, calling callback (may be NULL) after each; a nonzero return stops
+ * early (then nothing more is saved: call pst_trainer_save_checkpoint to keep the state).
+ * After the last step, saves the adapter to params->output_dir when it was given.
+ * Errors: as pst_trainer_step.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user) PST_NOEXCEPT;
+
+/**
+ * Saves the trained adapter as a PEFT directory (as pst_llm_save_adapter).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_save_adapter(pst_trainer * trainer, char const * directory) PST_NOEXCEPT;
+
+/**
+ * Writes a resumable checkpoint (adapter, optimizer state, step, data position, RNGs) as the
+ * directory `directory`, atomically as a whole (written beside it, then renamed).
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_save_checkpoint(pst_trainer * trainer, char const * directory) PST_NOEXCEPT;
+
+/**
+ * Fills *info (info->struct_size must be sizeof(pst_trainer_info)).
+ * Errors: PST_ERR_INVALID_ARG.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info) PST_NOEXCEPT;
+
+/**
+ * The newest complete checkpoint under directory (a checkpoint-<N> holding trainer_state.json,
+ * largest N), NUL-terminated into path (capacity bytes); *length receives its byte length
+ * (0 and PST_ERR_NOT_FOUND when there is none). Sizing as pst_llm_detokenize.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length) PST_NOEXCEPT;
 
 #if defined(__cplusplus)
 } /* extern "C" */

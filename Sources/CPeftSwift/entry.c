@@ -232,33 +232,6 @@ PST_ENTRY int32_t pst_llm_get_info(pst_llm * llm, pst_llm_info * info) {
     return pstimpl_llm_get_info(llm, info);
 }
 
-extern int32_t pstimpl_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count);
-PST_ENTRY int32_t pst_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_tokenize");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_tokenize(llm, text, text_len, flags, ids, capacity, count);
-}
-
-extern int32_t pstimpl_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count);
-PST_ENTRY int32_t pst_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_chat_prompt");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_chat_prompt(llm, user, system, ids, capacity, count);
-}
-
-extern int32_t pstimpl_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length);
-PST_ENTRY int32_t pst_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_detokenize");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_detokenize(llm, ids, count, flags, text, capacity, length);
-}
-
 extern int32_t pstimpl_llm_logits(pst_llm * llm, int32_t const * ids, int64_t batch, int64_t seq_len, float * logits, ptrdiff_t capacity);
 PST_ENTRY int32_t pst_llm_logits(pst_llm * llm, int32_t const * ids, int64_t batch, int64_t seq_len, float * logits, ptrdiff_t capacity) {
     if (!PST_CPU_OK()) {
@@ -394,85 +367,31 @@ PST_ENTRY int32_t pst_llm_generate(pst_llm * llm, int32_t const * prompt, ptrdif
     return pstimpl_llm_generate(llm, prompt, prompt_count, params, callback, user, out_, capacity, count);
 }
 
-extern int32_t pstimpl_trainer_params_init(pst_trainer_params * p);
-PST_ENTRY int32_t pst_trainer_params_init(pst_trainer_params * p) {
+extern int32_t pstimpl_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count);
+PST_ENTRY int32_t pst_llm_tokenize(pst_llm * llm, char const * text, ptrdiff_t text_len, int32_t flags, int32_t * ids, ptrdiff_t capacity, int64_t * count) {
     if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_params_init");
+        pstshim_set_cpu_error("pst_llm_tokenize");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_trainer_params_init(p);
+    return pstimpl_llm_tokenize(llm, text, text_len, flags, ids, capacity, count);
 }
 
-extern int32_t pstimpl_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_);
-PST_ENTRY int32_t pst_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_) {
+extern int32_t pstimpl_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count);
+PST_ENTRY int32_t pst_llm_chat_prompt(pst_llm * llm, char const * user, char const * system, int32_t * ids, ptrdiff_t capacity, int64_t * count) {
     if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_create");
+        pstshim_set_cpu_error("pst_llm_chat_prompt");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_trainer_create(llm, data_paths, data_count, params, out_);
+    return pstimpl_llm_chat_prompt(llm, user, system, ids, capacity, count);
 }
 
-extern void pstimpl_trainer_free(pst_trainer * trainer);
-PST_ENTRY void pst_trainer_free(pst_trainer * trainer) {
+extern int32_t pstimpl_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length);
+PST_ENTRY int32_t pst_llm_detokenize(pst_llm * llm, int32_t const * ids, ptrdiff_t count, int32_t flags, char * text, ptrdiff_t capacity, int64_t * length) {
     if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_free");
-        return;
-    }
-    pstimpl_trainer_free(trainer);
-}
-
-extern int32_t pstimpl_trainer_step(pst_trainer * trainer, pst_train_progress * progress);
-PST_ENTRY int32_t pst_trainer_step(pst_trainer * trainer, pst_train_progress * progress) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_step");
+        pstshim_set_cpu_error("pst_llm_detokenize");
         return PST_ERR_UNSUPPORTED_CPU;
     }
-    return pstimpl_trainer_step(trainer, progress);
-}
-
-extern int32_t pstimpl_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user);
-PST_ENTRY int32_t pst_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_train");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_train(trainer, callback, user);
-}
-
-extern int32_t pstimpl_trainer_save_adapter(pst_trainer * trainer, char const * directory);
-PST_ENTRY int32_t pst_trainer_save_adapter(pst_trainer * trainer, char const * directory) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_save_adapter");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_save_adapter(trainer, directory);
-}
-
-extern int32_t pstimpl_trainer_save_checkpoint(pst_trainer * trainer, char const * directory);
-PST_ENTRY int32_t pst_trainer_save_checkpoint(pst_trainer * trainer, char const * directory) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_save_checkpoint");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_save_checkpoint(trainer, directory);
-}
-
-extern int32_t pstimpl_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info);
-PST_ENTRY int32_t pst_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_get_info");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_get_info(trainer, info);
-}
-
-extern int32_t pstimpl_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length);
-PST_ENTRY int32_t pst_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_trainer_latest_checkpoint");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_trainer_latest_checkpoint(directory, path, capacity, length);
+    return pstimpl_llm_detokenize(llm, ids, count, flags, text, capacity, length);
 }
 
 extern int32_t pstimpl_lora_params_init(pst_lora_params * p);
@@ -950,4 +869,85 @@ PST_ENTRY int32_t pst_absmax_double_quantize(float const * absmax, int64_t count
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_absmax_double_quantize(absmax, count, nested_blocksize, q, q_capacity, nested_absmax, nested_capacity, offset);
+}
+
+extern int32_t pstimpl_trainer_params_init(pst_trainer_params * p);
+PST_ENTRY int32_t pst_trainer_params_init(pst_trainer_params * p) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_params_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_params_init(p);
+}
+
+extern int32_t pstimpl_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_);
+PST_ENTRY int32_t pst_trainer_create(pst_llm * llm, char const * const * data_paths, int32_t data_count, pst_trainer_params const * params, pst_trainer * * out_) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_create");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_create(llm, data_paths, data_count, params, out_);
+}
+
+extern void pstimpl_trainer_free(pst_trainer * trainer);
+PST_ENTRY void pst_trainer_free(pst_trainer * trainer) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_free");
+        return;
+    }
+    pstimpl_trainer_free(trainer);
+}
+
+extern int32_t pstimpl_trainer_step(pst_trainer * trainer, pst_train_progress * progress);
+PST_ENTRY int32_t pst_trainer_step(pst_trainer * trainer, pst_train_progress * progress) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_step");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_step(trainer, progress);
+}
+
+extern int32_t pstimpl_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user);
+PST_ENTRY int32_t pst_trainer_train(pst_trainer * trainer, pst_progress_callback callback, void * user) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_train");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_train(trainer, callback, user);
+}
+
+extern int32_t pstimpl_trainer_save_adapter(pst_trainer * trainer, char const * directory);
+PST_ENTRY int32_t pst_trainer_save_adapter(pst_trainer * trainer, char const * directory) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_save_adapter");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_save_adapter(trainer, directory);
+}
+
+extern int32_t pstimpl_trainer_save_checkpoint(pst_trainer * trainer, char const * directory);
+PST_ENTRY int32_t pst_trainer_save_checkpoint(pst_trainer * trainer, char const * directory) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_save_checkpoint");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_save_checkpoint(trainer, directory);
+}
+
+extern int32_t pstimpl_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info);
+PST_ENTRY int32_t pst_trainer_get_info(pst_trainer * trainer, pst_trainer_info * info) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_get_info");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_get_info(trainer, info);
+}
+
+extern int32_t pstimpl_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length);
+PST_ENTRY int32_t pst_trainer_latest_checkpoint(char const * directory, char * path, ptrdiff_t capacity, int64_t * length) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_trainer_latest_checkpoint");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_trainer_latest_checkpoint(directory, path, capacity, length);
 }

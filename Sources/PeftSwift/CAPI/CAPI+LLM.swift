@@ -9,8 +9,9 @@ import Glibc
 // in CAPI+LLMGenerate.swift, fine-tuning (pst_trainer) in CAPI+Trainer.swift. Each function
 // checks its arguments, calls the Swift engine and maps its errors, nothing more.
 //
-// The helpers below (checkStructSize, optionalCString, longCString, copyOutString) serve every
-// LLM file of the C layer, until CAPI+Support.swift has the shared versions.
+// The helpers below (llmEntry, checkStructSize, readParams, zeroedOutput, optionalCString,
+// longCString, copyOutString) serve every LLM file of the C layer, until CAPI+Support.swift has
+// the shared versions.
 
 /// A model handle: the model, its tokenizer (nil for a checkpoint directory without one) and a
 /// busy flag so that a handle used from two threads at once, or re-entered from a callback,
@@ -59,11 +60,53 @@ func llmObject(_ h: UnsafeMutablePointer<pst_llm>?) throws(PSTError) -> LLMHandl
     object(try required(h, "llm"), as: LLMHandle.self)
 }
 
+/// cEntry for a function of a model handle: `body` runs with the handle, once `llm` is checked.
+@inline(__always)
+func llmEntry(_ function: StaticString, _ llm: UnsafeMutablePointer<pst_llm>?,
+              _ body: (LLMHandle) throws(PSTError) -> Void) -> Int32 {
+    cEntry(function) { () throws(PSTError) in try body(try llmObject(llm)) }
+}
+
 /// Checks a parameter struct's struct_size against the one this library was built with.
-func checkStructSize(_ have: Int, _ want: Int, _ what: StaticString, _ initFn: StaticString) throws(PSTError) {
+func checkStructSize(_ have: Int, _ want: Int, _ what: StaticString, _ initFn: String) throws(PSTError) {
     guard have == want else {
         throw .invalidArgument("\(what)->struct_size (\(have)) must be sizeof(\(what)) (\(want)); use \(initFn)")
     }
+}
+
+/// The caller's parameter struct `name` (its struct_size checked), or the defaults its _init
+/// function (`initialize`) fills in `empty` when params is NULL.
+func readParams<P>(_ params: UnsafePointer<P>?, _ initialize: (UnsafeMutablePointer<P>?) -> Int32, _ empty: P,
+                   _ name: StaticString) throws(PSTError) -> P {
+    guard let params else {
+        var p = empty
+        _ = initialize(&p)
+        return p
+    }
+    let size = UnsafeRawPointer(params).load(as: Int.self)   // size_t struct_size, the first field
+    try checkStructSize(size, MemoryLayout<P>.size, name, "\(name)_init")
+    return params.pointee
+}
+
+/// A struct the library fills (`what`), its struct_size checked (it must be sizeof(what)).
+func structOutput<S>(_ p: UnsafeMutablePointer<S>, _ what: StaticString) throws(PSTError) -> UnsafeMutablePointer<S> {
+    try checkStructSize(UnsafeRawPointer(p).load(as: Int.self), MemoryLayout<S>.size, what, "sizeof")
+    return p
+}
+
+/// A required output handle, set to NULL before anything can fail.
+func nulledOutput<H>(_ p: UnsafeMutablePointer<UnsafeMutablePointer<H>?>?,
+                     _ name: StaticString) throws(PSTError) -> UnsafeMutablePointer<UnsafeMutablePointer<H>?> {
+    let o = try required(p, name)
+    o.pointee = nil
+    return o
+}
+
+/// A required output count or length, set to 0 before anything can fail.
+func zeroedOutput(_ p: UnsafeMutablePointer<Int64>?, _ name: StaticString) throws(PSTError) -> UnsafeMutablePointer<Int64> {
+    let o = try required(p, name)
+    o.pointee = 0
+    return o
 }
 
 /// An optional C string (NULL → nil).
@@ -119,16 +162,9 @@ public func pst_llm_load_params_init(_ p: UnsafeMutablePointer<pst_llm_load_para
 public func pst_llm_load(_ path: UnsafePointer<CChar>?, _ params: UnsafePointer<pst_llm_load_params>?,
                          _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_llm>?>?) -> Int32 {
     cEntry("pst_llm_load") { () throws(PSTError) in
-        let o = try required(out, "out")
-        o.pointee = nil
+        let o = try nulledOutput(out, "out")
         let p = try cString(path, "path")
-        var lp = pst_llm_load_params()
-        _ = pst_llm_load_params_init(&lp)
-        if let params {
-            try checkStructSize(params.pointee.struct_size, MemoryLayout<pst_llm_load_params>.size,
-                                "pst_llm_load_params", "pst_llm_load_params_init")
-            lp = params.pointee
-        }
+        let lp = try readParams(params, pst_llm_load_params_init, pst_llm_load_params(), "pst_llm_load_params")
         guard let qt = QuantType(rawValue: lp.quant_type) else {
             throw .invalidArgument("params->quant_type (\(lp.quant_type)) is not PST_QUANT_NF4 or PST_QUANT_FP4")
         }
@@ -159,10 +195,8 @@ public func pst_llm_free(_ llm: UnsafeMutablePointer<pst_llm>?) {
 /// Errors: PST_ERR_INVALID_ARG.
 @c(pstimpl_llm_get_info)
 public func pst_llm_get_info(_ llm: UnsafeMutablePointer<pst_llm>?, _ info: UnsafeMutablePointer<pst_llm_info>?) -> Int32 {
-    cEntry("pst_llm_get_info") { () throws(PSTError) in
-        let h = try llmObject(llm)
-        let i = try required(info, "info")
-        try checkStructSize(i.pointee.struct_size, MemoryLayout<pst_llm_info>.size, "pst_llm_info", "sizeof")
+    llmEntry("pst_llm_get_info", llm) { (h) throws(PSTError) in
+        let i = try structOutput(try required(info, "info"), "pst_llm_info")
         let c = h.model.config
         i.pointee = pst_llm_info(
             struct_size: MemoryLayout<pst_llm_info>.size, layers: Int32(c.layers), hidden: Int32(c.hidden),
@@ -192,8 +226,7 @@ func readIDs(_ ids: UnsafePointer<Int32>?, _ batch: Int64, _ seqLen: Int64) thro
 @c(pstimpl_llm_logits)
 public func pst_llm_logits(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ batch: Int64,
                            _ seq_len: Int64, _ logits: UnsafeMutablePointer<Float>?, _ capacity: Int) -> Int32 {
-    cEntry("pst_llm_logits") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_logits", llm) { (h) throws(PSTError) in
         let (ip, b, t) = try readIDs(ids, batch, seq_len)
         let out = try required(logits, "logits")
         let need = b * t * h.model.config.vocab
@@ -212,8 +245,7 @@ public func pst_llm_logits(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafeP
 @c(pstimpl_llm_loss)
 public func pst_llm_loss(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ labels: UnsafePointer<Int32>?,
                          _ batch: Int64, _ seq_len: Int64, _ loss: UnsafeMutablePointer<Float>?) -> Int32 {
-    cEntry("pst_llm_loss") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_loss", llm) { (h) throws(PSTError) in
         let (ip, b, t) = try readIDs(ids, batch, seq_len)
         let l = try required(loss, "loss")
         let lp = labels.map { UnsafeBufferPointer(start: $0, count: ip.count) } ?? ip
@@ -226,8 +258,7 @@ public func pst_llm_loss(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePoi
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (no pending loss, handle busy).
 @c(pstimpl_llm_backward)
 public func pst_llm_backward(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
-    cEntry("pst_llm_backward") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_backward", llm) { (h) throws(PSTError) in
         try h.exclusive { () throws(PSTError) in try h.model.backward() }
     }
 }
@@ -236,8 +267,7 @@ public func pst_llm_backward(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
 @c(pstimpl_llm_zero_grad)
 public func pst_llm_zero_grad(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
-    cEntry("pst_llm_zero_grad") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_zero_grad", llm) { (h) throws(PSTError) in
         try h.exclusive { h.model.zeroGrad() }
     }
 }
@@ -246,8 +276,7 @@ public func pst_llm_zero_grad(_ llm: UnsafeMutablePointer<pst_llm>?) -> Int32 {
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_MISUSE (handle busy).
 @c(pstimpl_llm_set_training)
 public func pst_llm_set_training(_ llm: UnsafeMutablePointer<pst_llm>?, _ training: Int32) -> Int32 {
-    cEntry("pst_llm_set_training") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_set_training", llm) { (h) throws(PSTError) in
         try h.exclusive { h.model.training = training != 0 }
     }
 }

@@ -32,15 +32,9 @@ private func trimmingSpaces(_ s: Substring) -> String {
 @c(pstimpl_llm_add_adapter)
 public func pst_llm_add_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: UnsafePointer<CChar>?,
                                 _ params: UnsafePointer<pst_lora_params>?, _ target_modules: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_llm_add_adapter") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_add_adapter", llm) { (h) throws(PSTError) in
         let n = try optionalCString(name, "name") ?? "default"
-        var p = pst_lora_params()
-        _ = pst_lora_params_init(&p)
-        if let params {
-            try checkStructSize(params.pointee.struct_size, MemoryLayout<pst_lora_params>.size, "pst_lora_params", "pst_lora_params_init")
-            p = params.pointee
-        }
+        let p = try readParams(params, pst_lora_params_init, pst_lora_params(), "pst_lora_params")
         guard let ini = LoraInit(rawValue: p.`init`) else {
             throw .invalidArgument("params->init (\(p.`init`)) is not a PST_LORA_INIT_* value")
         }
@@ -58,8 +52,7 @@ public func pst_llm_add_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: U
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND, PST_ERR_MISUSE (merged, handle busy).
 @c(pstimpl_llm_delete_adapter)
 public func pst_llm_delete_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_llm_delete_adapter") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_delete_adapter", llm) { (h) throws(PSTError) in
         let n = try cString(name, "name")
         try h.exclusive { () throws(PSTError) in try h.model.deleteAdapter(n) }
     }
@@ -70,8 +63,7 @@ public func pst_llm_delete_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND (no projection has it), PST_ERR_MISUSE.
 @c(pstimpl_llm_set_adapter)
 public func pst_llm_set_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_llm_set_adapter") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_set_adapter", llm) { (h) throws(PSTError) in
         let n = try optionalCString(name, "name")
         try h.exclusive { () throws(PSTError) in try h.model.setAdapter(n) }
     }
@@ -81,8 +73,7 @@ public func pst_llm_set_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ name: U
 /// Errors: PST_ERR_INVALID_ARG.
 @c(pstimpl_llm_module_count)
 public func pst_llm_module_count(_ llm: UnsafeMutablePointer<pst_llm>?, _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
-    cEntry("pst_llm_module_count") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_module_count", llm) { (h) throws(PSTError) in
         try required(count, "count").pointee = Int64(h.modulePaths.count)
     }
 }
@@ -93,8 +84,7 @@ public func pst_llm_module_count(_ llm: UnsafeMutablePointer<pst_llm>?, _ count:
 @c(pstimpl_llm_module_at)
 public func pst_llm_module_at(_ llm: UnsafeMutablePointer<pst_llm>?, _ index: Int64,
                               _ path: UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> Int32 {
-    cEntry("pst_llm_module_at") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_module_at", llm) { (h) throws(PSTError) in
         let o = try required(path, "path")
         o.pointee = nil
         guard index >= 0 && index < Int64(h.modulePaths.count) else {
@@ -114,8 +104,7 @@ public func pst_llm_adapter_tensor(_ llm: UnsafeMutablePointer<pst_llm>?, _ modu
                                    _ adapter: UnsafePointer<CChar>?, _ which: Int32,
                                    _ data: UnsafeMutablePointer<UnsafeMutablePointer<Float>?>?,
                                    _ rows: UnsafeMutablePointer<Int64>?, _ cols: UnsafeMutablePointer<Int64>?) -> Int32 {
-    cEntry("pst_llm_adapter_tensor") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_adapter_tensor", llm) { (h) throws(PSTError) in
         let d = try required(data, "data")
         d.pointee = nil
         let path = try cString(module_path, "module_path")
@@ -147,8 +136,7 @@ public func pst_llm_adapter_tensor(_ llm: UnsafeMutablePointer<pst_llm>?, _ modu
 @c(pstimpl_llm_save_adapter)
 public func pst_llm_save_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ adapter: UnsafePointer<CChar>?,
                                  _ directory: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_llm_save_adapter") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_save_adapter", llm) { (h) throws(PSTError) in
         let name = try optionalCString(adapter, "adapter") ?? "default"
         let dir = try cString(directory, "directory")
         try h.exclusive { () throws(PSTError) in try h.model.saveAdapter(name, to: dir) }
@@ -162,8 +150,7 @@ public func pst_llm_save_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ adapte
 @c(pstimpl_llm_load_adapter)
 public func pst_llm_load_adapter(_ llm: UnsafeMutablePointer<pst_llm>?, _ directory: UnsafePointer<CChar>?,
                                  _ name: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_llm_load_adapter") { () throws(PSTError) in
-        let h = try llmObject(llm)
+    llmEntry("pst_llm_load_adapter", llm) { (h) throws(PSTError) in
         let dir = try cString(directory, "directory")
         let n = try optionalCString(name, "name") ?? "default"
         try h.exclusive { () throws(PSTError) in try h.model.loadAdapter(from: dir, as: n) }

@@ -30,23 +30,15 @@ public func pst_llm_generate(_ llm: UnsafeMutablePointer<pst_llm>?, _ prompt: Un
                              _ params: UnsafePointer<pst_generate_params>?, _ callback: pst_token_callback?,
                              _ user: UnsafeMutableRawPointer?, _ out: UnsafeMutablePointer<Int32>?, _ capacity: Int,
                              _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
-    cEntry("pst_llm_generate") { () throws(PSTError) in
-        let h = try llmObject(llm)
-        let n = try required(count, "count")
-        n.pointee = 0
+    llmEntry("pst_llm_generate", llm) { (h) throws(PSTError) in
+        let n = try zeroedOutput(count, "count")
         guard prompt_count >= 1 && prompt_count <= 1 << 24 else {
             throw .invalidArgument("prompt_count (\(prompt_count)) must be in 1...\(1 << 24)")
         }
         guard capacity >= 0 else { throw .invalidArgument("capacity (\(capacity)) must be >= 0") }
         if capacity > 0 { _ = try required(out, "out") }
         let ids = Array(UnsafeBufferPointer(start: try required(prompt, "prompt"), count: prompt_count))
-        var gp = pst_generate_params()
-        _ = pst_generate_params_init(&gp)
-        if let params {
-            try checkStructSize(params.pointee.struct_size, MemoryLayout<pst_generate_params>.size,
-                                "pst_generate_params", "pst_generate_params_init")
-            gp = params.pointee
-        }
+        let gp = try readParams(params, pst_generate_params_init, pst_generate_params(), "pst_generate_params")
         guard gp.max_new_tokens >= 0 else { throw .invalidArgument("params->max_new_tokens (\(gp.max_new_tokens)) must be >= 0") }
         guard gp.stop_count >= 0 && gp.stop_count <= 4096 else {
             throw .invalidArgument("params->stop_count (\(gp.stop_count)) must be in 0...4096")

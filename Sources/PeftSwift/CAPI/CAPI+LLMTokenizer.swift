@@ -6,6 +6,11 @@ import Glibc
 // C API of the model's tokenizer (Sources/PeftSwift/Tokenizer): text to ids and back, chat
 // prompts. The handle and the helpers are in CAPI+LLM.swift.
 
+/// flags may hold only the bits of `allowed` (the `names` flags).
+func checkFlags(_ flags: Int32, _ allowed: Int32, _ names: StaticString) throws(PSTError) {
+    guard flags & ~allowed == 0 else { throw .invalidArgument("flags (\(flags)) has bits other than \(names)") }
+}
+
 /// Copies ids into a caller's buffer after the sizing rule of pst_llm_tokenize: *count gets
 /// the number of ids first; a too-small capacity (or NULL buffer) is PST_ERR_INVALID_ARG.
 func copyOutIDs(_ out: [Int32], _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
@@ -24,12 +29,10 @@ func copyOutIDs(_ out: [Int32], _ ids: UnsafeMutablePointer<Int32>?, _ capacity:
 public func pst_llm_tokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ text: UnsafePointer<CChar>?, _ text_len: Int,
                              _ flags: Int32, _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
                              _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
-    cEntry("pst_llm_tokenize") { () throws(PSTError) in
-        let h = try llmObject(llm)
-        let n = try required(count, "count")
-        n.pointee = 0
+    llmEntry("pst_llm_tokenize", llm) { (h) throws(PSTError) in
+        let n = try zeroedOutput(count, "count")
         guard text_len >= 0 else { throw .invalidArgument("text_len (\(text_len)) must be >= 0") }
-        guard flags & ~3 == 0 else { throw .invalidArgument("flags (\(flags)) has bits other than PST_TOKENIZE_*") }
+        try checkFlags(flags, PST_TOKENIZE_ADD_SPECIAL | PST_TOKENIZE_PARSE_SPECIAL, "PST_TOKENIZE_*")
         let tok = try h.requireTokenizer()
         let s: String
         if text_len == 0 { s = "" } else {
@@ -52,10 +55,8 @@ public func pst_llm_tokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ text: Unsa
 public func pst_llm_chat_prompt(_ llm: UnsafeMutablePointer<pst_llm>?, _ user: UnsafePointer<CChar>?,
                                 _ system: UnsafePointer<CChar>?, _ ids: UnsafeMutablePointer<Int32>?, _ capacity: Int,
                                 _ count: UnsafeMutablePointer<Int64>?) -> Int32 {
-    cEntry("pst_llm_chat_prompt") { () throws(PSTError) in
-        let h = try llmObject(llm)
-        let n = try required(count, "count")
-        n.pointee = 0
+    llmEntry("pst_llm_chat_prompt", llm) { (h) throws(PSTError) in
+        let n = try zeroedOutput(count, "count")
         let u = try longCString(user, "user"), sys = try system == nil ? nil : longCString(system, "system")
         let tok = try h.requireTokenizer()
         let out = try TrainingDataset.chatPrompt(u, tokenizer: tok, system: sys)
@@ -72,12 +73,10 @@ public func pst_llm_chat_prompt(_ llm: UnsafeMutablePointer<pst_llm>?, _ user: U
 public func pst_llm_detokenize(_ llm: UnsafeMutablePointer<pst_llm>?, _ ids: UnsafePointer<Int32>?, _ count: Int,
                                _ flags: Int32, _ text: UnsafeMutablePointer<CChar>?, _ capacity: Int,
                                _ length: UnsafeMutablePointer<Int64>?) -> Int32 {
-    cEntry("pst_llm_detokenize") { () throws(PSTError) in
-        let h = try llmObject(llm)
-        let len = try required(length, "length")
-        len.pointee = 0
+    llmEntry("pst_llm_detokenize", llm) { (h) throws(PSTError) in
+        let len = try zeroedOutput(length, "length")
         guard count >= 0 else { throw .invalidArgument("count (\(count)) must be >= 0") }
-        guard flags & ~1 == 0 else { throw .invalidArgument("flags (\(flags)) has bits other than PST_DETOKENIZE_*") }
+        try checkFlags(flags, PST_DETOKENIZE_SKIP_SPECIAL, "PST_DETOKENIZE_*")
         let tok = try h.requireTokenizer()
         var list: [Int32] = []
         if count > 0 {

@@ -15,6 +15,13 @@ final class TrainerHandle {
     init(llm: LLMHandle, trainer: Trainer) { self.llm = llm; self.trainer = trainer }
 }
 
+/// cEntry for a function of a trainer handle: `body` runs with the handle, once `trainer` is checked.
+@inline(__always)
+func trainerEntry(_ function: StaticString, _ trainer: UnsafeMutablePointer<pst_trainer>?,
+                  _ body: (TrainerHandle) throws(PSTError) -> Void) -> Int32 {
+    cEntry(function) { () throws(PSTError) in try body(object(try required(trainer, "trainer"), as: TrainerHandle.self)) }
+}
+
 /// Fills *p with QLoRA's defaults (see pst_trainer_params).
 /// Errors: PST_ERR_INVALID_ARG (p NULL).
 @c(pstimpl_trainer_params_init)
@@ -82,8 +89,7 @@ public func pst_trainer_create(_ llm: UnsafeMutablePointer<pst_llm>?, _ data_pat
                                _ data_count: Int32, _ params: UnsafePointer<pst_trainer_params>?,
                                _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_trainer>?>?) -> Int32 {
     cEntry("pst_trainer_create") { () throws(PSTError) in
-        let o = try required(out, "out")
-        o.pointee = nil
+        let o = try nulledOutput(out, "out")
         let h = try llmObject(llm)
         guard data_count >= 1 && data_count <= 1 << 20 else {
             throw .invalidArgument("data_count (\(data_count)) must be in 1...\(1 << 20)")
@@ -94,13 +100,7 @@ public func pst_trainer_create(_ llm: UnsafeMutablePointer<pst_llm>?, _ data_pat
             guard let s = dp[i] else { throw .invalidArgument("data_paths[\(i)] is NULL") }
             paths.append(try cString(s, "data_paths[i]"))
         }
-        var tp = pst_trainer_params()
-        _ = pst_trainer_params_init(&tp)
-        if let params {
-            try checkStructSize(params.pointee.struct_size, MemoryLayout<pst_trainer_params>.size,
-                                "pst_trainer_params", "pst_trainer_params_init")
-            tp = params.pointee
-        }
+        let tp = try readParams(params, pst_trainer_params_init, pst_trainer_params(), "pst_trainer_params")
         let cfg = try trainerConfig(tp, model: h.model)
         guard tp.data_format == PST_DATA_TEXT || tp.data_format == PST_DATA_JSONL else {
             throw .invalidArgument("params->data_format (\(tp.data_format)) is not PST_DATA_TEXT or PST_DATA_JSONL")
@@ -153,11 +153,8 @@ func fillProgress(_ p: TrainerProgress, _ t: TrainerHandle) -> pst_train_progres
 /// (the loss diverged; no update is made), PST_ERR_IO (checkpoint), PST_ERR_OUT_OF_MEMORY.
 @c(pstimpl_trainer_step)
 public func pst_trainer_step(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ progress: UnsafeMutablePointer<pst_train_progress>?) -> Int32 {
-    cEntry("pst_trainer_step") { () throws(PSTError) in
-        let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
-        if let progress {
-            try checkStructSize(progress.pointee.struct_size, MemoryLayout<pst_train_progress>.size, "pst_train_progress", "sizeof")
-        }
+    trainerEntry("pst_trainer_step", trainer) { (t) throws(PSTError) in
+        if let progress { _ = try structOutput(progress, "pst_train_progress") }
         let p = try t.llm.exclusive { () throws(PSTError) -> TrainerProgress in
             t.llm.model.training = true
             return try t.trainer.step()
@@ -173,8 +170,7 @@ public func pst_trainer_step(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ pr
 @c(pstimpl_trainer_train)
 public func pst_trainer_train(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ callback: pst_progress_callback?,
                               _ user: UnsafeMutableRawPointer?) -> Int32 {
-    cEntry("pst_trainer_train") { () throws(PSTError) in
-        let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
+    trainerEntry("pst_trainer_train", trainer) { (t) throws(PSTError) in
         try t.llm.exclusive { () throws(PSTError) in
             t.llm.model.training = true
             defer { t.llm.model.training = false }
@@ -191,8 +187,7 @@ public func pst_trainer_train(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ c
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
 @c(pstimpl_trainer_save_adapter)
 public func pst_trainer_save_adapter(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ directory: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_trainer_save_adapter") { () throws(PSTError) in
-        let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
+    trainerEntry("pst_trainer_save_adapter", trainer) { (t) throws(PSTError) in
         let dir = try cString(directory, "directory")
         try t.llm.exclusive { () throws(PSTError) in try t.trainer.saveAdapter(to: dir) }
     }
@@ -203,8 +198,7 @@ public func pst_trainer_save_adapter(_ trainer: UnsafeMutablePointer<pst_trainer
 /// Errors: PST_ERR_INVALID_ARG, PST_ERR_IO, PST_ERR_MISUSE.
 @c(pstimpl_trainer_save_checkpoint)
 public func pst_trainer_save_checkpoint(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ directory: UnsafePointer<CChar>?) -> Int32 {
-    cEntry("pst_trainer_save_checkpoint") { () throws(PSTError) in
-        let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
+    trainerEntry("pst_trainer_save_checkpoint", trainer) { (t) throws(PSTError) in
         let dir = try cString(directory, "directory")
         try t.llm.exclusive { () throws(PSTError) in try t.trainer.saveCheckpoint(to: dir) }
     }
@@ -214,10 +208,8 @@ public func pst_trainer_save_checkpoint(_ trainer: UnsafeMutablePointer<pst_trai
 /// Errors: PST_ERR_INVALID_ARG.
 @c(pstimpl_trainer_get_info)
 public func pst_trainer_get_info(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ info: UnsafeMutablePointer<pst_trainer_info>?) -> Int32 {
-    cEntry("pst_trainer_get_info") { () throws(PSTError) in
-        let t = object(try required(trainer, "trainer"), as: TrainerHandle.self)
-        let i = try required(info, "info")
-        try checkStructSize(i.pointee.struct_size, MemoryLayout<pst_trainer_info>.size, "pst_trainer_info", "sizeof")
+    trainerEntry("pst_trainer_get_info", trainer) { (t) throws(PSTError) in
+        let i = try structOutput(try required(info, "info"), "pst_trainer_info")
         let d = t.trainer.dataset
         let params = t.trainer.model.trainableParameters(adapter: t.trainer.config.adapterName).reduce(0) { $0 + $1.parameter.count }
         i.pointee = pst_trainer_info(struct_size: MemoryLayout<pst_trainer_info>.size, rows: Int64(d.count),
@@ -235,8 +227,7 @@ public func pst_trainer_get_info(_ trainer: UnsafeMutablePointer<pst_trainer>?, 
 public func pst_trainer_latest_checkpoint(_ directory: UnsafePointer<CChar>?, _ path: UnsafeMutablePointer<CChar>?,
                                           _ capacity: Int, _ length: UnsafeMutablePointer<Int64>?) -> Int32 {
     cEntry("pst_trainer_latest_checkpoint") { () throws(PSTError) in
-        let len = try required(length, "length")
-        len.pointee = 0
+        let len = try zeroedOutput(length, "length")
         let dir = try cString(directory, "directory")
         guard let found = Trainer.latestCheckpoint(in: dir) else { throw .notFound("directory \"\(dir)\" holds no complete checkpoint-<N>") }
         try copyOutString(found, "path", path, capacity, len)

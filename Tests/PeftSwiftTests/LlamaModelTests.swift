@@ -332,7 +332,7 @@ struct LlamaComparison {
         let a0 = m.layers[0].qProj.adapter(named: "a")!.a.array, a1 = m.layers[1].qProj.adapter(named: "a")!.a.array
         #expect(a0 != a1)
         let opt = try AdamW()
-        #expect(try m.register(with: opt, adapter: "a") == 42)
+        #expect(try Trainer.register(m.trainableParameters(adapter: "a"), with: opt) == 42)
         try m.deleteAdapter("attn")
         #expect(m.trainableParameters().count == 42)
     }

@@ -261,7 +261,7 @@ import Testing
 
     // MARK: - SmolLM2 (skipped when the GGUF is absent)
 
-    @Test func smolLM2Hyperparameters() throws {
+    @Test func smolLM2Config() throws {
         guard let g = smollm2File else { return }
         let hp = try ModelConfig(gguf: g)
         #expect(hp == .smolLM2_135M)

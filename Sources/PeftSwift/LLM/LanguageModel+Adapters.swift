@@ -112,16 +112,6 @@ extension LanguageModel {
         return out
     }
 
-    /// Registers every trainable tensor of `adapter` (or all) with an optimizer; returns the count.
-    @discardableResult
-    public func register(with optimizer: AdamW, adapter: String? = nil) throws(PSTError) -> Int {
-        let ps = trainableParameters(adapter: adapter)
-        for p in ps {
-            try optimizer.register(parameter: p.parameter.baseAddress, gradient: p.gradient.baseAddress, count: p.parameter.count)
-        }
-        return ps.count
-    }
-
     /// Zeroes every adapter's gradients.
     public func zeroGrad() {
         for l in layers { for p in l.linears { p.zeroGrad() } }

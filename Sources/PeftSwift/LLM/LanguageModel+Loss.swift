@@ -83,7 +83,7 @@ extension LanguageModel {
         // dn already holds d loss / d RMSNorm(h_L) (the LM head's backward ran in `loss`)
         let dn = ws.dn.baseAddress
         DecoderKernels.rmsNormBackward(dn, layerInputs[config.layers].baseAddress, finalNorm.baseAddress,
-                                     rstd: rstdFinal!.baseAddress, ws.dres.baseAddress, rows: m, n: H, accumulate: false)
+                                       rstd: rstdFinal!.baseAddress, ws.dres.baseAddress, rows: m, n: H, accumulate: false)
         for l in layers.reversed() {
             let x = layerInputs[l.index].baseAddress
             let acts: LayerActivations

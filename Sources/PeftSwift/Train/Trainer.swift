@@ -58,7 +58,7 @@ public final class Trainer {
             optimizer = try AdamW(AdamWHyperparameters(learningRate: config.learningRate, weightDecay: config.weightDecay),
                                   stateFormat: config.optimizer8bit ? .blockwise8bit() : .float32,
                                   storage: pager.map { .paged($0) } ?? .memory)
-            try model.register(with: optimizer, adapter: config.adapterName)
+            try Trainer.register(model.trainableParameters(adapter: config.adapterName), with: optimizer)
         } catch {
             try? model.deleteAdapter(config.adapterName)
             throw error
@@ -70,6 +70,16 @@ public final class Trainer {
 
     /// The learning rate of the next step.
     public var nextLearningRate: Double { config.learningRate * config.lrSchedule.multiplier(step: completedSteps) }
+
+    /// Registers trainable tensors (a model's `trainableParameters`) with an optimizer; returns
+    /// the count.
+    @discardableResult
+    public static func register(_ tensors: [TrainableTensor], with optimizer: AdamW) throws(PSTError) -> Int {
+        for p in tensors {
+            try optimizer.register(parameter: p.parameter.baseAddress, gradient: p.gradient.baseAddress, count: p.parameter.count)
+        }
+        return tensors.count
+    }
 
     /// Runs one optimizer step (gradient accumulation micro-batches, clipping, AdamW), then
     /// writes a checkpoint when due. Throws `PST_ERR_MISUSE` once `config.steps` are done.

@@ -89,7 +89,7 @@ func readParams<P>(_ params: UnsafePointer<P>?, _ initialize: (UnsafeMutablePoin
 }
 
 /// A struct the library fills (`what`), its struct_size checked (it must be sizeof(what)).
-func structOutput<S>(_ p: UnsafeMutablePointer<S>, _ what: StaticString) throws(PSTError) -> UnsafeMutablePointer<S> {
+func checkedOutput<S>(_ p: UnsafeMutablePointer<S>, _ what: StaticString) throws(PSTError) -> UnsafeMutablePointer<S> {
     try checkStructSize(UnsafeRawPointer(p).load(as: Int.self), MemoryLayout<S>.size, what, "sizeof")
     return p
 }
@@ -196,7 +196,7 @@ public func pst_llm_free(_ llm: UnsafeMutablePointer<pst_llm>?) {
 @c(pstimpl_llm_get_info)
 public func pst_llm_get_info(_ llm: UnsafeMutablePointer<pst_llm>?, _ info: UnsafeMutablePointer<pst_llm_info>?) -> Int32 {
     llmEntry("pst_llm_get_info", llm) { (h) throws(PSTError) in
-        let i = try structOutput(try required(info, "info"), "pst_llm_info")
+        let i = try checkedOutput(try required(info, "info"), "pst_llm_info")
         let c = h.model.config
         i.pointee = pst_llm_info(
             struct_size: MemoryLayout<pst_llm_info>.size, layers: Int32(c.layers), hidden: Int32(c.hidden),

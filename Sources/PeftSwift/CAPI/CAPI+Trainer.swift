@@ -154,7 +154,7 @@ func fillProgress(_ p: TrainerProgress, _ t: TrainerHandle) -> pst_train_progres
 @c(pstimpl_trainer_step)
 public func pst_trainer_step(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ progress: UnsafeMutablePointer<pst_train_progress>?) -> Int32 {
     trainerEntry("pst_trainer_step", trainer) { (t) throws(PSTError) in
-        if let progress { _ = try structOutput(progress, "pst_train_progress") }
+        if let progress { _ = try checkedOutput(progress, "pst_train_progress") }
         let p = try t.llm.exclusive { () throws(PSTError) -> TrainerProgress in
             t.llm.model.training = true
             return try t.trainer.step()
@@ -209,7 +209,7 @@ public func pst_trainer_save_checkpoint(_ trainer: UnsafeMutablePointer<pst_trai
 @c(pstimpl_trainer_get_info)
 public func pst_trainer_get_info(_ trainer: UnsafeMutablePointer<pst_trainer>?, _ info: UnsafeMutablePointer<pst_trainer_info>?) -> Int32 {
     trainerEntry("pst_trainer_get_info", trainer) { (t) throws(PSTError) in
-        let i = try structOutput(try required(info, "info"), "pst_trainer_info")
+        let i = try checkedOutput(try required(info, "info"), "pst_trainer_info")
         let d = t.trainer.dataset
         let params = t.trainer.model.trainableParameters(adapter: t.trainer.config.adapterName).reduce(0) { $0 + $1.parameter.count }
         i.pointee = pst_trainer_info(struct_size: MemoryLayout<pst_trainer_info>.size, rows: Int64(d.count),

@@ -9,9 +9,9 @@ import Glibc
 // in CAPI+LLMGenerate.swift, fine-tuning (pst_trainer) in CAPI+Trainer.swift. Each function
 // checks its arguments, calls the Swift engine and maps its errors, nothing more.
 //
-// The helpers below (llmEntry, checkStructSize, readParams, zeroedOutput, optionalCString,
-// longCString, copyOutString) serve every LLM file of the C layer, until CAPI+Support.swift has
-// the shared versions.
+// The helpers below (llmEntry, checkStructSize, readParams, checkedOutput, nulledOutput,
+// zeroedOutput, optionalCString, longCString, copyOutString) serve every LLM file of the C layer
+// until CAPI+Support.swift has the shared versions.
 
 /// A model handle: the model, its tokenizer (nil for a checkpoint directory without one) and a
 /// busy flag so that a handle used from two threads at once, or re-entered from a callback,

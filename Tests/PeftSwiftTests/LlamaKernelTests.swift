@@ -145,77 +145,54 @@ import Testing
     func attention(shape: (Int, Int, Int, Int), seqLen: Int) {
         let (batch, heads, kvHeads, d) = shape
         if seqLen > 70 && heads > 2 { return }   // keep the double reference quick
-        let s = AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d)
-        let m = batch * seqLen
-        let q = Self.randoms(m * s.qWidth, seed: 10, scale: 2), k = Self.randoms(m * s.kvWidth, seed: 11, scale: 2)
-        let v = Self.randoms(m * s.kvWidth, seed: 12), dout = Self.randoms(m * s.qWidth, seed: 13)
-        let scale = 1 / Double(d).squareRoot()
-        let oRef = DecoderReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
-        let (dqRef, dkRef, dvRef) = DecoderReference.attentionBackward(dout: dout, q: q, k: k, v: v, batch: batch, seqLen: seqLen,
-                                                                     heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
-        if seqLen <= 5 {
-            func att(_ q: [Double], _ k: [Double], _ v: [Double]) -> [Double] {
-                DecoderReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
-            }
-            Self.close(dqRef, Self.fd(q, dout) { att($0, k, v) }, 1e-6, "attention dq vs fd")
-            Self.close(dkRef, Self.fd(k, dout) { att(q, $0, v) }, 1e-6, "attention dk vs fd")
-            Self.close(dvRef, Self.fd(v, dout) { att(q, k, $0) }, 1e-6, "attention dv vs fd")
-        }
-        let qf = Self.f(q), kf = Self.f(k), vf = Self.f(v), df = Self.f(dout)
-        var out = [Float](repeating: .nan, count: m * s.qWidth)
-        var probs = [Float](repeating: .nan, count: s.probsCount)
-        probs.withUnsafeMutableBufferPointer { pp in
-            CausalAttention.forward(s, q: qf, k: kf, v: vf, out: &out, scores: .keep(pp.baseAddress!))
-        }
-        #expect(Self.maxRel(out, oRef) < 2e-6)
-        var dq = [Float](repeating: .nan, count: qf.count), dk = [Float](repeating: .nan, count: kf.count), dv = dk
-        let threads = 2
-        var scratch = [Float](repeating: 0, count: threads * s.scratchPerThread)
-        CausalAttention.backward(s, dout: df, q: qf, k: kf, v: vf, probs: probs, dq: &dq, dk: &dk, dv: &dv,
-                                scratch: &scratch, threads: threads)
-        #expect(Self.maxRel(dq, dqRef) < 1e-5)
-        #expect(Self.maxRel(dk, dkRef) < 1e-5)
-        #expect(Self.maxRel(dv, dvRef) < 1e-5)
+        Self.checkAttention(AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d), seed: 10)
     }
 
     /// Sliding-window attention (a family with `attentionWindow`): forward and backward against
     /// the reference, whose backward is checked by finite differences.
-    @Test(arguments: [(1, 4, 2, 8, 3), (2, 2, 1, 4, 70)])
-    func slidingWindowAttention(shape: (Int, Int, Int, Int, Int)) {
-        let (batch, heads, kvHeads, d, window) = shape
-        let seqLen = window < 10 ? 9 : 130
-        let s = AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, window: window)
+    @Test(arguments: [(1, 4, 2, 8, 3, 9), (2, 2, 1, 4, 70, 130)])
+    func slidingWindowAttention(shape: (Int, Int, Int, Int, Int, Int)) {
+        let (batch, heads, kvHeads, d, window, seqLen) = shape
+        Self.checkAttention(AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, window: window),
+                            seed: 20)
+    }
+
+    /// `CausalAttention.forward` (probabilities kept) and `backward` against the double reference
+    /// for shape `s`; for short sequences, the reference backward against finite differences.
+    static func checkAttention(_ s: AttentionShape, seed: UInt64) {
+        let (batch, seqLen, heads, kvHeads, d) = (s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
         let m = batch * seqLen
-        let q = Self.randoms(m * s.qWidth, seed: 20, scale: 2), k = Self.randoms(m * s.kvWidth, seed: 21, scale: 2)
-        let v = Self.randoms(m * s.kvWidth, seed: 22), dout = Self.randoms(m * s.qWidth, seed: 23)
+        let q = randoms(m * s.qWidth, seed: seed, scale: 2), k = randoms(m * s.kvWidth, seed: seed + 1, scale: 2)
+        let v = randoms(m * s.kvWidth, seed: seed + 2), dout = randoms(m * s.qWidth, seed: seed + 3)
         let scale = 1 / Double(d).squareRoot()
         func att(_ q: [Double], _ k: [Double], _ v: [Double]) -> [Double] {
-            DecoderReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads,
-                                       headDim: d, scale: scale, window: window)
+            DecoderReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d,
+                                       scale: scale, window: s.window)
         }
         let oRef = att(q, k, v)
         let (dqRef, dkRef, dvRef) = DecoderReference.attentionBackward(dout: dout, q: q, k: k, v: v, batch: batch, seqLen: seqLen,
                                                                        heads: heads, kvHeads: kvHeads, headDim: d, scale: scale,
-                                                                       window: window)
+                                                                       window: s.window)
         if seqLen < 10 {
-            Self.close(dqRef, Self.fd(q, dout) { att($0, k, v) }, 1e-6, "windowed attention dq vs fd")
-            Self.close(dkRef, Self.fd(k, dout) { att(q, $0, v) }, 1e-6, "windowed attention dk vs fd")
-            Self.close(dvRef, Self.fd(v, dout) { att(q, k, $0) }, 1e-6, "windowed attention dv vs fd")
+            close(dqRef, fd(q, dout) { att($0, k, v) }, 1e-6, "attention dq vs fd")
+            close(dkRef, fd(k, dout) { att(q, $0, v) }, 1e-6, "attention dk vs fd")
+            close(dvRef, fd(v, dout) { att(q, k, $0) }, 1e-6, "attention dv vs fd")
         }
-        let qf = Self.f(q), kf = Self.f(k), vf = Self.f(v), df = Self.f(dout)
+        let qf = f(q), kf = f(k), vf = f(v), df = f(dout)
         var out = [Float](repeating: .nan, count: m * s.qWidth)
         var probs = [Float](repeating: .nan, count: s.probsCount)
         probs.withUnsafeMutableBufferPointer { pp in
             CausalAttention.forward(s, q: qf, k: kf, v: vf, out: &out, scores: .keep(pp.baseAddress!))
         }
-        #expect(Self.maxRel(out, oRef) < 2e-6)
+        #expect(maxRel(out, oRef) < 2e-6)
         var dq = [Float](repeating: .nan, count: qf.count), dk = [Float](repeating: .nan, count: kf.count), dv = dk
-        var scratch = [Float](repeating: 0, count: 2 * s.scratchPerThread)
+        let threads = 2
+        var scratch = [Float](repeating: 0, count: threads * s.scratchPerThread)
         CausalAttention.backward(s, dout: df, q: qf, k: kf, v: vf, probs: probs, dq: &dq, dk: &dk, dv: &dv,
-                                 scratch: &scratch, threads: 2)
-        #expect(Self.maxRel(dq, dqRef) < 1e-5)
-        #expect(Self.maxRel(dk, dkRef) < 1e-5)
-        #expect(Self.maxRel(dv, dvRef) < 1e-5)
+                                 scratch: &scratch, threads: threads)
+        #expect(maxRel(dq, dqRef) < 1e-5)
+        #expect(maxRel(dk, dkRef) < 1e-5)
+        #expect(maxRel(dv, dvRef) < 1e-5)
     }
 
     /// Attention over a KV cache (past positions, discarded scores, rows past the cache's filled

@@ -1110,43 +1110,13 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_get_info(pst_llm *llm,
     pst_llm_info *info) PST_NOEXCEPT;
 
 /**
- * Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
- * Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
- * may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
- * set, so a caller can size the buffer with a first call.
- * Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
- */
-PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_tokenize(pst_llm *llm, const char *text,
-    ptrdiff_t text_len, int32_t flags, int32_t *ids, ptrdiff_t capacity,
-    int64_t *count) PST_NOEXCEPT;
-
-/**
- * The ids of a one-turn chat prompt in the ChatML format (SmolLM2's template):
- * [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
- * system may be NULL. Sizing as pst_llm_tokenize.
- * Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
- */
-PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_chat_prompt(pst_llm *llm, const char *user,
-    const char *system, int32_t *ids, ptrdiff_t capacity, int64_t *count) PST_NOEXCEPT;
-
-/**
- * The text of count ids (flags: PST_DETOKENIZE_*), NUL-terminated into text (capacity bytes,
- * including the NUL). *length receives the byte length without the NUL; when capacity is too
- * small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
- * are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
- * Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
- */
-PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_detokenize(pst_llm *llm, const int32_t *ids,
-    ptrdiff_t count, int32_t flags, char *text, ptrdiff_t capacity, int64_t *length) PST_NOEXCEPT;
-
-/**
  * Logits of every position: logits (batch * seq_len * vocab floats, row-major [b][t][v]) for
  * ids (batch * seq_len token ids). Runs with dropout off (evaluation), with the active adapters.
  * Errors: PST_ERR_INVALID_ARG (NULL, ids out of range, capacity, seq_len beyond the context),
  * PST_ERR_MISUSE (handle busy), PST_ERR_OUT_OF_MEMORY.
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_logits(pst_llm *llm, const int32_t *ids,
-    int64_t batch, int64_t seq_len, float *logits, ptrdiff_t capacity) PST_NOEXCEPT;
+    int64_t batch, int64_t seq_len, float *logits, int64_t capacity) PST_NOEXCEPT;
 
 /**
  * The causal-LM loss of ids (batch * seq_len) against labels (the same size; NULL: labels =
@@ -1265,8 +1235,37 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_generate_params_init(pst_generate_
  * context, bad params), PST_ERR_MISUSE (handle busy, a merged adapter with disable_adapters).
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_generate(pst_llm *llm, const int32_t *prompt,
-    ptrdiff_t prompt_count, const pst_generate_params *params, pst_token_callback callback,
-    void *user, int32_t *out, ptrdiff_t capacity, int64_t *count) PST_NOEXCEPT;
+    int64_t prompt_count, const pst_generate_params *params, pst_token_callback callback,
+    void *user, int32_t *out, int64_t capacity, int64_t *count) PST_NOEXCEPT;
+
+/**
+ * Token ids of text_len bytes of UTF-8 text (flags: PST_TOKENIZE_*), exactly as the model's
+ * Hugging Face tokenizer. *count receives the number of ids; when capacity is too small (ids
+ * may then be NULL) nothing is written to ids and PST_ERR_INVALID_ARG is returned with *count
+ * set, so a caller can size the buffer with a first call.
+ * Errors: PST_ERR_INVALID_ARG (NULL, invalid UTF-8, capacity), PST_ERR_UNSUPPORTED (no tokenizer).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_tokenize(pst_llm *llm, const char *text,
+    int64_t text_len, int32_t flags, int32_t *ids, int64_t capacity, int64_t *count) PST_NOEXCEPT;
+
+/**
+ * The ids of a one-turn chat prompt in the ChatML format (SmolLM2's template):
+ * [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
+ * system may be NULL. Sizing as pst_llm_tokenize.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_UNSUPPORTED (no tokenizer, or no ChatML tokens).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_chat_prompt(pst_llm *llm, const char *user,
+    const char *system, int32_t *ids, int64_t capacity, int64_t *count) PST_NOEXCEPT;
+
+/**
+ * The text of count ids (flags: PST_DETOKENIZE_*), NUL-terminated into text (capacity bytes,
+ * including the NUL). *length receives the byte length without the NUL; when capacity is too
+ * small (text may then be NULL) PST_ERR_INVALID_ARG is returned with *length set. Bytes that
+ * are not valid UTF-8 (a sequence cut between ids) become U+FFFD.
+ * Errors: PST_ERR_INVALID_ARG (NULL, an id out of range, capacity), PST_ERR_UNSUPPORTED.
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_detokenize(pst_llm *llm, const int32_t *ids,
+    int64_t count, int32_t flags, char *text, int64_t capacity, int64_t *length) PST_NOEXCEPT;
 
 
 /* ================================================================================================
@@ -1421,7 +1420,7 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_trainer_get_info(pst_trainer *trai
  * Errors: PST_ERR_INVALID_ARG, PST_ERR_NOT_FOUND.
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_trainer_latest_checkpoint(const char *directory,
-    char *path, ptrdiff_t capacity, int64_t *length) PST_NOEXCEPT;
+    char *path, int64_t capacity, int64_t *length) PST_NOEXCEPT;
 
 #if defined(__cplusplus)
 } /* extern "C" */

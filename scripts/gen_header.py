@@ -22,8 +22,6 @@ What the generator decides, by rules that fail loudly rather than guess:
     name back. A Swift parameter name ending in `_` is an error.
   - Integer types. Counts, lengths, capacities and indices are int64_t (Swift Int64); a Swift
     `Int` parameter (ptrdiff_t in C) is an error (header_overview.txt states the rule).
-  The last two rules are warnings, not errors, for functions in CAPI+LLM*.swift and
-  CAPI+Trainer*.swift (LEGACY_FILES) until those files are brought in line.
   - Style: `const char *name` (const first, the star with the name), declarations wrapped at
     100 columns.
 
@@ -55,7 +53,6 @@ INT32_VALUES = {"pst_abi_version", "pst_get_num_threads"}
 
 # Source files whose parameter names and integer types are checked with warnings only, until the
 # LLM layer's C API is split and brought in line (then remove this).
-LEGACY_FILES = re.compile(r"Sources/PeftSwift/CAPI/CAPI\+(LLM|Trainer)[^/]*\.swift$")
 
 
 def fail(msg):
@@ -252,13 +249,10 @@ def main():
                                 "and indices are int64_t (Swift Int64)")
             named.append((ctype, sname))
         if problems:
-            (legacy if LEGACY_FILES.search(f["src"]) else errors).extend(f"{name} ({f['src']}): {p}" for p in problems)
+            errors.extend(f"{name} ({f['src']}): {p}" for p in problems)
         final[name] = (ret, named)
     if errors:
         fail("the C API breaks the header's rules:\n  " + "\n  ".join(errors))
-    if legacy:
-        print("gen_header: warning: functions in CAPI+LLM*/CAPI+Trainer* files that break the header's rules "
-              "(errors once those files are brought in line):\n  " + "\n  ".join(legacy), file=sys.stderr)
 
     preamble, blocks = type_blocks()
     overview = (ROOT / "scripts/header_overview.txt").read_text().rstrip("\n")

@@ -709,35 +709,8 @@ PST_ENTRY pst_status pst_llm_get_info(pst_llm *llm, pst_llm_info *info) {
     return pstimpl_llm_get_info(llm, info);
 }
 
-extern pst_status pstimpl_llm_tokenize(pst_llm *llm, const char *text, ptrdiff_t text_len, int32_t flags, int32_t *ids, ptrdiff_t capacity, int64_t *count);
-PST_ENTRY pst_status pst_llm_tokenize(pst_llm *llm, const char *text, ptrdiff_t text_len, int32_t flags, int32_t *ids, ptrdiff_t capacity, int64_t *count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_tokenize");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_tokenize(llm, text, text_len, flags, ids, capacity, count);
-}
-
-extern pst_status pstimpl_llm_chat_prompt(pst_llm *llm, const char *user, const char *system, int32_t *ids, ptrdiff_t capacity, int64_t *count);
-PST_ENTRY pst_status pst_llm_chat_prompt(pst_llm *llm, const char *user, const char *system, int32_t *ids, ptrdiff_t capacity, int64_t *count) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_chat_prompt");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_chat_prompt(llm, user, system, ids, capacity, count);
-}
-
-extern pst_status pstimpl_llm_detokenize(pst_llm *llm, const int32_t *ids, ptrdiff_t count, int32_t flags, char *text, ptrdiff_t capacity, int64_t *length);
-PST_ENTRY pst_status pst_llm_detokenize(pst_llm *llm, const int32_t *ids, ptrdiff_t count, int32_t flags, char *text, ptrdiff_t capacity, int64_t *length) {
-    if (!PST_CPU_OK()) {
-        pstshim_set_cpu_error("pst_llm_detokenize");
-        return PST_ERR_UNSUPPORTED_CPU;
-    }
-    return pstimpl_llm_detokenize(llm, ids, count, flags, text, capacity, length);
-}
-
-extern pst_status pstimpl_llm_logits(pst_llm *llm, const int32_t *ids, int64_t batch, int64_t seq_len, float *logits, ptrdiff_t capacity);
-PST_ENTRY pst_status pst_llm_logits(pst_llm *llm, const int32_t *ids, int64_t batch, int64_t seq_len, float *logits, ptrdiff_t capacity) {
+extern pst_status pstimpl_llm_logits(pst_llm *llm, const int32_t *ids, int64_t batch, int64_t seq_len, float *logits, int64_t capacity);
+PST_ENTRY pst_status pst_llm_logits(pst_llm *llm, const int32_t *ids, int64_t batch, int64_t seq_len, float *logits, int64_t capacity) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_llm_logits");
         return PST_ERR_UNSUPPORTED_CPU;
@@ -862,13 +835,40 @@ PST_ENTRY pst_status pst_generate_params_init(pst_generate_params *p) {
     return pstimpl_generate_params_init(p);
 }
 
-extern pst_status pstimpl_llm_generate(pst_llm *llm, const int32_t *prompt, ptrdiff_t prompt_count, const pst_generate_params *params, pst_token_callback callback, void *user, int32_t *out, ptrdiff_t capacity, int64_t *count);
-PST_ENTRY pst_status pst_llm_generate(pst_llm *llm, const int32_t *prompt, ptrdiff_t prompt_count, const pst_generate_params *params, pst_token_callback callback, void *user, int32_t *out, ptrdiff_t capacity, int64_t *count) {
+extern pst_status pstimpl_llm_generate(pst_llm *llm, const int32_t *prompt, int64_t prompt_count, const pst_generate_params *params, pst_token_callback callback, void *user, int32_t *out, int64_t capacity, int64_t *count);
+PST_ENTRY pst_status pst_llm_generate(pst_llm *llm, const int32_t *prompt, int64_t prompt_count, const pst_generate_params *params, pst_token_callback callback, void *user, int32_t *out, int64_t capacity, int64_t *count) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_llm_generate");
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_llm_generate(llm, prompt, prompt_count, params, callback, user, out, capacity, count);
+}
+
+extern pst_status pstimpl_llm_tokenize(pst_llm *llm, const char *text, int64_t text_len, int32_t flags, int32_t *ids, int64_t capacity, int64_t *count);
+PST_ENTRY pst_status pst_llm_tokenize(pst_llm *llm, const char *text, int64_t text_len, int32_t flags, int32_t *ids, int64_t capacity, int64_t *count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_tokenize");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_tokenize(llm, text, text_len, flags, ids, capacity, count);
+}
+
+extern pst_status pstimpl_llm_chat_prompt(pst_llm *llm, const char *user, const char *system, int32_t *ids, int64_t capacity, int64_t *count);
+PST_ENTRY pst_status pst_llm_chat_prompt(pst_llm *llm, const char *user, const char *system, int32_t *ids, int64_t capacity, int64_t *count) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_chat_prompt");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_chat_prompt(llm, user, system, ids, capacity, count);
+}
+
+extern pst_status pstimpl_llm_detokenize(pst_llm *llm, const int32_t *ids, int64_t count, int32_t flags, char *text, int64_t capacity, int64_t *length);
+PST_ENTRY pst_status pst_llm_detokenize(pst_llm *llm, const int32_t *ids, int64_t count, int32_t flags, char *text, int64_t capacity, int64_t *length) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_detokenize");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_detokenize(llm, ids, count, flags, text, capacity, length);
 }
 
 extern pst_status pstimpl_trainer_params_init(pst_trainer_params *p);
@@ -943,8 +943,8 @@ PST_ENTRY pst_status pst_trainer_get_info(pst_trainer *trainer, pst_trainer_info
     return pstimpl_trainer_get_info(trainer, info);
 }
 
-extern pst_status pstimpl_trainer_latest_checkpoint(const char *directory, char *path, ptrdiff_t capacity, int64_t *length);
-PST_ENTRY pst_status pst_trainer_latest_checkpoint(const char *directory, char *path, ptrdiff_t capacity, int64_t *length) {
+extern pst_status pstimpl_trainer_latest_checkpoint(const char *directory, char *path, int64_t capacity, int64_t *length);
+PST_ENTRY pst_status pst_trainer_latest_checkpoint(const char *directory, char *path, int64_t capacity, int64_t *length) {
     if (!PST_CPU_OK()) {
         pstshim_set_cpu_error("pst_trainer_latest_checkpoint");
         return PST_ERR_UNSUPPORTED_CPU;

@@ -220,7 +220,7 @@ struct MiniGGUF {
                     _ = try g.dequantize(t)
                     _ = try g.dequantize(t, reference: true)
                 }
-                _ = try? LlamaConfig(gguf: g)
+                _ = try? ModelConfig(gguf: g)
                 _ = try? BPETokenizer(gguf: g)
             } catch {
                 failed += 1

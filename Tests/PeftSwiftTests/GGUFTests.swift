@@ -321,17 +321,17 @@ struct GGUFSmolLM2Tests {
     }
 
     /// transformers' loaded weights (its GGUF loader dequantizes and reverse-permutes q/k) equal
-    /// `dequantizeHF` bit for bit.
+    /// `GGUFWeights.dequantizeHF` bit for bit.
     @Test func hfLayoutMatchesTransformers() throws {
         let g = try #require(smollm2File)
-        let cfg = try LlamaConfig(gguf: g)
+        let weights = GGUFWeights(file: g, config: try ModelConfig(gguf: g))
         let fx = try loadLLMFixture("smollm2_dequant.safetensors")
         let names = Set(fx.tensors.keys.filter { $0.hasPrefix("hf.") && $0.hasSuffix(".check") }.map { String($0.dropFirst(3).dropLast(6)) })
         #expect(names.count == 8)
         for name in names.sorted() {
             let t = try g.tensor(named: name)
             let out = try AlignedBuffer<Float>(count: t.elementCount)
-            try g.dequantizeHF(t, config: cfg, into: out.baseAddress, count: out.count)
+            try weights.dequantizeHF(t, into: out.baseAddress, count: out.count)
             let (s1, s2) = bitChecks(out.baseAddress, out.count)
             #expect([s1, s2] == fx["hf." + name + ".check"].i64.map { UInt64(bitPattern: $0) }, "\(name) checksum")
             let rows = fx["hf." + name + ".rows"].i64.map(Int.init)
@@ -340,21 +340,22 @@ struct GGUFSmolLM2Tests {
                 #expect(bits(Array(out.buffer[(r * t.columns)..<((r + 1) * t.columns)])) == Array(vals[(k * t.columns)..<((k + 1) * t.columns)]), "\(name) row \(r)")
             }
             // q/k really are permuted in the file: the HF layout differs from the stored order
-            if cfg.permutedHeads(tensorName: name) != nil {
+            if weights.permutedHeads(tensorName: name) != nil {
                 let stored = try g.dequantize(t)
                 #expect(bits(stored.array) != bits(out.array), "\(name) should be permuted")
             }
         }
     }
 
-    @Test func llamaConfig() throws {
+    @Test func modelConfig() throws {
         let g = try #require(smollm2File)
-        let c = try LlamaConfig(gguf: g)
-        #expect(c.blockCount == 30 && c.hiddenSize == 576 && c.intermediateSize == 1536)
-        #expect(c.headCount == 9 && c.headCountKV == 3 && c.headDim == 64 && c.ropeDimensionCount == 64)
-        #expect(c.rmsNormEpsilon == Float(1e-5) && c.ropeTheta == 100_000)
-        #expect(c.contextLength == 8192 && c.vocabSize == 49152 && c.tiedEmbeddings && c.ropeScaling == nil)
-        // the same model from HF config.json values (SmolLM2-135M-Instruct's config.json)
+        let c = try ModelConfig(gguf: g)
+        #expect(c.architecture == .llama && c == .smolLM2_135M)
+        #expect(c.layers == 30 && c.hidden == 576 && c.intermediate == 1536)
+        #expect(c.heads == 9 && c.kvHeads == 3 && c.headDim == 64)
+        #expect(c.rmsEps == Float(1e-5) && c.ropeTheta == 100_000)
+        #expect(c.maxPositions == 8192 && c.vocab == 49152 && c.tiedEmbeddings && c.ropeScaling == nil)
+        // the same model from HF config.json (SmolLM2-135M-Instruct's config.json)
         let hfText = """
         {"architectures": ["LlamaForCausalLM"], "attention_bias": false, "bos_token_id": 1, "eos_token_id": 2,
          "head_dim": 64, "hidden_act": "silu", "hidden_size": 576, "intermediate_size": 1536,
@@ -362,29 +363,42 @@ struct GGUFSmolLM2Tests {
          "num_hidden_layers": 30, "num_key_value_heads": 3, "rms_norm_eps": 1e-05, "rope_scaling": null,
          "rope_theta": 100000, "tie_word_embeddings": true, "vocab_size": 49152}
         """
-        let hf = try LlamaConfig(hfConfig: hfValues(hfText))
+        let hf = try ModelConfig(huggingFaceConfig: hfObject(hfText))
         #expect(hf == c)
-        // transformers 5 style rope_parameters, and a llama3 rope scaling
-        let t5 = try LlamaConfig(hfConfig: hfValues("""
-        {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-         "num_key_value_heads": 3, "rms_norm_eps": 1e-05, "max_position_embeddings": 8192, "vocab_size": 49152,
-         "tie_word_embeddings": true, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
+        // transformers 5 style rope_parameters; integers written as integral floats
+        let t5 = try ModelConfig(huggingFaceConfig: hfObject("""
+        {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30.0,
+         "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-05, "max_position_embeddings": 8192,
+         "vocab_size": 49152, "tie_word_embeddings": true, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
         """))
         #expect(t5 == c)
-        let l3 = try LlamaConfig(hfConfig: hfValues("""
-        {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "rms_norm_eps": 1e-06, "max_position_embeddings": 1024, "vocab_size": 100, "rope_theta": 500000,
-         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}}
+        // linear RoPE scaling is Llama's; llama3 is not taken (yet) from a config file
+        let lin = try ModelConfig(huggingFaceConfig: hfObject("""
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "rms_norm_eps": 1e-06, "max_position_embeddings": 1024, "vocab_size": 100,
+         "rope_theta": 500000, "rope_scaling": {"type": "linear", "factor": 2.0}}
         """))
-        #expect(l3.ropeScaling == RopeScaling(type: "llama3", factor: 8, originalContextLength: 8192))
-        #expect(l3.headCountKV == 4 && l3.headDim == 16 && !l3.tiedEmbeddings)
-        #expect(throws: PSTError.self) { try LlamaConfig(hfConfig: hfValues(#"{"hidden_size": 64}"#)) }
-        #expect(throws: PSTError.self) {
-            try LlamaConfig(hfConfig: hfValues("""
-            {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 5,
+        #expect(lin.ropeScaling == .linear(factor: 2) && lin.kvHeads == 4 && lin.headDim == 16 && !lin.tiedEmbeddings)
+        let l3 = thrownPST {
+            _ = try ModelConfig(huggingFaceConfig: hfObject("""
+            {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "rms_norm_eps": 1e-06, "max_position_embeddings": 1024, "vocab_size": 100,
+             "rope_theta": 500000,
+             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}}
+            """))
+        }
+        #expect(l3?.status == PST_ERR_UNSUPPORTED && l3!.message.contains("'llama3' (supported: linear)"), "\(String(describing: l3))")
+        #expect(thrownPST { _ = try ModelConfig(huggingFaceConfig: hfObject(#"{"model_type": "llama", "hidden_size": 64}"#)) }?.status
+                == PST_ERR_NOT_FOUND)
+        #expect(thrownPST { _ = try ModelConfig(huggingFaceConfig: hfObject(#"{"model_type": "mistral", "hidden_size": 64}"#)) }?.status
+                == PST_ERR_UNSUPPORTED)
+        let odd = thrownPST {
+            _ = try ModelConfig(huggingFaceConfig: hfObject("""
+            {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 5,
              "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "max_position_embeddings": 1024, "vocab_size": 100}
             """))
         }
+        #expect(odd?.status == PST_ERR_CORRUPT && odd!.message.hasPrefix("llama config: "), "\(String(describing: odd))")
     }
 
     @Test func zeroCopyData() throws {
@@ -399,22 +413,9 @@ struct GGUFSmolLM2Tests {
     }
 }
 
-/// Foundation-parsed JSON -> HFConfigValue (the engine has no JSON reader of its own).
-func hfValues(_ text: String) throws -> [String: HFConfigValue] {
-    func conv(_ v: Any) -> HFConfigValue {
-        if v is NSNull { return .null }
-        if let n = v as? NSNumber {
-            if String(cString: n.objCType) == "c" { return .bool(n.boolValue) }
-            if n.doubleValue == n.doubleValue.rounded(), !"\(n)".contains("."), !"\(n)".contains("e") { return .int(n.intValue) }
-            return .double(n.doubleValue)
-        }
-        if let s = v as? String { return .string(s) }
-        if let a = v as? [Any] { return .array(a.map(conv)) }
-        if let o = v as? [String: Any] { return .object(o.mapValues(conv)) }
-        return .null
-    }
-    let o = try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
-    return o.mapValues(conv)
+/// A config.json text as the engine's JSON object.
+func hfObject(_ text: String) throws -> JSONObject {
+    try #require(try JSON.parse(text).objectValue)
 }
 
 // MARK: - Permutation
@@ -427,7 +428,7 @@ func hfValues(_ text: String) throws -> [String: HFConfigValue] {
             var ggufToHF = [Int](repeating: -1, count: heads * hd)
             for h in 0..<heads { for i in 0..<(hd / 2) { for j in 0..<2 { ggufToHF[h * hd + 2 * i + j] = h * hd + j * (hd / 2) + i } } }
             for r in 0..<(heads * hd) {
-                #expect(ggufToHF[LlamaConfig.ggufRow(forHFRow: r, headDim: hd)] == r)
+                #expect(ggufToHF[GGUFWeights.ggufRow(forHFRow: r, headDim: hd)] == r)
             }
         }
     }

@@ -4,11 +4,11 @@ import CPeftSwift
 @testable import PeftSwift
 
 /// A tiny Llama with random weights (deterministic per tensor name).
-func generateTinyModel(options: LlamaLoadOptions = .dense, tied: Bool = true, maxPositions: Int = 128,
-                       adapter: Bool = true) throws -> LlamaModel {
-    let c = LlamaHyperparameters(layers: 2, hidden: 32, intermediate: 48, heads: 4, kvHeads: 2, headDim: 8, vocab: 61,
+func generateTinyModel(options: ModelLoadOptions = .dense, tied: Bool = true, maxPositions: Int = 128,
+                       adapter: Bool = true) throws -> LanguageModel {
+    let c = ModelConfig(layers: 2, hidden: 32, intermediate: 48, heads: 4, kvHeads: 2, headDim: 8, vocab: 61,
                                  rmsEps: 1e-5, ropeTheta: 10000, maxPositions: maxPositions, tiedEmbeddings: tied)
-    let m = try LlamaModel(config: c, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+    let m = try LanguageModel(config: c, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         var g = SplitMix64(seed: h)
@@ -27,7 +27,7 @@ func generateTinyModel(options: LlamaLoadOptions = .dense, tied: Bool = true, ma
 }
 
 /// The last row of the full forward over `ids` (eval mode: no dropout).
-func fullLastLogits(_ m: LlamaModel, _ ids: [Int32]) throws -> [Float] {
+func fullLastLogits(_ m: LanguageModel, _ ids: [Int32]) throws -> [Float] {
     let was = m.training
     m.training = false
     defer { m.training = was }
@@ -50,8 +50,8 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
     /// Prefill + token-by-token decode over the KV cache equals the full forward at every
     /// generated position (dense and NF4 bases, tied and untied heads, prompts shorter and
     /// longer than one attention row block).
-    @Test(arguments: [(LlamaLoadOptions.dense, true, 7), (.dense, false, 70), (.qlora, true, 5), (.qlora, false, 66)])
-    func kvDecodeMatchesFullForward(_ opts: LlamaLoadOptions, _ tied: Bool, _ promptLen: Int) throws {
+    @Test(arguments: [(ModelLoadOptions.dense, true, 7), (.dense, false, 70), (.qlora, true, 5), (.qlora, false, 66)])
+    func kvDecodeMatchesFullForward(_ opts: ModelLoadOptions, _ tied: Bool, _ promptLen: Int) throws {
         let m = try generateTinyModel(options: opts, tied: tied)
         var g = SplitMix64(seed: 5)
         var ids = (0..<promptLen).map { _ in Int32(g.next() % 61) }
@@ -241,11 +241,11 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
 
 // MARK: - SmolLM2-135M-Instruct (GGUF) against transformers
 
-/// The SmolLM2 GGUF as a LlamaModel: config from the GGUF metadata, weights by dequantizeHF
+/// The SmolLM2 GGUF as a LanguageModel: config from the GGUF metadata, weights by dequantizeHF
 /// under the HF → GGUF name map.
-/// SmolLM2 from its GGUF through the engine's own loader (Train/LlamaModel+GGUF.swift).
-func smollm2Model(_ g: GGUFFile, options: LlamaLoadOptions) throws -> LlamaModel {
-    try LlamaModel(gguf: g, options: options)
+/// SmolLM2 from its GGUF through the engine's own loader (Train/LanguageModel+GGUF.swift).
+func smollm2Model(_ g: GGUFFile, options: ModelLoadOptions) throws -> LanguageModel {
+    try LanguageModel(gguf: g, options: options)
 }
 
 struct GreedyFixture: Decodable {
@@ -279,7 +279,7 @@ struct GreedyFixture: Decodable {
     @Test(.enabled(if: smollm2File != nil && ProcessInfo.processInfo.environment["PST_BENCH"] == "1"))
     func decodeSpeed() throws {
         let g = smollm2File!
-        for (label, opts) in [("NF4+DQ", LlamaLoadOptions.qlora), ("fp32", .dense)] {
+        for (label, opts) in [("NF4+DQ", ModelLoadOptions.qlora), ("fp32", .dense)] {
             let m = try smollm2Model(g, options: opts)
             do {   // the tied LM head alone: a GEMV over vocab × H (fp32)
                 let c = m.config

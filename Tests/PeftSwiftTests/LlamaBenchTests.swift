@@ -9,11 +9,11 @@ import Testing
 @Suite struct LlamaBenchTests {
     @Test(.enabled(if: ProcessInfo.processInfo.environment["PST_BENCH"] == "1"))
     func smolLM2Step() throws {
-        let c = LlamaHyperparameters.smolLM2_135M
+        let c = ModelConfig.smolLM2_135M
         var g = SplitMix64(seed: 1)
         let t0 = DispatchTime.now().uptimeNanoseconds
         let quantize = ProcessInfo.processInfo.environment["PST_BENCH_DENSE"] != "1"
-        let m = try LlamaModel(config: c, options: quantize ? .qlora : .dense) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+        let m = try LanguageModel(config: c, options: quantize ? .qlora : .dense) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
             let s = name.hasSuffix("norm.weight") ? 0 : (name.contains("embed") ? 0.05 : (3 / Float(shape.last!)).squareRoot())
             for i in 0..<dst.count { dst[i] = name.hasSuffix("norm.weight") ? 1 : g.uniform(-s, s) }
         }

@@ -2,8 +2,9 @@ import Foundation
 import Testing
 @testable import PeftSwift
 
-/// The Llama kernels: each fast fp32 kernel against its double reference twin, and each
-/// reference backward against central finite differences of the reference forward.
+/// The decoder kernels (LLM/DecoderKernels.swift, Attention.swift): each fast fp32 kernel against
+/// its double reference twin, and each reference backward against central finite differences of
+/// the reference forward.
 @Suite struct LlamaKernelTests {
     static func randoms(_ n: Int, seed: UInt64, scale: Double = 1) -> [Double] {
         var g = SplitMix64(seed: seed)
@@ -44,45 +45,45 @@ import Testing
         let x = Self.randoms(rows * n, seed: 1, scale: 2), w = Self.randoms(n, seed: 2).map { 1 + 0.3 * $0 }
         let dy = Self.randoms(rows * n, seed: 3)
         let eps = 1e-5
-        let (yRef, rRef) = LlamaReference.rmsNorm(x, w, rows: rows, n: n, eps: eps)
-        let dxRef = LlamaReference.rmsNormBackward(dy, x, w, rows: rows, n: n, eps: eps)
-        Self.close(dxRef, Self.fd(x, dy) { LlamaReference.rmsNorm($0, w, rows: rows, n: n, eps: eps).y }, 1e-6, "rmsnorm ref backward vs fd")
+        let (yRef, rRef) = DecoderReference.rmsNorm(x, w, rows: rows, n: n, eps: eps)
+        let dxRef = DecoderReference.rmsNormBackward(dy, x, w, rows: rows, n: n, eps: eps)
+        Self.close(dxRef, Self.fd(x, dy) { DecoderReference.rmsNorm($0, w, rows: rows, n: n, eps: eps).y }, 1e-6, "rmsnorm ref backward vs fd")
         let xf = Self.f(x), wf = Self.f(w), dyf = Self.f(dy)
         var y = [Float](repeating: 0, count: rows * n), r = [Float](repeating: 0, count: rows)
         var dx = [Float](repeating: 0.5, count: rows * n)
-        LlamaKernels.rmsNorm(xf, wf, &y, rstd: &r, rows: rows, n: n, eps: Float(eps))
+        DecoderKernels.rmsNorm(xf, wf, &y, rstd: &r, rows: rows, n: n, eps: Float(eps))
         #expect(Self.maxRel(y, yRef) < 1e-6)
         #expect(Self.maxRel(r, rRef) < 1e-6)
-        LlamaKernels.rmsNormBackward(dyf, xf, wf, rstd: r, &dx, rows: rows, n: n, accumulate: false)
+        DecoderKernels.rmsNormBackward(dyf, xf, wf, rstd: r, &dx, rows: rows, n: n, accumulate: false)
         #expect(Self.maxRel(dx, dxRef) < 1e-5)
-        LlamaKernels.rmsNormBackward(dyf, xf, wf, rstd: r, &dx, rows: rows, n: n, accumulate: true)
+        DecoderKernels.rmsNormBackward(dyf, xf, wf, rstd: r, &dx, rows: rows, n: n, accumulate: true)
         #expect(Self.maxRel(dx, dxRef.map { 2 * $0 }) < 1e-5)
     }
 
     @Test(arguments: [(2, 8), (3, 16), (2, 64)])
     func rope(heads: Int, headDim: Int) {
         let (b, t) = (2, 5), rows = 10
-        let c = LlamaHyperparameters(layers: 1, hidden: heads * headDim, intermediate: 4, heads: heads, kvHeads: 1,
+        let c = ModelConfig(layers: 1, hidden: heads * headDim, intermediate: 4, heads: heads, kvHeads: 1,
                                      headDim: headDim, vocab: 4, ropeTheta: 500)
         let inv = c.ropeInverseFrequencies()
         let x = Self.randoms(rows * heads * headDim, seed: 4), u = Self.randoms(x.count, seed: 5)
-        let yRef = LlamaReference.rope(x, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: false)
-        let dxRef = LlamaReference.rope(u, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: true)
-        Self.close(dxRef, Self.fd(x, u) { LlamaReference.rope($0, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: false) },
+        let yRef = DecoderReference.rope(x, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: false)
+        let dxRef = DecoderReference.rope(u, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: true)
+        Self.close(dxRef, Self.fd(x, u) { DecoderReference.rope($0, rows: rows, seqLen: t, heads: heads, headDim: headDim, invFreq: inv, inverse: false) },
                    1e-7, "rope ref backward vs fd")
         var cs = [Float](repeating: 0, count: t * headDim / 2), sn = cs
-        LlamaKernels.ropeTables(invFreq: inv, positions: t, cos: &cs, sin: &sn)
+        DecoderKernels.ropeTables(invFreq: inv, positions: t, cos: &cs, sin: &sn)
         var y = Self.f(x)
-        LlamaKernels.rope(&y, rows: rows, seqLen: t, heads: heads, headDim: headDim, cos: cs, sin: sn, inverse: false)
+        DecoderKernels.rope(&y, rows: rows, seqLen: t, heads: heads, headDim: headDim, cos: cs, sin: sn, inverse: false)
         #expect(Self.maxRel(y, yRef) < 1e-6)
         var dx = Self.f(u)
-        LlamaKernels.rope(&dx, rows: rows, seqLen: t, heads: heads, headDim: headDim, cos: cs, sin: sn, inverse: true)
+        DecoderKernels.rope(&dx, rows: rows, seqLen: t, heads: heads, headDim: headDim, cos: cs, sin: sn, inverse: true)
         #expect(Self.maxRel(dx, dxRef) < 1e-6)
         _ = b
     }
 
     @Test func ropeFrequenciesAndScaling() {
-        var c = LlamaHyperparameters(layers: 1, hidden: 8, intermediate: 4, heads: 1, kvHeads: 1, headDim: 8, vocab: 4,
+        var c = ModelConfig(layers: 1, hidden: 8, intermediate: 4, heads: 1, kvHeads: 1, headDim: 8, vocab: 4,
                                      ropeTheta: 10000)
         let base = c.ropeInverseFrequencies()
         #expect(base == [1, 0.1, 0.01, 0.001].map { Float($0) } || zip(base, [1, 0.1, 0.01, 0.001]).allSatisfy { abs(Double($0) - $1) <= 1e-7 * $1 })
@@ -100,15 +101,15 @@ import Testing
     @Test func swiglu() {
         let n = 37
         let g = Self.randoms(n, seed: 6, scale: 6), u = Self.randoms(n, seed: 7, scale: 2), da = Self.randoms(n, seed: 8)
-        let ref = LlamaReference.swiglu(g, u)
-        let (dgRef, duRef) = LlamaReference.swigluBackward(da, g, u)
-        Self.close(dgRef, Self.fd(g, da) { LlamaReference.swiglu($0, u) }, 1e-6, "swiglu dg vs fd")
-        Self.close(duRef, Self.fd(u, da) { LlamaReference.swiglu(g, $0) }, 1e-6, "swiglu du vs fd")
+        let ref = DecoderReference.swiglu(g, u)
+        let (dgRef, duRef) = DecoderReference.swigluBackward(da, g, u)
+        Self.close(dgRef, Self.fd(g, da) { DecoderReference.swiglu($0, u) }, 1e-6, "swiglu dg vs fd")
+        Self.close(duRef, Self.fd(u, da) { DecoderReference.swiglu(g, $0) }, 1e-6, "swiglu du vs fd")
         var out = [Float](repeating: 0, count: n)
-        LlamaKernels.swiglu(Self.f(g), Self.f(u), &out, count: n)
+        DecoderKernels.swiglu(Self.f(g), Self.f(u), &out, count: n)
         #expect(Self.maxRel(out, ref) < 1e-6)
         var dg = [Float](repeating: 0, count: n), du = dg
-        LlamaKernels.swigluBackward(Self.f(da), Self.f(g), Self.f(u), dg: &dg, du: &du, count: n)
+        DecoderKernels.swigluBackward(Self.f(da), Self.f(g), Self.f(u), dg: &dg, du: &du, count: n)
         #expect(Self.maxRel(dg, dgRef) < 1e-6)
         #expect(Self.maxRel(du, duRef) < 1e-6)
     }
@@ -131,11 +132,11 @@ import Testing
         let rows = 4
         let z = Self.randoms(rows * n, seed: 9, scale: 5)
         let targets = (0..<rows).map { ($0 * 7 + 3) % n }
-        let (lossRef, gRef) = LlamaReference.crossEntropy(z, rows: rows, n: n, targets: targets)
-        Self.close(gRef, Self.fd(z, [1]) { [LlamaReference.crossEntropy($0, rows: rows, n: n, targets: targets).loss] }, 1e-6, "ce grad vs fd")
+        let (lossRef, gRef) = DecoderReference.crossEntropy(z, rows: rows, n: n, targets: targets)
+        Self.close(gRef, Self.fd(z, [1]) { [DecoderReference.crossEntropy($0, rows: rows, n: n, targets: targets).loss] }, 1e-6, "ce grad vs fd")
         var zf = Self.f(z)
         let t32 = targets.map { Int32($0) }
-        let loss = LlamaKernels.crossEntropy(&zf, rows: rows, n: n, targets: t32, scale: 0.5)
+        let loss = DecoderKernels.crossEntropy(&zf, rows: rows, n: n, targets: t32, scale: 0.5)
         #expect(abs(loss - lossRef) <= 1e-6 * abs(lossRef))
         #expect(Self.maxRel(zf, gRef.map { 0.5 * $0 }) < 1e-6)
     }
@@ -144,34 +145,83 @@ import Testing
     func attention(shape: (Int, Int, Int, Int), seqLen: Int) {
         let (batch, heads, kvHeads, d) = shape
         if seqLen > 70 && heads > 2 { return }   // keep the double reference quick
-        let s = AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d)
+        Self.checkAttention(AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d), seed: 10)
+    }
+
+    /// Sliding-window attention (a family with `attentionWindow`): forward and backward against
+    /// the reference, whose backward is checked by finite differences.
+    @Test(arguments: [(1, 4, 2, 8, 3, 9), (2, 2, 1, 4, 70, 130)])
+    func slidingWindowAttention(shape: (Int, Int, Int, Int, Int, Int)) {
+        let (batch, heads, kvHeads, d, window, seqLen) = shape
+        Self.checkAttention(AttentionShape(batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, window: window),
+                            seed: 20)
+    }
+
+    /// `CausalAttention.forward` (probabilities kept) and `backward` against the double reference
+    /// for shape `s`; for short sequences, the reference backward against finite differences.
+    static func checkAttention(_ s: AttentionShape, seed: UInt64) {
+        let (batch, seqLen, heads, kvHeads, d) = (s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
         let m = batch * seqLen
-        let q = Self.randoms(m * s.qWidth, seed: 10, scale: 2), k = Self.randoms(m * s.kvWidth, seed: 11, scale: 2)
-        let v = Self.randoms(m * s.kvWidth, seed: 12), dout = Self.randoms(m * s.qWidth, seed: 13)
+        let q = randoms(m * s.qWidth, seed: seed, scale: 2), k = randoms(m * s.kvWidth, seed: seed + 1, scale: 2)
+        let v = randoms(m * s.kvWidth, seed: seed + 2), dout = randoms(m * s.qWidth, seed: seed + 3)
         let scale = 1 / Double(d).squareRoot()
-        let oRef = LlamaReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
-        let (dqRef, dkRef, dvRef) = LlamaReference.attentionBackward(dout: dout, q: q, k: k, v: v, batch: batch, seqLen: seqLen,
-                                                                     heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
-        if seqLen <= 5 {
-            func att(_ q: [Double], _ k: [Double], _ v: [Double]) -> [Double] {
-                LlamaReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d, scale: scale)
-            }
-            Self.close(dqRef, Self.fd(q, dout) { att($0, k, v) }, 1e-6, "attention dq vs fd")
-            Self.close(dkRef, Self.fd(k, dout) { att(q, $0, v) }, 1e-6, "attention dk vs fd")
-            Self.close(dvRef, Self.fd(v, dout) { att(q, k, $0) }, 1e-6, "attention dv vs fd")
+        func att(_ q: [Double], _ k: [Double], _ v: [Double]) -> [Double] {
+            DecoderReference.attention(q: q, k: k, v: v, batch: batch, seqLen: seqLen, heads: heads, kvHeads: kvHeads, headDim: d,
+                                       scale: scale, window: s.window)
         }
-        let qf = Self.f(q), kf = Self.f(k), vf = Self.f(v), df = Self.f(dout)
+        let oRef = att(q, k, v)
+        let (dqRef, dkRef, dvRef) = DecoderReference.attentionBackward(dout: dout, q: q, k: k, v: v, batch: batch, seqLen: seqLen,
+                                                                       heads: heads, kvHeads: kvHeads, headDim: d, scale: scale,
+                                                                       window: s.window)
+        if seqLen < 10 {
+            close(dqRef, fd(q, dout) { att($0, k, v) }, 1e-6, "attention dq vs fd")
+            close(dkRef, fd(k, dout) { att(q, $0, v) }, 1e-6, "attention dk vs fd")
+            close(dvRef, fd(v, dout) { att(q, k, $0) }, 1e-6, "attention dv vs fd")
+        }
+        let qf = f(q), kf = f(k), vf = f(v), df = f(dout)
         var out = [Float](repeating: .nan, count: m * s.qWidth)
         var probs = [Float](repeating: .nan, count: s.probsCount)
-        LlamaAttention.forward(s, q: qf, k: kf, v: vf, out: &out, probs: &probs)
-        #expect(Self.maxRel(out, oRef) < 2e-6)
+        probs.withUnsafeMutableBufferPointer { pp in
+            CausalAttention.forward(s, q: qf, k: kf, v: vf, out: &out, scores: .keep(pp.baseAddress!))
+        }
+        #expect(maxRel(out, oRef) < 2e-6)
         var dq = [Float](repeating: .nan, count: qf.count), dk = [Float](repeating: .nan, count: kf.count), dv = dk
         let threads = 2
         var scratch = [Float](repeating: 0, count: threads * s.scratchPerThread)
-        LlamaAttention.backward(s, dout: df, q: qf, k: kf, v: vf, probs: probs, dq: &dq, dk: &dk, dv: &dv,
-                                scratch: &scratch, threads: threads)
-        #expect(Self.maxRel(dq, dqRef) < 1e-5)
-        #expect(Self.maxRel(dk, dkRef) < 1e-5)
-        #expect(Self.maxRel(dv, dvRef) < 1e-5)
+        CausalAttention.backward(s, dout: df, q: qf, k: kf, v: vf, probs: probs, dq: &dq, dk: &dk, dv: &dv,
+                                 scratch: &scratch, threads: threads)
+        #expect(maxRel(dq, dqRef) < 1e-5)
+        #expect(maxRel(dk, dkRef) < 1e-5)
+        #expect(maxRel(dv, dvRef) < 1e-5)
+    }
+
+    /// Attention over a KV cache (past positions, discarded scores, rows past the cache's filled
+    /// part never read) gives, row for row, the attention over the whole sequence.
+    @Test(arguments: [nil, 5] as [Int?])
+    func cachedAttentionEqualsWholeSequence(window: Int?) {
+        let (heads, kvHeads, d, total, past, capacity) = (4, 2, 8, 90, 70, 96)
+        let whole = AttentionShape(batch: 1, seqLen: total, heads: heads, kvHeads: kvHeads, headDim: d, window: window)
+        let q = Self.f(Self.randoms(total * whole.qWidth, seed: 30, scale: 2))
+        var k = Self.f(Self.randoms(total * whole.kvWidth, seed: 31, scale: 2)), v = Self.f(Self.randoms(total * whole.kvWidth, seed: 32))
+        k += [Float](repeating: .nan, count: (capacity - total) * whole.kvWidth)
+        v += [Float](repeating: .nan, count: (capacity - total) * whole.kvWidth)
+        var full = [Float](repeating: .nan, count: total * whole.qWidth)
+        var probs = [Float](repeating: .nan, count: whole.probsCount)
+        probs.withUnsafeMutableBufferPointer { pp in
+            CausalAttention.forward(whole, q: q, k: k, v: v, out: &full, scores: .keep(pp.baseAddress!))
+        }
+        let new = total - past
+        let cached = AttentionShape(batch: 1, seqLen: new, heads: heads, kvHeads: kvHeads, headDim: d, past: past, kvRows: capacity,
+                                    window: window)
+        var out = [Float](repeating: .nan, count: new * whole.qWidth)
+        let stride = AttentionShape.blockRows * capacity
+        var scores = [Float](repeating: .nan, count: 3 * stride)
+        let qNew = Array(q[(past * whole.qWidth)...])
+        scores.withUnsafeMutableBufferPointer { sp in
+            CausalAttention.forward(cached, q: qNew, k: k, v: v, out: &out, scores: .scratch(sp.baseAddress!, stride: stride, threads: 3))
+        }
+        let a = Array(full[(past * whole.qWidth)...])
+        #expect(out.count == a.count)
+        #expect(Self.maxRel(out, a.map { Double($0) }) < 1e-6)
     }
 }

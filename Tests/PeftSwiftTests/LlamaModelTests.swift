@@ -14,20 +14,20 @@ func llamaRelErr(_ a: [Float], _ b: [Float]) -> Double {
 /// LlamaForCausalLM + PEFT.
 struct LlamaFixture {
     let file: FixtureFile
-    let config: LlamaHyperparameters
+    let config: ModelConfig
     let batch: Int, seqLen: Int, loraR: Int, loraAlpha: Float
 
     init(_ name: String) throws {
         file = try FixtureFile.load("llama/\(name).safetensors")
         let j = try JSONSerialization.jsonObject(with: Data(file.metadata["config"]!.utf8)) as! [String: Any]
         let rope = j["rope"] as! [String: Any]
-        var scaling: LlamaRopeScaling? = nil
+        var scaling: RopeScaling? = nil
         if rope["rope_type"] as! String == "llama3" {
             scaling = .llama3(factor: Float(rope["factor"] as! Double), lowFreqFactor: Float(rope["low_freq_factor"] as! Double),
                               highFreqFactor: Float(rope["high_freq_factor"] as! Double),
                               originalMaxPositions: rope["original_max_position_embeddings"] as! Int)
         }
-        config = LlamaHyperparameters(
+        config = ModelConfig(
             layers: j["layers"] as! Int, hidden: j["hidden"] as! Int, intermediate: j["intermediate"] as! Int,
             heads: j["heads"] as! Int, kvHeads: j["kv_heads"] as! Int, headDim: (j["head_dim"] as! Int),
             vocab: j["vocab"] as! Int, rmsEps: Float(j["rms_eps"] as! Double), ropeTheta: Float(rope["rope_theta"] as! Double),
@@ -42,7 +42,7 @@ struct LlamaFixture {
     var labels: [Int32] { file["labels"].i64.map { Int32($0) } }
 
     /// A provider over `w.<name>` tensors (optionally overridden by `deq.<name>` of another file).
-    static func provider(_ f: FixtureFile, prefix: String = "w.") -> LlamaWeightProvider {
+    static func provider(_ f: FixtureFile, prefix: String = "w.") -> WeightProvider {
         return { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
             guard let t = f.tensors[prefix + name] else { throw .notFound("no tensor \(name)") }
             guard t.shape == shape else { throw .shape("\(name): \(t.shape) vs \(shape)") }
@@ -51,13 +51,13 @@ struct LlamaFixture {
         }
     }
 
-    func model(options: LlamaLoadOptions = .dense) throws -> LlamaModel {
-        try LlamaModel(config: config, options: options, weights: LlamaFixture.provider(file))
+    func model(options: ModelLoadOptions = .dense) throws -> LanguageModel {
+        try LanguageModel(config: config, options: options, weights: LlamaFixture.provider(file))
     }
 
     /// Attaches PEFT's adapter ("default", r, alpha, all 7 projections) with the fixture's A, B
     /// (taken from `loraFile`, default this fixture).
-    func attachLora(_ m: LlamaModel, from loraFile: FixtureFile? = nil) throws {
+    func attachLora(_ m: LanguageModel, from loraFile: FixtureFile? = nil) throws {
         let f = loraFile ?? file
         try m.addAdapter("default", config: LoraConfig(r: loraR, alpha: loraAlpha))
         for (path, lin) in m.loraModules {
@@ -81,7 +81,7 @@ struct LlamaComparison {
 
 @Suite struct LlamaModelTests {
     /// Full comparison of a model (weights already loaded) with a fixture's results.
-    static func compare(_ m: LlamaModel, _ fx: LlamaFixture, results f: FixtureFile, loraFrom: FixtureFile? = nil) throws -> LlamaComparison {
+    static func compare(_ m: LanguageModel, _ fx: LlamaFixture, results f: FixtureFile, loraFrom: FixtureFile? = nil) throws -> LlamaComparison {
         var c = LlamaComparison()
         let ids = fx.ids, labels = fx.labels
         let lb = try m.logits(ids: ids, batch: fx.batch, seqLen: fx.seqLen)
@@ -160,11 +160,11 @@ struct LlamaComparison {
             try provider(name, t.shape, b)
             return try QuantizedTensor(quantizing: UnsafeRawPointer(scratch.baseAddress), dtype: .f32, shape: t.shape, doubleQuant: true)
         }
-        let a = try LlamaModel(config: fx.config, quantizedWeights: pre, weights: provider)
+        let a = try LanguageModel(config: fx.config, quantizedWeights: pre, weights: provider)
         let b = try fx.model(options: .qlora)
         #expect(try a.logits(ids: fx.ids, batch: fx.batch, seqLen: fx.seqLen) == b.logits(ids: fx.ids, batch: fx.batch, seqLen: fx.seqLen))
         do {
-            _ = try LlamaModel(config: fx.config, quantizedWeights: { (_: String) throws(PSTError) -> QuantizedTensor? in
+            _ = try LanguageModel(config: fx.config, quantizedWeights: { (_: String) throws(PSTError) -> QuantizedTensor? in
                 var x = [Float](repeating: 1, count: 64)
                 return try QuantizedTensor(quantizing: &x, dtype: .f32, shape: [8, 8])
             }, weights: provider)
@@ -175,10 +175,10 @@ struct LlamaComparison {
     }
 
     /// A random tiny model (with an adapter per projection, B ≠ 0).
-    static func randomModel(_ c: LlamaHyperparameters, seed: UInt64, options: LlamaLoadOptions = .dense,
-                            dropout: Float = 0) throws -> LlamaModel {
+    static func randomModel(_ c: ModelConfig, seed: UInt64, options: ModelLoadOptions = .dense,
+                            dropout: Float = 0) throws -> LanguageModel {
         var g = SplitMix64(seed: seed)
-        let m = try LlamaModel(config: c, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+        let m = try LanguageModel(config: c, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
             let fanIn = Float(shape.last!)
             for i in 0..<dst.count {
                 if name.hasSuffix("norm.weight") { dst[i] = 1 + 0.2 * g.uniform(-1, 1) }
@@ -193,10 +193,10 @@ struct LlamaComparison {
         return m
     }
 
-    static let tiny = LlamaHyperparameters(layers: 3, hidden: 48, intermediate: 80, heads: 6, kvHeads: 2, headDim: 8,
+    static let tiny = ModelConfig(layers: 3, hidden: 48, intermediate: 80, heads: 6, kvHeads: 2, headDim: 8,
                                            vocab: 70, rmsEps: 1e-5, ropeTheta: 10000, maxPositions: 128, tiedEmbeddings: true)
 
-    static func batch(_ c: LlamaHyperparameters, b: Int, t: Int, seed: UInt64) -> ([Int32], [Int32]) {
+    static func batch(_ c: ModelConfig, b: Int, t: Int, seed: UInt64) -> ([Int32], [Int32]) {
         var g = SplitMix64(seed: seed)
         let ids = (0..<(b * t)).map { _ in Int32(g.next() % UInt64(c.vocab)) }
         var labels = ids
@@ -252,7 +252,7 @@ struct LlamaComparison {
     /// The loss gradient w.r.t. a LoRA parameter by central differences (double-checked end to end,
     /// through every layer kernel at once).
     @Test func modelGradientMatchesFiniteDifferences() throws {
-        let c = LlamaHyperparameters(layers: 2, hidden: 16, intermediate: 24, heads: 4, kvHeads: 2, headDim: 4,
+        let c = ModelConfig(layers: 2, hidden: 16, intermediate: 24, heads: 4, kvHeads: 2, headDim: 4,
                                      vocab: 20, rmsEps: 1e-5, ropeTheta: 100, maxPositions: 16, tiedEmbeddings: false)
         let m = try Self.randomModel(c, seed: 3)
         let (ids, labels) = Self.batch(c, b: 2, t: 9, seed: 4)
@@ -314,9 +314,9 @@ struct LlamaComparison {
         bad = c; bad.headDim = 7
         #expect(status { try bad.validate() } == PSTError.invalidArgument("").status)
         // a provider error propagates
-        #expect(status { _ = try LlamaModel(config: c) { (_: String, _: [Int], _: UnsafeMutableBufferPointer<Float>) throws(PSTError) in throw .io("disk") } } == PSTError.io("").status)
+        #expect(status { _ = try LanguageModel(config: c) { (_: String, _: [Int], _: UnsafeMutableBufferPointer<Float>) throws(PSTError) in throw .io("disk") } } == PSTError.io("").status)
         // non-finite weight
-        #expect(status { _ = try LlamaModel(config: c) { (_: String, _: [Int], d: UnsafeMutableBufferPointer<Float>) throws(PSTError) in d[0] = .nan } } == PSTError.nonFinite("").status)
+        #expect(status { _ = try LanguageModel(config: c) { (_: String, _: [Int], d: UnsafeMutableBufferPointer<Float>) throws(PSTError) in d[0] = .nan } } == PSTError.nonFinite("").status)
     }
 
     @Test func adapterBookkeeping() throws {
@@ -332,7 +332,7 @@ struct LlamaComparison {
         let a0 = m.layers[0].qProj.adapter(named: "a")!.a.array, a1 = m.layers[1].qProj.adapter(named: "a")!.a.array
         #expect(a0 != a1)
         let opt = try AdamW()
-        #expect(try m.register(with: opt, adapter: "a") == 42)
+        #expect(try Trainer.register(m.trainableParameters(adapter: "a"), with: opt) == 42)
         try m.deleteAdapter("attn")
         #expect(m.trainableParameters().count == 42)
     }

@@ -257,7 +257,7 @@ struct TokenizerBenchTests {
         let open = try ms { g = try GGUFFile(path: path) }
         var tok: BPETokenizer! = nil
         let load = try ms { tok = try BPETokenizer(gguf: g) }
-        let cfg = try ms { _ = try LlamaConfig(gguf: g) }
+        let cfg = try ms { _ = try ModelConfig(gguf: g) }
         var total = 0
         var fast = 0.0, ref = 0.0
         for t in g.tensors {
@@ -267,7 +267,7 @@ struct TokenizerBenchTests {
             ref += try ms { try g.dequantize(t, into: buf.baseAddress, count: buf.count, reference: true) }
             total += t.elementCount
         }
-        print(String(format: "GGUF open %.1f ms, LlamaConfig %.1f ms, tokenizer load %.1f ms", open, cfg, load))
+        print(String(format: "GGUF open %.1f ms, ModelConfig %.1f ms, tokenizer load %.1f ms", open, cfg, load))
         print(String(format: "dequantize all %d tensors (%d floats): fast %.1f ms, reference %.1f ms (%d threads)",
                      g.tensors.count, total, fast, ref, Threads.count))
         let saved = Threads.count

@@ -4,13 +4,13 @@ import Testing
 
 /// Trainer, dataset and GGUF-loading tests on a tiny random model (fast), plus SmolLM2 when installed.
 @Suite struct TrainTests {
-    static let cfg = LlamaHyperparameters(layers: 2, hidden: 32, intermediate: 48, heads: 4, kvHeads: 2, headDim: 8,
+    static let cfg = ModelConfig(layers: 2, hidden: 32, intermediate: 48, heads: 4, kvHeads: 2, headDim: 8,
                                           vocab: 64, rmsEps: 1e-5, ropeTheta: 10000, maxPositions: 64, tiedEmbeddings: true)
 
     /// A random model with no adapter (same weights for the same seed).
-    static func model(seed: UInt64 = 7, options: LlamaLoadOptions = .dense) throws -> LlamaModel {
+    static func model(seed: UInt64 = 7, options: ModelLoadOptions = .dense) throws -> LanguageModel {
         var g = SplitMix64(seed: seed)
-        return try LlamaModel(config: cfg, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+        return try LanguageModel(config: cfg, options: options) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
             let fanIn = Float(shape.last!)
             for i in 0..<dst.count {
                 if name.hasSuffix("norm.weight") { dst[i] = 1 + 0.1 * g.uniform(-1, 1) }
@@ -32,7 +32,7 @@ import Testing
         return try TrainingDataset(ids: ids, labels: labels, seqLen: seqLen, vocab: cfg.vocab)
     }
 
-    static func params(_ m: LlamaModel) -> [[UInt32]] {
+    static func params(_ m: LanguageModel) -> [[UInt32]] {
         m.trainableParameters().map { t in (0..<t.parameter.count).map { t.parameter[$0].bitPattern } }
     }
 
@@ -191,17 +191,17 @@ import Testing
         let t4 = try Trainer(model: m, dataset: ds, resumingFrom: dir.file("ck"), config: TrainerConfig(steps: 4, loraR: 2))
         #expect(t4.completedSteps == 1 && t4.config.steps == 4)
         // not a GGUF file
-        #expect(status { _ = try LlamaModel(ggufPath: bad) } != nil)
-        #expect(status { _ = try LlamaModel(ggufPath: dir.file("none.gguf")) } != nil)
+        #expect(status { _ = try LanguageModel(ggufPath: bad) } != nil)
+        #expect(status { _ = try LanguageModel(ggufPath: dir.file("none.gguf")) } != nil)
     }
 
     @Test func hfToGGUFNames() {
-        #expect(LlamaTensorNames.gguf(forHF: "model.embed_tokens.weight") == "token_embd.weight")
-        #expect(LlamaTensorNames.gguf(forHF: "model.layers.12.self_attn.o_proj.weight") == "blk.12.attn_output.weight")
-        #expect(LlamaTensorNames.gguf(forHF: "model.layers.0.post_attention_layernorm.weight") == "blk.0.ffn_norm.weight")
-        #expect(LlamaTensorNames.gguf(forHF: "model.layers.3.mlp.down_proj.weight") == "blk.3.ffn_down.weight")
-        #expect(LlamaTensorNames.gguf(forHF: "model.norm.weight") == "output_norm.weight")
-        #expect(LlamaTensorNames.gguf(forHF: "model.layers.x.mlp.down_proj.weight") == nil)
+        #expect(Architecture.llama.ggufName(forHF: "model.embed_tokens.weight") == "token_embd.weight")
+        #expect(Architecture.llama.ggufName(forHF: "model.layers.12.self_attn.o_proj.weight") == "blk.12.attn_output.weight")
+        #expect(Architecture.llama.ggufName(forHF: "model.layers.0.post_attention_layernorm.weight") == "blk.0.ffn_norm.weight")
+        #expect(Architecture.llama.ggufName(forHF: "model.layers.3.mlp.down_proj.weight") == "blk.3.ffn_down.weight")
+        #expect(Architecture.llama.ggufName(forHF: "model.norm.weight") == "output_norm.weight")
+        #expect(Architecture.llama.ggufName(forHF: "model.layers.x.mlp.down_proj.weight") == nil)
     }
 
     /// A Hugging Face directory (config.json + one or two safetensors shards) loads the same model.
@@ -211,7 +211,7 @@ import Testing
         defer { dir.cleanup() }
         var tensors: [(String, [Int], [Float])] = []
         var g = SplitMix64(seed: 7)
-        let ref = try LlamaModel(config: Self.cfg) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
+        let ref = try LanguageModel(config: Self.cfg) { (name: String, shape: [Int], dst: UnsafeMutableBufferPointer<Float>) throws(PSTError) in
             let fanIn = Float(shape.last!)
             for i in 0..<dst.count {
                 if name.hasSuffix("norm.weight") { dst[i] = 1 + 0.1 * g.uniform(-1, 1) }
@@ -241,7 +241,7 @@ import Testing
         } else {
             try SafeTensorsWriter.write(entries, to: dir.file("model.safetensors"))
         }
-        let m = try LlamaModel(huggingFaceDirectory: dir.path)
+        let m = try LanguageModel(huggingFaceDirectory: dir.path)
         #expect(m.config == Self.cfg)
         let ids: [Int32] = [1, 5, 9, 3, 7, 2]
         let a = try m.logits(ids: ids, batch: 1, seqLen: 6), b = try ref.logits(ids: ids, batch: 1, seqLen: 6)
@@ -249,21 +249,21 @@ import Testing
         // errors: another architecture, a missing tensor
         try config.replacingOccurrences(of: "\"llama\"", with: "\"mistral\"").replacingOccurrences(of: "LlamaForCausalLM", with: "MistralForCausalLM")
             .write(toFile: dir.file("config.json"), atomically: true, encoding: .utf8)
-        #expect(thrownPST { _ = try LlamaModel(huggingFaceDirectory: dir.path) }?.status == PSTError.unsupported("").status)
+        #expect(thrownPST { _ = try LanguageModel(huggingFaceDirectory: dir.path) }?.status == PSTError.unsupported("").status)
         try config.write(toFile: dir.file("config.json"), atomically: true, encoding: .utf8)
         if !sharded {
             try SafeTensorsWriter.write(Array(entries.dropLast()), to: dir.file("model.safetensors"))
-            let e = thrownPST { _ = try LlamaModel(huggingFaceDirectory: dir.path) }
+            let e = thrownPST { _ = try LanguageModel(huggingFaceDirectory: dir.path) }
             #expect(e?.status == PSTError.notFound("").status && e!.message.contains("model.norm.weight"))
         }
-        #expect(thrownPST { _ = try LlamaModel(huggingFaceDirectory: dir.file("nothing")) }?.status == PSTError.notFound("").status)
+        #expect(thrownPST { _ = try LanguageModel(huggingFaceDirectory: dir.file("nothing")) }?.status == PSTError.notFound("").status)
     }
 
     // MARK: - SmolLM2 (skipped when the GGUF is absent)
 
-    @Test func smolLM2Hyperparameters() throws {
+    @Test func smolLM2Config() throws {
         guard let g = smollm2File else { return }
-        let hp = try LlamaHyperparameters(try LlamaConfig(gguf: g))
+        let hp = try ModelConfig(gguf: g)
         #expect(hp == .smolLM2_135M)
     }
 
@@ -276,7 +276,7 @@ import Testing
         let tk = try BPETokenizer(gguf: g)
         #expect(tk.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
                           addBOS: false, addEOS: false) == ids)
-        let m = try LlamaModel(gguf: g)
+        let m = try LanguageModel(gguf: g)
         let T = ids.count, V = m.config.vocab
         let z = try m.logits(ids: ids, batch: 1, seqLen: T)
         let ref = fx["logits"].floats
@@ -298,9 +298,9 @@ import Testing
     @Test(.enabled(if: ProcessInfo.processInfo.environment["PST_SLOW"] == "1"))
     func smolLM2LoadsAndTrains() throws {
         guard let g = smollm2File else { return }
-        let hp = try LlamaHyperparameters(try LlamaConfig(gguf: g))
+        let hp = try ModelConfig(gguf: g)
         let tk = try BPETokenizer(gguf: g)
-        let m = try LlamaModel(gguf: g, qlora: true)
+        let m = try LanguageModel(gguf: g, qlora: true)
         let ds = try TrainingDataset.instructions([InstructionExample(instruction: "What is 2+2?", response: "4.")],
                                                   tokenizer: tk, seqLen: 32, maxPositions: hp.maxPositions)
         let t = try Trainer(model: m, dataset: ds, config: TrainerConfig(steps: 2, learningRate: 1e-3, loraR: 4, loraAlpha: 8,
@@ -315,9 +315,9 @@ import Testing
     }
 }
 
-extension LlamaModel {
+extension LanguageModel {
     /// Attaches the trainer's adapter without training (for comparisons).
-    func withAdapter(_ c: TrainerConfig) throws -> LlamaModel {
+    func withAdapter(_ c: TrainerConfig) throws -> LanguageModel {
         try addAdapter(c.adapterName, config: c.loraConfig, targetModules: c.targetModules)
         return self
     }

@@ -189,9 +189,9 @@ func copyOutIDs(_ out: [Int32], _ ids: UnsafeMutablePointer<Int32>?, _ capacity:
 
 /// A comma-separated list of a model's projections ("q_proj, v_proj"; spaces and tabs around
 /// names ignored), as pst_llm_add_adapter and pst_trainer_params.target_modules take it;
-/// NULL means all seven. (CAPI+LLM.swift's targetList, for its split files to share.)
-func targetModuleList(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTError) -> [String] {
-    guard let s = try cStringOrNil(p, name) else { return LlamaModel.allTargetModules }
+/// NULL gives nil: every projection of the model.
+func targetModuleList(_ p: UnsafePointer<CChar>?, _ name: StaticString) throws(PSTError) -> [String]? {
+    guard let s = try cStringOrNil(p, name) else { return nil }
     func trimmed(_ t: Substring) -> String {
         var t = t
         while let f = t.first, f == " " || f == "\t" { t.removeFirst() }

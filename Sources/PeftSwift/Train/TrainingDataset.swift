@@ -14,7 +14,7 @@ public struct InstructionExample: Sendable, Equatable {
 
 /// Fixed-length training sequences: `count` rows of `seqLen` token ids with their labels
 /// (`ignoreIndex` = −100 where no loss is taken). Labels are aligned with the ids: the model
-/// shifts them (`LlamaModel.loss`: position t predicts labels[t+1], as transformers'
+/// shifts them (`LanguageModel.loss`: position t predicts labels[t+1], as transformers'
 /// LlamaForCausalLM), so labels = ids for plain language modelling.
 ///
 /// The order of sequences is a deterministic function of (seed, cursor): epoch e visits the

@@ -12,7 +12,7 @@ enum Prof {
                         "loraBwdAlloc", "attnFwd", "attnBwd", "elemFwd", "elemBwd", "lmHeadFwd", "crossEnt", "lmHeadBwd", "other",
                         "loraBwd_g", "loraBwd_dB", "loraBwd_dA", "loraBwd_dx", "biasGrad", "embed", "ropeBwd", "layerFwdTotal", "layerBwdTotal", "linFwdTotal", "linBwdTotal", "recomputeFwd"]
     @inline(__always) static func now() -> Int {
-        var t = timespec(); clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1_000_000_000 + t.tv_nsec
+        Int(MonotonicClock.nanoseconds())
     }
     @inline(__always) static func time<R, E: Error>(_ i: Int, _ body: () throws(E) -> R) throws(E) -> R {
         if !enabled { return try body() }

@@ -155,7 +155,7 @@ public enum GGUFDequant {
 }
 
 @inline(__always) private func _gstore8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+    store8(p, v)
 }
 
 @inline(__always) private func _u8x8ToFloat(_ v: SIMD8<UInt8>) -> SIMD8<Float> {

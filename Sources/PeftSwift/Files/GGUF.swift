@@ -308,25 +308,17 @@ public final class GGUFFile: @unchecked Sendable {
     private let mapped: Bool
     private let tensorIndex: [String: Int]
 
-    /// Opens and parses `path` (memory-mapped). Throws `PST_ERR_IO` if the file cannot be
-    /// opened or mapped, `PST_ERR_CORRUPT` if it is malformed, `PST_ERR_UNSUPPORTED` for an
+    /// Opens and parses `path` (memory-mapped). Throws `PST_ERR_NOT_FOUND` for a missing file,
+    /// `PST_ERR_IO` if it cannot be opened or mapped (Core/MappedFile.swift's rule), `PST_ERR_CORRUPT` if it is malformed, `PST_ERR_UNSUPPORTED` for an
     /// unknown version or tensor type.
     public convenience init(path: String) throws(PSTError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .io("\(path): cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .io("\(path): fstat failed: \(String(cString: strerror(errno)))") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .io("\(path): not a regular file") }
-        let size = Int(st.st_size)
-        guard size > 0 else { throw .corrupt("\(path): empty file (no GGUF header)") }
-        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw .io("\(path): mmap of \(size) bytes failed: \(String(cString: strerror(errno)))")
+        let (p, size) = try mapFileReadOnly(path, minimumSize: 1) { (_) -> PSTError in
+            .corrupt("\(path): empty file (no GGUF header)")
         }
         do {
-            try self.init(base: UnsafeRawPointer(p), size: size, mapped: true, name: path)
+            try self.init(base: p, size: size, mapped: true, name: path)
         } catch {
-            munmap(p, size)
+            munmap(UnsafeMutableRawPointer(mutating: p), size)
             throw error
         }
     }

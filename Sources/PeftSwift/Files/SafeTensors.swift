@@ -235,22 +235,10 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// Opens and memory-maps `path`. `PST_ERR_NOT_FOUND` if it does not exist, `PST_ERR_IO`
     /// for other OS failures, `PST_ERR_CORRUPT` when it is not a valid safetensors file.
     public convenience init(path: String) throws(PSTError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            let e = errno
-            if e == ENOENT { throw .notFound("\(path): no such file") }
-            throw .io("\(path): cannot open: \(errnoDescription(e))")
+        let (m, size) = try mapFileReadOnly(path, minimumSize: 8) { (size) -> PSTError in
+            .corrupt("\(path): file is \(size) bytes; a safetensors file has at least 8 (the header length)")
         }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw .io("\(path): fstat failed: \(errnoDescription())") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .io("\(path): not a regular file") }
-        let size = Int(st.st_size)
-        guard size >= 8 else { throw .corrupt("\(path): file is \(size) bytes; a safetensors file has at least 8 (the header length)") }
-        guard let m = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), m != MAP_FAILED else {
-            throw .io("\(path): mmap of \(size) bytes failed: \(errnoDescription())")
-        }
-        try self.init(region: _FileRegion(mapping: UnsafeRawPointer(m), count: size), path: path)
+        try self.init(region: _FileRegion(mapping: m, count: size), path: path)
     }
 
     /// Parses a file held in memory (copied), named `name` in messages.

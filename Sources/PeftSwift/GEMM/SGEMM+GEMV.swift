@@ -122,17 +122,17 @@ extension GEMM {
         var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
         var j = 0
         while j + 16 <= len {
-            let x0 = ld8(x + j), x1 = ld8(x + j + 8)
-            a0 = a0.addingProduct(ld8(p + j), x0); b0 = b0.addingProduct(ld8(p + j + 8), x1)
-            a1 = a1.addingProduct(ld8(p1 + j), x0); b1 = b1.addingProduct(ld8(p1 + j + 8), x1)
-            a2 = a2.addingProduct(ld8(p2 + j), x0); b2 = b2.addingProduct(ld8(p2 + j + 8), x1)
-            a3 = a3.addingProduct(ld8(p3 + j), x0); b3 = b3.addingProduct(ld8(p3 + j + 8), x1)
+            let x0 = load8(x + j), x1 = load8(x + j + 8)
+            a0 = a0.addingProduct(load8(p + j), x0); b0 = b0.addingProduct(load8(p + j + 8), x1)
+            a1 = a1.addingProduct(load8(p1 + j), x0); b1 = b1.addingProduct(load8(p1 + j + 8), x1)
+            a2 = a2.addingProduct(load8(p2 + j), x0); b2 = b2.addingProduct(load8(p2 + j + 8), x1)
+            a3 = a3.addingProduct(load8(p3 + j), x0); b3 = b3.addingProduct(load8(p3 + j + 8), x1)
             j += 16
         }
         if j + 8 <= len {
-            let x0 = ld8(x + j)
-            a0 = a0.addingProduct(ld8(p + j), x0); a1 = a1.addingProduct(ld8(p1 + j), x0)
-            a2 = a2.addingProduct(ld8(p2 + j), x0); a3 = a3.addingProduct(ld8(p3 + j), x0)
+            let x0 = load8(x + j)
+            a0 = a0.addingProduct(load8(p + j), x0); a1 = a1.addingProduct(load8(p1 + j), x0)
+            a2 = a2.addingProduct(load8(p2 + j), x0); a3 = a3.addingProduct(load8(p3 + j), x0)
             j += 8
         }
         var r = SIMD4<Float>((a0 + b0).sum(), (a1 + b1).sum(), (a2 + b2).sum(), (a3 + b3).sum())
@@ -148,8 +148,8 @@ extension GEMM {
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
         var j = 0
         while j + 16 <= len {
-            a0 = a0.addingProduct(ld8(p + j), ld8(x + j))
-            a1 = a1.addingProduct(ld8(p + j + 8), ld8(x + j + 8))
+            a0 = a0.addingProduct(load8(p + j), load8(x + j))
+            a1 = a1.addingProduct(load8(p + j + 8), load8(x + j + 8))
             j += 16
         }
         var s = (a0 + a1).sum()
@@ -199,12 +199,12 @@ extension GEMM {
             let v2 = SIMD8(repeating: x2), v3 = SIMD8(repeating: x3)
             var c = 0
             while c + 8 <= w {
-                var s = ld8(acc + c)
-                s = s.addingProduct(ld8(r0 + c), v0)
-                s = s.addingProduct(ld8(r1 + c), v1)
-                s = s.addingProduct(ld8(r2 + c), v2)
-                s = s.addingProduct(ld8(r3 + c), v3)
-                st8(s, acc + c)
+                var s = load8(acc + c)
+                s = s.addingProduct(load8(r0 + c), v0)
+                s = s.addingProduct(load8(r1 + c), v1)
+                s = s.addingProduct(load8(r2 + c), v2)
+                s = s.addingProduct(load8(r3 + c), v3)
+                store8(acc + c, s)
                 c += 8
             }
             while c < w {
@@ -219,7 +219,7 @@ extension GEMM {
         while j < j1 {
             let r0 = P + j * ld, x0 = x[j], v0 = SIMD8(repeating: x0)
             var c = 0
-            while c + 8 <= w { st8(ld8(acc + c).addingProduct(ld8(r0 + c), v0), acc + c); c += 8 }
+            while c + 8 <= w { store8(acc + c, load8(acc + c).addingProduct(load8(r0 + c), v0)); c += 8 }
             while c < w { acc[c] = acc[c].addingProduct(r0[c], x0); c += 1 }
             j += 1
         }

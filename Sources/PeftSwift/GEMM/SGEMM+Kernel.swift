@@ -13,15 +13,7 @@ extension GEMM {
     static let mr = 6
     static let nr = 16
 
-    @inline(__always)
-    static func ld8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-    }
-
-    @inline(__always)
-    static func st8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
-    }
+    // 8-float loads and stores: load8/store8 (Core/SIMD+Memory.swift).
 
     /// C[6,16] (row stride ldc) = alpha·Ap·Bp + beta·C over `kc` steps; beta == 0 never reads C.
     @inline(never)
@@ -61,7 +53,7 @@ extension GEMM {
         var a = ap, b = bp
         var p = 0
         @inline(__always) func step(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>) {
-            let b0 = ld8(b), b1 = ld8(b + 8)
+            let b0 = load8(b), b1 = load8(b + 8)
             var s = SIMD8<Float>(repeating: a[0])
             c00 = c00.addingProduct(s, b0); c01 = c01.addingProduct(s, b1)
             s = SIMD8<Float>(repeating: a[rs])
@@ -87,11 +79,11 @@ extension GEMM {
         @inline(__always) func out(_ r: Int, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {
             let row = c + r * ldc
             if beta == 0 {
-                st8(x0 * va, row); st8(x1 * va, row + 8)
+                store8(row, x0 * va); store8(row + 8, x1 * va)
             } else {
                 let vb = SIMD8<Float>(repeating: beta)
-                st8((ld8(row) * vb).addingProduct(x0, va), row)
-                st8((ld8(row + 8) * vb).addingProduct(x1, va), row + 8)
+                store8(row, (load8(row) * vb).addingProduct(x0, va))
+                store8(row + 8, (load8(row + 8) * vb).addingProduct(x1, va))
             }
         }
         out(0, c00, c01); out(1, c10, c11); out(2, c20, c21)

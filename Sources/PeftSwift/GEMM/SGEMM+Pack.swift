@@ -71,7 +71,7 @@ extension GEMM {
                 var src = b + p0 * ldb + j
                 if live == nr {
                     for _ in 0..<kc {
-                        st8(ld8(src), d); st8(ld8(src + 8), d + 8)
+                        store8(d, load8(src)); store8(d + 8, load8(src + 8))
                         d += nr; src += ldb
                     }
                 } else {
@@ -148,10 +148,10 @@ extension GEMM {
     /// dst[q·ldd + r] = src[r·lds + q] for r, q in 0..<8.
     @inline(__always)
     static func transpose8x8(_ src: UnsafePointer<Float>, _ lds: Int, _ dst: UnsafeMutablePointer<Float>, _ ldd: Int) {
-        let o = transpose8((ld8(src), ld8(src + lds), ld8(src + 2 * lds), ld8(src + 3 * lds),
-                            ld8(src + 4 * lds), ld8(src + 5 * lds), ld8(src + 6 * lds), ld8(src + 7 * lds)))
-        st8(o.0, dst); st8(o.1, dst + ldd); st8(o.2, dst + 2 * ldd); st8(o.3, dst + 3 * ldd)
-        st8(o.4, dst + 4 * ldd); st8(o.5, dst + 5 * ldd); st8(o.6, dst + 6 * ldd); st8(o.7, dst + 7 * ldd)
+        let o = transpose8((load8(src), load8(src + lds), load8(src + 2 * lds), load8(src + 3 * lds),
+                            load8(src + 4 * lds), load8(src + 5 * lds), load8(src + 6 * lds), load8(src + 7 * lds)))
+        store8(dst, o.0); store8(dst + ldd, o.1); store8(dst + 2 * ldd, o.2); store8(dst + 3 * ldd, o.3)
+        store8(dst + 4 * ldd, o.4); store8(dst + 5 * ldd, o.5); store8(dst + 6 * ldd, o.6); store8(dst + 7 * ldd, o.7)
     }
 
     /// Eight steps of a full A sliver: dst[q·6 + r] = rows[r][q] for r < 6, q < 8 (48 floats).
@@ -160,10 +160,10 @@ extension GEMM {
     @inline(__always)
     static func transpose6x8(_ r0: UnsafePointer<Float>, _ lda: Int, _ dst: UnsafeMutablePointer<Float>) {
         let z = SIMD8<Float>()
-        let o = transpose8((ld8(r0), ld8(r0 + lda), ld8(r0 + 2 * lda), ld8(r0 + 3 * lda),
-                            ld8(r0 + 4 * lda), ld8(r0 + 5 * lda), z, z))
-        st8(o.0, dst); st8(o.1, dst + 6); st8(o.2, dst + 12); st8(o.3, dst + 18)
-        st8(o.4, dst + 24); st8(o.5, dst + 30); st8(o.6, dst + 36)
+        let o = transpose8((load8(r0), load8(r0 + lda), load8(r0 + 2 * lda), load8(r0 + 3 * lda),
+                            load8(r0 + 4 * lda), load8(r0 + 5 * lda), z, z))
+        store8(dst, o.0); store8(dst + 6, o.1); store8(dst + 12, o.2); store8(dst + 18, o.3)
+        store8(dst + 24, o.4); store8(dst + 30, o.5); store8(dst + 36, o.6)
         UnsafeMutableRawPointer(dst + 42).storeBytes(of: o.7.lowHalf, as: SIMD4<Float>.self)
         dst[46] = o.7[4]; dst[47] = o.7[5]
     }

@@ -8,15 +8,7 @@ import Glibc
 // loops) that the tests hold it to; the references' backward formulas are in turn checked by
 // finite differences.
 
-typealias F8 = SIMD8<Float>
-
-@inline(__always) func load8(_ p: UnsafePointer<Float>) -> F8 {
-    UnsafeRawPointer(p).loadUnaligned(as: F8.self)
-}
-
-@inline(__always) func store8(_ p: UnsafeMutablePointer<Float>, _ v: F8) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: F8.self)
-}
+// F8, load8 and store8: Core/SIMD+Memory.swift.
 
 /// e^x for 8 lanes: Cody–Waite reduction x = n·ln2 + r (|r| ≤ ln2/2), a degree-6 minimax
 /// polynomial for e^r (Cephes' expf coefficients, ~1 ulp), scaled by 2^n through the exponent

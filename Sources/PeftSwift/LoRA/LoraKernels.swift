@@ -65,10 +65,10 @@ enum LoraKernels {
             // 8 mask bytes → 8 lanes of all-ones where nonzero (vpmovzxbd + vpcmpgtd)
             let m8 = _mm_cvtsi64_si128(Int64(bitPattern: UnsafeRawPointer(mask + i).loadUnaligned(as: UInt64.self)))
             let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(m8), zero))
-            let dv = UnsafeRawPointer(dx + i).loadUnaligned(as: SIMD8<Float>.self)
-            let tv = UnsafeRawPointer(t + i).loadUnaligned(as: SIMD8<Float>.self)
+            let dv = load8(dx + i)
+            let tv = load8(t + i)
             let r: SIMD8<Float> = _mm256_blendv_ps(dv, dv + tv * iv, keep)
-            UnsafeMutableRawPointer(dx + i).storeBytes(of: r, as: SIMD8<Float>.self)
+            store8(dx + i, r)
             i += 8
         }
         while i < n { if mask[i] != 0 { dx[i] += t[i] * inv }; i += 1 }

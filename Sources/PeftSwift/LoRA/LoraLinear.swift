@@ -261,8 +261,8 @@ public final class LoraLinear {
     @inline(__always) func addRow(_ y: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) {
         var j = 0
         while j + 8 <= n {
-            let v = UnsafeRawPointer(y + j).loadUnaligned(as: SIMD8<Float>.self) + UnsafeRawPointer(b + j).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(y + j).storeBytes(of: v, as: SIMD8<Float>.self)
+            let v = load8(y + j) + load8(b + j)
+            store8(y + j, v)
             j += 8
         }
         while j < n { y[j] += b[j]; j += 1 }

@@ -90,11 +90,7 @@ final class PagerLock {
     @inline(__always) func broadcast() { pthread_cond_broadcast(cond) }
 }
 
-@inline(__always) func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
+@inline(__always) func monotonicNanos() -> UInt64 { MonotonicClock.nanoseconds() }
 
 /// A RAM budget for large buffers, with least-recently-used spilling to disk.
 ///

@@ -65,10 +65,10 @@
         let h = x.assumingMemoryBound(to: UInt16.self) + start
         var i = 0
         if dtype == .bf16 {
-            while i + 8 <= n { UnsafeMutableRawPointer(out + i).storeBytes(of: bf16x8ToFloat(h + i), as: SIMD8<Float>.self); i += 8 }
+            while i + 8 <= n { store8(out + i, bf16x8ToFloat(h + i)); i += 8 }
             while i < n { out[i] = bf16ToFloat(h[i]); i += 1 }
         } else {
-            while i + 8 <= n { UnsafeMutableRawPointer(out + i).storeBytes(of: f16x8ToFloat(h + i), as: SIMD8<Float>.self); i += 8 }
+            while i + 8 <= n { store8(out + i, f16x8ToFloat(h + i)); i += 8 }
             while i < n { out[i] = f16ToFloat(h[i]); i += 1 }
         }
     default:
@@ -85,10 +85,10 @@
         let h = out.assumingMemoryBound(to: UInt16.self) + start
         var i = 0
         if dtype == .bf16 {
-            while i + 8 <= n { floatx8ToBF16(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self), h + i); i += 8 }
+            while i + 8 <= n { floatx8ToBF16(load8(x + i), h + i); i += 8 }
             while i < n { h[i] = floatToBF16(x[i]); i += 1 }
         } else {
-            while i + 8 <= n { floatx8ToF16(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self), h + i); i += 8 }
+            while i + 8 <= n { floatx8ToF16(load8(x + i), h + i); i += 8 }
             while i < n { h[i] = floatToF16(x[i]); i += 1 }
         }
     default:

@@ -28,13 +28,7 @@ import Synchronization
                             unsafeBitCast(idx, to: SIMD8<UInt32>.self)), to: SIMD8<Int32>.self)
 }
 
-@inline(__always) func _load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-}
-
-@inline(__always) func _store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
-}
+// 8-float loads and stores: load8/store8 (Core/SIMD+Memory.swift).
 
 extension Quant4 {
     /// Sorted rank #{k : s > m_k} of 8 scaled values: branch-free, 15 compares whose masks
@@ -69,8 +63,8 @@ extension Quant4 {
         var i = 0
         // 16 at a time: the two halves share each midpoint broadcast.
         while i + 16 <= len {
-            var s0 = divide ? _load8(x + i) / dv : _load8(x + i) * inv
-            var s1 = divide ? _load8(x + i + 8) / dv : _load8(x + i + 8) * inv
+            var s0 = divide ? load8(x + i) / dv : load8(x + i) * inv
+            var s1 = divide ? load8(x + i + 8) / dv : load8(x + i + 8) * inv
             s0 = s0.replacing(with: one, where: s0 .> one).replacing(with: mone, where: s0 .< mone)
             s1 = s1.replacing(with: one, where: s1 .> one).replacing(with: mone, where: s1 .< mone)
             var c0 = SIMD8<Int32>(repeating: 0), c1 = c0
@@ -85,7 +79,7 @@ extension Quant4 {
             i += 16
         }
         while i < len {
-            let v = _load8(x + i)
+            let v = load8(x + i)
             var s = divide ? v / dv : v * inv
             s = s.replacing(with: one, where: s .> one).replacing(with: mone, where: s .< mone)
             var c = _rank8(s, mids)
@@ -167,11 +161,11 @@ extension Quant4 {
             }
         }
         while i + 16 <= e {
-            _store8(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), o)
-            _store8(_lookup16(lo, hi, _nibbles8(packed + (i >> 1) + 4)), o + 8)
+            store8(o, _lookup16(lo, hi, _nibbles8(packed + (i >> 1))))
+            store8(o + 8, _lookup16(lo, hi, _nibbles8(packed + (i >> 1) + 4)))
             i += 16; o += 16
         }
-        if i + 8 <= e { _store8(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), o); i += 8; o += 8 }
+        if i + 8 <= e { store8(o, _lookup16(lo, hi, _nibbles8(packed + (i >> 1)))); i += 8; o += 8 }
         while i < e {
             let byte = packed[i >> 1]
             o[0] = cs[Int(i & 1 == 0 ? byte >> 4 : byte & 15)]
@@ -182,9 +176,9 @@ extension Quant4 {
     /// Fills the block's pre-scaled tables: fl(code[k] * scale).
     @inline(__always)
     static func _scaledTables(_ code: UnsafePointer<Float>, _ scale: Float, _ cs: UnsafeMutablePointer<Float>) -> (SIMD8<Float>, SIMD8<Float>) {
-        let lo = _load8(code) * SIMD8<Float>(repeating: scale)
-        let hi = _load8(code + 8) * SIMD8<Float>(repeating: scale)
-        _store8(lo, cs); _store8(hi, cs + 8)
+        let lo = load8(code) * SIMD8<Float>(repeating: scale)
+        let hi = load8(code + 8) * SIMD8<Float>(repeating: scale)
+        store8(cs, lo); store8(cs + 8, hi)
         return (lo, hi)
     }
 

@@ -51,7 +51,7 @@ extension QuantizedTensor {
         let bs = blocksize
         let blocksPerRow = cols / bs
         let p = packed.baseAddress
-        let lo = _load8(code.baseAddress), hi = _load8(code.baseAddress + 8)
+        let lo = load8(code.baseAddress), hi = load8(code.baseAddress + 8)
         // Block scales read inline (a closure call per block costs as much as the block's FMAs).
         let isNested = nested != nil
         let plain = absmax?.baseAddress
@@ -67,8 +67,8 @@ extension QuantizedTensor {
                     var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
                     var k = 0
                     while k < bs {
-                        s0 = s0.addingProduct(_lookup16(lo, hi, _nibbles8(bp)), _load8(xp))
-                        s1 = s1.addingProduct(_lookup16(lo, hi, _nibbles8(bp + 4)), _load8(xp + 8))
+                        s0 = s0.addingProduct(_lookup16(lo, hi, _nibbles8(bp)), load8(xp))
+                        s1 = s1.addingProduct(_lookup16(lo, hi, _nibbles8(bp + 4)), load8(xp + 8))
                         bp += 8; xp += 16; k += 16
                     }
                     let b = b0 + j
@@ -95,11 +95,11 @@ extension QuantizedTensor {
         if i < e && i & 1 == 1 { head = cs[Int(packed[i >> 1] & 15)] * xp[0]; i += 1; xp += 1 }
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
         while i + 16 <= e {
-            a0 = a0.addingProduct(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), _load8(xp))
-            a1 = a1.addingProduct(_lookup16(lo, hi, _nibbles8(packed + (i >> 1) + 4)), _load8(xp + 8))
+            a0 = a0.addingProduct(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), load8(xp))
+            a1 = a1.addingProduct(_lookup16(lo, hi, _nibbles8(packed + (i >> 1) + 4)), load8(xp + 8))
             i += 16; xp += 16
         }
-        if i + 8 <= e { a0 = a0.addingProduct(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), _load8(xp)); i += 8; xp += 8 }
+        if i + 8 <= e { a0 = a0.addingProduct(_lookup16(lo, hi, _nibbles8(packed + (i >> 1))), load8(xp)); i += 8; xp += 8 }
         var t = head + (a0 + a1).sum()
         while i < e {
             let byte = packed[i >> 1]

@@ -100,7 +100,7 @@ public enum TorchMean {
         }
         let vecs = n / 8
         let rows = vecs / 4
-        let v: (Int) -> SIMD8<Float> = { UnsafeRawPointer(x + 8 * $0).loadUnaligned(as: SIMD8<Float>.self) }
+        let v: (Int) -> SIMD8<Float> = { load8(x + 8 * $0) }
         var p = multiRowSum(rows: rows, zero: SIMD8<Float>(), { $0 + $1 }) { r, k in v(4 * r + k) }
         for k in (rows * 4)..<vecs { p.0 = p.0 + v(k) }
         let s = ((p.0 + p.1) + p.2) + p.3

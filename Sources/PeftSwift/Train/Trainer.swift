@@ -136,11 +136,7 @@ public final class Trainer {
         if let out = config.outputDirectory { try saveAdapter(to: out) }
     }
 
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
+    static func now() -> Double { MonotonicClock.seconds() }
 
     /// Resident set size: /proc/self/statm's second field × page size (0 when unreadable).
     public static func residentBytes() -> Int {

@@ -34,16 +34,14 @@ let smollm2Path: String? = {
 /// The opened SmolLM2 file, shared by tests (nil when absent).
 let smollm2File: GGUFFile? = smollm2Path.flatMap { try? GGUFFile(path: $0) }
 
-/// Tests/fixtures/llm/<name>
+/// Tests/fixtures/llm/<name> (resolved from Support/, wherever the caller's file is).
 func llmFixture(_ name: String, file: String = #filePath) -> URL {
-    URL(fileURLWithPath: file).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("fixtures/llm").appendingPathComponent(name)
+    FixtureFile.url("llm/" + name)
 }
 
 /// A safetensors fixture under Tests/fixtures/llm (FixtureFile resolves paths from Support/).
 func loadLLMFixture(_ name: String, file: String = #filePath) throws -> FixtureFile {
-    let support = URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent("Support/x.swift").path
-    return try FixtureFile.load("llm/" + name, file: support)
+    try FixtureFile.load("llm/" + name)
 }
 
 func llmJSON(_ name: String) throws -> [String: Any] {

@@ -158,8 +158,9 @@ struct MiniGGUF {
     }
 
     @Test func ioErrors() {
-        do { _ = try GGUFFile(path: "/nonexistent/x.gguf"); Issue.record("expected IO") } catch {
-            #expect(error.status == PST_ERR_IO && error.message.contains("/nonexistent/x.gguf"))
+        // one rule for every reader (Core/MappedFile.swift): a missing file is NOT_FOUND
+        do { _ = try GGUFFile(path: "/nonexistent/x.gguf"); Issue.record("expected NOT_FOUND") } catch {
+            #expect(error.status == PST_ERR_NOT_FOUND && error.message.contains("/nonexistent/x.gguf"))
         }
         do { _ = try GGUFFile(path: "/tmp"); Issue.record("expected IO") } catch {
             #expect(error.status == PST_ERR_IO)

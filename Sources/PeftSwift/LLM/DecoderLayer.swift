@@ -73,28 +73,28 @@ extension DecoderLayer {
         let cos = a.cos + a.past * half, sin = a.sin + a.past * half
         DecoderKernels.rmsNorm(x, inputNorm.baseAddress, s.normed.baseAddress, rstd: acts.rstd1.baseAddress, rows: m, n: H,
                                eps: c.rmsEps)
-        try ModelPhase.projectionForward.time { () throws(PSTError) in try qProj.forward(n, m: m, q) }
-        try ModelPhase.projectionForward.time { () throws(PSTError) in try kProj.forward(n, m: m, kNew) }
-        try ModelPhase.projectionForward.time { () throws(PSTError) in try vProj.forward(n, m: m, vNew) }
+        try ProfPhase.projectionForward.time { () throws(PSTError) in try qProj.forward(n, m: m, q) }
+        try ProfPhase.projectionForward.time { () throws(PSTError) in try kProj.forward(n, m: m, kNew) }
+        try ProfPhase.projectionForward.time { () throws(PSTError) in try vProj.forward(n, m: m, vNew) }
         DecoderKernels.rope(q.baseAddress!, rows: m, seqLen: T, heads: c.heads, headDim: c.headDim, cos: cos, sin: sin,
                             inverse: false)
         DecoderKernels.rope(kNew.baseAddress!, rows: m, seqLen: T, heads: c.kvHeads, headDim: c.headDim, cos: cos, sin: sin,
                             inverse: false)
         let shape = AttentionShape(batch: B, seqLen: T, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, past: a.past,
                                    kvRows: a.kvRows, window: c.architecture.attentionWindow)
-        ModelPhase.attentionForward.time {
+        ProfPhase.attentionForward.time {
             CausalAttention.forward(shape, q: acts.q.baseAddress, k: a.keys, v: a.values, out: s.attn.baseAddress, scores: a.scores)
         }
-        try ModelPhase.projectionForward.time { () throws(PSTError) in
+        try ProfPhase.projectionForward.time { () throws(PSTError) in
             try oProj.forward(UnsafeBufferPointer(rows(s.attn, m * c.qWidth)), m: m, rows(s.tmpH, m * H))
         }
         addVectors(x, s.tmpH.baseAddress, acts.h1.baseAddress, m * H)
         DecoderKernels.rmsNorm(acts.h1.baseAddress, postAttentionNorm.baseAddress, s.normed.baseAddress,
                                rstd: acts.rstd2.baseAddress, rows: m, n: H, eps: c.rmsEps)
-        try ModelPhase.projectionForward.time { () throws(PSTError) in try gateProj.forward(n, m: m, rows(acts.gate, m * I)) }
-        try ModelPhase.projectionForward.time { () throws(PSTError) in try upProj.forward(n, m: m, rows(acts.up, m * I)) }
+        try ProfPhase.projectionForward.time { () throws(PSTError) in try gateProj.forward(n, m: m, rows(acts.gate, m * I)) }
+        try ProfPhase.projectionForward.time { () throws(PSTError) in try upProj.forward(n, m: m, rows(acts.up, m * I)) }
         DecoderKernels.swiglu(acts.gate.baseAddress, acts.up.baseAddress, s.act.baseAddress, count: m * I)
-        try ModelPhase.projectionForward.time { () throws(PSTError) in
+        try ProfPhase.projectionForward.time { () throws(PSTError) in
             try downProj.forward(UnsafeBufferPointer(rows(s.act, m * I)), m: m, rows(s.tmpH, m * H))
         }
         addVectors(acts.h1.baseAddress, s.tmpH.baseAddress, out, m * H)

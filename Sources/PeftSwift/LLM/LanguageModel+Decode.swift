@@ -36,7 +36,7 @@ extension LanguageModel {
         let x = ws.x.baseAddress, e = embedding.baseAddress
         for i in 0..<T { (x + i * H).update(from: e + Int(ids[i]) * H, count: H) }
         for l in layers {
-            try ModelPhase.layerForward.time { () throws(PSTError) in
+            try ProfPhase.layerForward.time { () throws(PSTError) in
                 try l.forward(c, x: x, out: x, acts: ws.acts, scratch: ws.scratch,
                               attention: cache.attention(layer: l.index, newTokens: T))
             }

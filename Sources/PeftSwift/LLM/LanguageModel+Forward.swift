@@ -63,7 +63,7 @@ extension LanguageModel {
         for l in layers {
             let acts = recomputeActivations ? stored[0] : stored[l.index]
             rngSnapshots.append(l.linears.map { $0.rngStates })
-            try ModelPhase.layerForward.time { () throws(PSTError) in
+            try ProfPhase.layerForward.time { () throws(PSTError) in
                 try l.forward(config, x: layerInputs[l.index].baseAddress, out: layerInputs[l.index + 1].baseAddress,
                               acts: acts, scratch: ws.scratch, attention: wholeSequences(acts, ws))
             }

@@ -92,13 +92,13 @@ extension LanguageModel {
                 for (p, s) in zip(l.linears, rngSnapshots[l.index]) { p.restoreRng(s) }
                 // recompute the layer (its output, equal to the next layer's input, goes to the
                 // free dn buffer and is discarded)
-                try ModelPhase.recomputeForward.time { () throws(PSTError) in
+                try ProfPhase.recomputeForward.time { () throws(PSTError) in
                     try l.forward(config, x: x, out: ws.dn.baseAddress, acts: acts, scratch: ws.scratch, attention: wholeSequences(acts, ws))
                 }
             } else {
                 acts = stored[l.index]
             }
-            try ModelPhase.layerBackward.time { () throws(PSTError) in
+            try ProfPhase.layerBackward.time { () throws(PSTError) in
                 try l.backward(config, x: x, acts: acts, ws: ws, inputGradient: l.index > 0)
             }
             if recomputeActivations {

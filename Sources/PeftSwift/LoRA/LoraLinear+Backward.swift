@@ -27,8 +27,8 @@ extension LoraLinear {
         let tA = Prof.now()
         let g = try ensure(&cacheG, m * (cacheUsed.map { $0.config.r }.max() ?? 0))
 
-        if Prof.enabled { Prof.ns[7] += Prof.now() - tA }
-        if let dx { Prof.time(4) {
+        if Prof.enabled { Prof.add(.loraBackwardAlloc, Prof.now() - tA) }
+        if let dx { Prof.time(.baseBackwardDx) {
             let dxp = dx.baseAddress!
             switch base {
             case .dense(let w):
@@ -51,15 +51,15 @@ extension LoraLinear {
             let xd = UnsafePointer(cacheDropped[id]?.baseAddress ?? cacheX!.baseAddress)
             let g = g.baseAddress
             // g (M×r) = dy (M×out) · B (out×r)
-            Prof.time(16) {
+            Prof.time(.loraBackwardG) {
             GEMM.sgemm(transA: false, transB: false, m: m, n: r, k: outFeatures, alpha: 1,
                        a: dyp, lda: outFeatures, b: a.b.baseAddress, ldb: r, beta: 0, c: g, ldc: r) }
             // dB (out×r) += c · dyᵀ (out×M) · t (M×r)
-            Prof.time(17) {
+            Prof.time(.loraBackwardDB) {
             GEMM.sgemm(transA: true, transB: false, m: outFeatures, n: r, k: m, alpha: c,
                        a: dyp, lda: outFeatures, b: t, ldb: r, beta: 1, c: a.gradB.baseAddress, ldc: r) }
             // dA (r×in) += c · gᵀ (r×M) · xd (M×in)
-            Prof.time(18) {
+            Prof.time(.loraBackwardDA) {
             GEMM.sgemm(transA: true, transB: false, m: r, n: inFeatures, k: m, alpha: c,
                        a: g, lda: r, b: xd, ldb: inFeatures, beta: 1, c: a.gradA.baseAddress, ldc: inFeatures) }
             guard let dx else { continue }
@@ -67,7 +67,7 @@ extension LoraLinear {
             if let mask = cacheMasks[id] {
                 // dx += c · (g·A) ⊙ mask / (1−p)
                 let inv = 1 / (1 - a.config.dropout)
-                Prof.time(6) {
+                Prof.time(.loraBackwardMaskAdd) {
                     LoraKernels.maskedLoraDx(m: m, n: inFeatures, r: r, c: c, g: g, a: a.a.baseAddress,
                                              mask: mask.baseAddress, inv: inv, dx: dxp)
                 }

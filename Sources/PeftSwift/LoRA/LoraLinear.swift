@@ -186,7 +186,7 @@ public final class LoraLinear {
         }
         let xp = x.baseAddress!, yp = y.baseAddress!
         // base
-        Prof.time(0) { baseForward(xp, m: m, yp) }
+        Prof.time(.baseForward) { baseForward(xp, m: m, yp) }
         if let bias {
             let b = bias.baseAddress
             for i in 0..<m { addRow(yp + i * outFeatures, b, outFeatures) }
@@ -199,7 +199,7 @@ public final class LoraLinear {
         // backward reads x itself only for adapters without dropout
         if used.contains(where: { !(training && $0.config.dropout > 0) }) {
             let xs = try ensure(&cacheX, m * inFeatures)
-            Prof.time(2) { xs.baseAddress.update(from: xp, count: m * inFeatures) }
+            Prof.time(.loraCopyX) { xs.baseAddress.update(from: xp, count: m * inFeatures) }
         } else {
             cacheX = nil
         }
@@ -211,7 +211,7 @@ public final class LoraLinear {
                 let d = try ensure(&cacheDropped[id], m * inFeatures)
                 let mask = try ensureU8(&cacheMasks[id], m * inFeatures)
                 let keep = 1 - a.config.dropout, inv = 1 / keep
-                Prof.time(1) {
+                Prof.time(.loraDropout) {
                     LoraKernels.dropout(xp, d.baseAddress, mask.baseAddress, count: m * inFeatures, keep: keep, inv: inv, rng: &a.rng)
                 }
                 xd = UnsafePointer(d.baseAddress)
@@ -221,7 +221,7 @@ public final class LoraLinear {
             }
             let t = try ensure(&cacheT[ObjectIdentifier(a)], m * r)
             // t (M×r) = xd (M×in) · Aᵀ
-            Prof.time(3) {
+            Prof.time(.loraForwardGemm) {
             GEMM.sgemm(transA: false, transB: true, m: m, n: r, k: inFeatures, alpha: 1,
                        a: xd, lda: inFeatures, b: a.a.baseAddress, ldb: inFeatures, beta: 0, c: t.baseAddress, ldc: r)
             // y += c · t · Bᵀ

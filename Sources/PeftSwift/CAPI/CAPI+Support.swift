@@ -119,17 +119,9 @@ func lengthText(_ s: pst_string, _ name: @autoclosure () -> String) throws(PSTEr
 
 /// Bytes that must be valid UTF-8; the message gives the offset of the first invalid sequence.
 func utf8Text(_ b: UnsafeRawBufferPointer, _ name: @autoclosure () -> String) throws(PSTError) -> String {
-    guard let s = String(validating: b, as: UTF8.self) else {
-        var it = b.makeIterator(), decoder = UTF8(), at = 0
-        decoding: while true {
-            switch decoder.decode(&it) {
-            case .scalarValue(let u): at += UTF8.width(u)
-            case .emptyInput, .error: break decoding
-            }
-        }
-        throw .invalidArgument("\(name()) (\(b.count) bytes) is not valid UTF-8 (at byte \(at))")
-    }
-    return s
+    let (text, at) = decodeStrictUTF8(b)
+    guard let text else { throw .invalidArgument("\(name()) (\(b.count) bytes) is not valid UTF-8 (at byte \(at))") }
+    return text
 }
 
 // MARK: - Strings to C

@@ -120,21 +120,11 @@ public final class TrainingDataset {
 
     /// Strict UTF-8 decoding; throws `PST_ERR_INVALID_ARG` naming `source` and the first bad byte offset.
     public static func decodeUTF8(_ bytes: [UInt8], source: String) throws(PSTError) -> String {
-        var it = bytes.makeIterator()
-        var dec = UTF8()
-        var offset = 0
-        var scalars = String.UnicodeScalarView()
-        loop: while true {
-            switch dec.decode(&it) {
-            case .scalarValue(let s):
-                scalars.append(s)
-                offset += UTF8.width(s)
-            case .emptyInput: break loop
-            case .error:
-                throw .invalidArgument("\(source): not valid UTF-8 text (bad byte sequence near byte offset \(offset))")
-            }
+        let (text, at) = bytes.withUnsafeBytes { decodeStrictUTF8($0) }
+        guard let text else {
+            throw .invalidArgument("\(source): not valid UTF-8 text (bad byte sequence near byte offset \(at))")
         }
-        return String(scalars)
+        return text
     }
 
     static func splitString(_ s: String, _ sep: String) -> [String] {

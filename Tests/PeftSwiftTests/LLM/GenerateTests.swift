@@ -47,6 +47,12 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
 }
 
 @Suite struct GenerateTests {
+    /// Cached decoding against the whole-sequence forward (the same layer code; only the
+    /// attention's GEMM shapes differ, so only fp32 summation order): relative to max|z|.
+    static let cachedVsFullTol = 1e-5
+    /// An adapter must move the logits by far more than rounding.
+    static let adapterMovesAtLeast = 1e-3
+
     /// Prefill + token-by-token decode over the KV cache equals the full forward at every
     /// generated position (dense and NF4 bases, tied and untied heads, prompts shorter and
     /// longer than one attention row block).
@@ -65,7 +71,7 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
             worst = max(worst, llamaRelErr(z, try fullLastLogits(m, ids)))
         }
         #expect(cache.count == promptLen + 20)
-        #expect(worst < 1e-5, "worst relative error \(worst)")
+        #expect(worst < Self.cachedVsFullTol, "worst relative error \(worst)")
         // the cache is full
         genExpectError(PST_ERR_INVALID_ARG) { _ = try m.forwardCached(ids: [1], cache: cache) }
     }
@@ -78,7 +84,7 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
         let a = try m.forwardCached(ids: ids, cache: c1)
         _ = try m.forwardCached(ids: Array(ids[0..<5]), cache: c2)
         let b = try m.forwardCached(ids: Array(ids[5...]), cache: c2)
-        #expect(llamaRelErr(b, a) < 1e-5)
+        #expect(llamaRelErr(b, a) < Self.cachedVsFullTol)
         c1.reset()
         #expect(c1.count == 0)
         #expect(llamaRelErr(try m.forwardCached(ids: ids, cache: c1), a) == 0)
@@ -199,7 +205,7 @@ func genExpectError(_ status: Int32, _ body: () throws -> Void, sourceLocation: 
         #expect(m.loraModules.allSatisfy { $0.layer.active.map(\.name) == ["default"] })
         // the adapter changes the logits
         let on = try m.forwardCached(ids: prompt, cache: try m.makeKVCache(capacity: 4))
-        #expect(llamaRelErr(on, try base.forwardCached(ids: prompt, cache: try base.makeKVCache(capacity: 4))) > 1e-3)
+        #expect(llamaRelErr(on, try base.forwardCached(ids: prompt, cache: try base.makeKVCache(capacity: 4))) > Self.adapterMovesAtLeast)
         // logits with adapters disabled equal the base's
         let z = try m.withAdaptersDisabled { () throws(PSTError) -> [Float] in
             try m.forwardCached(ids: prompt, cache: try m.makeKVCache(capacity: 4))

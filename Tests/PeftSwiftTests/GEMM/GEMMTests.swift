@@ -299,3 +299,66 @@ enum GEMCaseList {
     static let gemvCol = GEMMCase(transA: true, m: 900, n: 1, k: 800, beta: 1)
     static let short = GEMMCase(transA: true, m: 16, n: 700, k: 500, beta: 1)
 }
+
+/// Every kernel path this CPU offers (ISA.swift), each held to the reference twin and to the
+/// AVX2 path bit for bit (fp32 accumulates each element in the same order on every path).
+@Suite struct GEMMISAPathTests {
+    static let hostPaths = ISA.allCases.filter { $0.missingFeatures.isEmpty }
+
+    /// Shapes that reach each part of the driver: packed tiles (full and ragged), A read in place
+    /// (n ≤ 32), B read in place (m ≤ 18), GEMV, depth blocks, and M = 1, 7, 257.
+    static let cases: [GEMMCase] = {
+        var cs: [GEMMCase] = []
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (m, n, k) in [(7, 33, 5), (6, 32, 17), (257, 65, 131), (12, 96, 400), (18, 64, 33),
+                              (1, 70, 40), (70, 1, 40), (31, 31, 3), (64, 48, 385), (145, 130, 77), (5, 200, 9)] {
+                cs.append(GEMMCase(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 1.25, beta: 0.5, padA: 1, padB: 2, padC: 3))
+            }
+        }
+        cs.append(GEMMCase(transB: true, m: 257, n: 576, k: 576))
+        return cs
+    }()
+
+    func run(_ cs: GEMMCase, _ a: [Float], _ b: [Float], _ c0: [Float], _ isa: ISA, panel: Bool) -> [Float] {
+        var c = c0
+        c.withUnsafeMutableBufferPointer { cp in
+            if panel {
+                b.withUnsafeBufferPointer { bp in
+                    let src = PanelSource.dense(bp.baseAddress!, rows: cs.bRows, cols: cs.bCols, ld: cs.ldb)
+                    GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                               a: a, lda: cs.lda, b: src, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, isa: isa)
+                }
+            } else {
+                GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                           a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, isa: isa)
+            }
+        }
+        return c
+    }
+
+    @Test(arguments: hostPaths)
+    func pathMatchesReferenceAndAVX2Bitwise(_ isa: ISA) {
+        for cs in Self.cases {
+            let (a, b, c0) = cs.operands()
+            var ref = c0
+            cs.runReference(a, b, &ref)
+            for panel in [false, true] {
+                let fast = run(cs, a, b, c0, isa, panel: panel)
+                let (worst, padIntact) = cs.compare(a, b, c0: c0, fast: fast, ref: ref)
+                #expect(worst <= GEMMTolerance.relative(k: cs.k), "\(isa.name) \(cs) panel=\(panel): rel err \(worst)")
+                #expect(padIntact, "\(isa.name) \(cs): wrote outside C")
+                let base = run(cs, a, b, c0, .avx2, panel: panel)
+                #expect(fast.map(\.bitPattern) == base.map(\.bitPattern), "\(isa.name) \(cs) panel=\(panel) differs from avx2")
+            }
+        }
+    }
+
+    @Test func activePathIsOneTheHostHas() {
+        #expect(ISA.active.missingFeatures.isEmpty)
+        #expect(ISA.active <= ISA.host)
+        #expect(ISA.named("AVX512_BF16") == .avx512bf16 && ISA.named("avx2") == .avx2 && ISA.named("sse") == nil)
+        for isa in ISA.allCases where !isa.missingFeatures.isEmpty {
+            #expect(throws: PSTError.self) { try ISA.set(isa) }
+        }
+    }
+}

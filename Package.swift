@@ -51,9 +51,11 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O2"])]
         ),
         .target(name: "PeftSwiftAVX512", swiftSettings: avx512),
+        .target(name: "CPeftSwiftBF16", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "PeftSwiftAVX512BF16", dependencies: ["CPeftSwiftBF16"], swiftSettings: avx512bf16),
         .target(
             name: "PeftSwift",
-            dependencies: ["CPeftSwift", "PeftSwiftAVX512"],
+            dependencies: ["CPeftSwift", "PeftSwiftAVX512", "PeftSwiftAVX512BF16"],
             swiftSettings: simd,
             linkerSettings: libLinker
         ),

@@ -84,11 +84,12 @@ public enum GEMM {
     /// failure): tests use it to hold every path the host offers to the reference.
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil) {
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil,
+                             compute: ComputeDType = .fp32) {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         precondition(ldb >= max(1, transB ? k : n), "sgemm: ldb (\(ldb)) < \(transB ? "k" : "n") (\(transB ? k : n))")
         run(Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                    b: .memory(b, ldb), beta: beta, c: c, ldc: ldc, isa: resolve(isa)))
+                    b: .memory(b, ldb), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute)))
     }
 
     /// C[M,N] = alpha·op(A)[M,K]·op(B)[K,N] + beta·C[M,N], with the stored B (`K×N`, or `N×K`
@@ -97,13 +98,14 @@ public enum GEMM {
     /// blocks of at most `panelBlockLimit` elements (see `PanelSource`).
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int, b: PanelSource,
-                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil) {
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil,
+                             compute: ComputeDType = .fp32) {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         let (br, bc) = transB ? (n, k) : (k, n)
         precondition(b.rows == br && b.cols == bc,
                      "sgemm: PanelSource is \(b.rows)×\(b.cols), op(B) needs stored \(br)×\(bc)")
         run(Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                    b: .panel(b), beta: beta, c: c, ldc: ldc, isa: resolve(isa)))
+                    b: .panel(b), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute)))
     }
 
     // MARK: - Internals
@@ -122,6 +124,16 @@ public enum GEMM {
         var beta: Float
         var c: UnsafeMutablePointer<Float>, ldc: Int
         var isa: ISA
+        var compute: ComputeDType = .fp32
+    }
+
+    /// bf16 products run only where the CPU has AVX512_BF16 (whatever the PST_ISA cap: callers
+    /// refuse bf16 up front with ComputeDType.checkAvailable, so the cap is honoured there).
+    @inline(__always)
+    static func resolve(_ compute: ComputeDType) -> ComputeDType {
+        precondition(compute == .fp32 || ISA.avx512bf16.missingFeatures.isEmpty,
+                     "sgemm: compute dtype bf16 on a CPU without AVX512_BF16")
+        return compute
     }
 
     /// The path to run: `isa` when given (the CPU must have it), else `ISA.active`.
@@ -144,7 +156,7 @@ public enum GEMM {
             scaleC(p.m, p.n, p.beta, p.c, p.ldc)
             return
         }
-        if p.m == 1 || p.n == 1 {
+        if (p.m == 1 || p.n == 1) && p.compute == .fp32 {
             gemv(p)
             return
         }
@@ -161,10 +173,11 @@ public enum GEMM {
             for ti in lo..<hi {
                 let s0 = strips * ti / t, s1 = strips * (ti + 1) / t
                 if s0 == s1 { continue }
-                if splitN {
-                    blocked(p, 0, p.m, s0 * nr, min(p.n, s1 * nr))
+                let (i0, i1, j0, j1) = splitN ? (0, p.m, s0 * nr, min(p.n, s1 * nr)) : (s0 * mr, min(p.m, s1 * mr), 0, p.n)
+                if p.compute == .bf16 {
+                    blockedBF16(p, i0, i1, j0, j1)
                 } else {
-                    blocked(p, s0 * mr, min(p.m, s1 * mr), 0, p.n)
+                    blocked(p, i0, i1, j0, j1)
                 }
             }
         }

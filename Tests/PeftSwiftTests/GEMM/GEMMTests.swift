@@ -362,3 +362,73 @@ enum GEMCaseList {
         }
     }
 }
+
+/// Compute dtype bf16 (SGEMM+BF16.swift) against its twin: operands rounded to bf16, exact
+/// products, Double sums. The fast path sums in fp32 (two products per vdpbf16ps, in kc blocks),
+/// so the same fp32 accumulation bound as the fp32 path applies, relative to Σ|bf16(a)·bf16(b)|.
+@Suite struct GEMMBF16Tests {
+    static let hasBF16 = ISA.avx512bf16.missingFeatures.isEmpty
+
+    @Test(.enabled(if: hasBF16))
+    func bf16MatchesItsTwinOnEveryShape() {
+        var cases = GEMMISAPathTests.cases
+        cases.append(GEMMCase(transB: true, m: 1, n: 1, k: 1))
+        cases.append(GEMMCase(m: 2, n: 3, k: 801, alpha: 1, beta: 1))
+        for cs in cases {
+            let (a, b, c0) = cs.operands()
+            var ref = c0, ref32 = c0
+            ref.withUnsafeMutableBufferPointer { rp in
+                GEMM.sgemmBF16Reference(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                                        a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: rp.baseAddress!, ldc: cs.ldc)
+            }
+            cs.runReference(a, b, &ref32)
+            for panel in [false, true] {
+                var fast = c0
+                fast.withUnsafeMutableBufferPointer { cp in
+                    if panel {
+                        b.withUnsafeBufferPointer { bp in
+                            let src = PanelSource.dense(bp.baseAddress!, rows: cs.bRows, cols: cs.bCols, ld: cs.ldb)
+                            GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                                       a: a, lda: cs.lda, b: src, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, compute: .bf16)
+                        }
+                    } else {
+                        GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                                   a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, compute: .bf16)
+                    }
+                }
+                // scale from the rounded operands (|bf16(x)| ≤ |x|·(1 + 2⁻⁸), so Σ|a||b| bounds it within 1 %)
+                let (worst, padIntact) = cs.compare(a, b, c0: c0, fast: fast, ref: ref)
+                #expect(worst <= 1.01 * GEMMTolerance.relative(k: cs.k), "bf16 \(cs) panel=\(panel): rel err \(worst)")
+                #expect(padIntact, "bf16 \(cs): wrote outside C")
+            }
+            // the twin really rounds: bf16 moves each operand by up to 2⁻⁹ relative, so on random
+            // operands the largest gap to the fp32 product over C is of that order (seen 4e-4 to
+            // 6e-4 of Σ|a||b|), far beyond the fp32 accumulation bound (≈ 1e-5 here)
+            if cs.k >= 8 && cs.m * cs.n >= 16 {
+                let (gap, _) = cs.compare(a, b, c0: c0, fast: ref, ref: ref32)
+                #expect(gap > 8 * GEMMTolerance.relative(k: cs.k), "\(cs): bf16 twin equals fp32 (gap \(gap))")
+            }
+        }
+    }
+
+    @Test func roundBF16IsRoundToNearestEven() {
+        #expect(GEMM.roundBF16(1.0) == 1.0)
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties to even (1.0)
+        #expect(GEMM.roundBF16(1 + 0x1p-8) == 1.0)
+        // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ and 1 + 2·2⁻⁷: ties to even (1 + 2⁻⁶)
+        #expect(GEMM.roundBF16(1 + 3 * 0x1p-8) == 1 + 0x1p-6)
+        #expect(GEMM.roundBF16(1 + 0x1p-8 + 0x1p-20) == 1 + 0x1p-7)
+        #expect(GEMM.roundBF16(-Float.leastNonzeroMagnitude).bitPattern == (-Float(0)).bitPattern)
+        #expect(GEMM.roundBF16(.infinity) == .infinity && GEMM.roundBF16(.nan).isNaN)
+        #expect(GEMM.roundBF16(Float.greatestFiniteMagnitude) == .infinity)
+    }
+
+    @Test func bf16IsAnErrorWithoutTheKernels() throws {
+        if Self.hasBF16 {
+            try ComputeDType.bf16.checkAvailable("test")
+        } else {
+            #expect(throws: PSTError.self) { try ComputeDType.bf16.checkAvailable("test") }
+        }
+        try ComputeDType.fp32.checkAvailable("test")
+    }
+}

@@ -291,6 +291,9 @@ typedef struct pst_llm_load_params {
     int32_t blocksize;     /* 64 (default), 32 ... 4096, a power of two */
     int32_t double_quant;  /* 1 (default): double quantization of the block constants */
     int32_t pretokenizer;  /* PST_PRETOK_* (default PST_PRETOK_AUTO) */
+    int32_t compute_dtype; /* PST_DTYPE_F32 (default) or PST_DTYPE_BF16: the precision of the products
+                              with the frozen weights (pst_llm_set_compute_dtype). Added after
+                              version 1 in what was padding: set it through pst_llm_load_params_init */
 } pst_llm_load_params;
 #define PST_LLM_LOAD_PARAMS_V1_SIZE 32 /* sizeof(pst_llm_load_params) in version 1 */
 

@@ -65,6 +65,22 @@ public enum SGEMMBF16 {
         }
     }
 
+    /// Rounds `count` floats at p to bf16 in place (vcvtneps2bf16, then widened back: the low 16
+    /// bits become zero), so that the fp32 kernel multiplies bf16 operands exactly.
+    public static func roundInPlace(_ p: UnsafeMutablePointer<Float>, _ count: Int) {
+        var i = 0
+        while i + 16 <= count {
+            let h = pst_cvtneps_bf16(_mm512_loadu_ps(p + i))
+            _mm512_storeu_si512(p + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            i += 16
+        }
+        if i < count {
+            let m = __mmask16(truncatingIfNeeded: (1 << (count - i)) - 1)
+            let h = pst_cvtneps_bf16(_mm512_maskz_loadu_ps(m, p + i))
+            _mm512_mask_storeu_epi32(p + i, m, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        }
+    }
+
     /// C[6,32] = alpha·A·B + beta·C (row stride ldc) over `pairs` k-pairs; beta == 0 never reads C.
     /// a: an A pair sliver; b0, b1: two B pair slivers (columns 0-15 and 16-31).
     @inline(never)

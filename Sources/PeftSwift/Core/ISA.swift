@@ -89,3 +89,28 @@ public enum ISA: Int32, CaseIterable, Comparable, Sendable {
         state.store(isa.rawValue, ordering: .relaxed)
     }
 }
+
+/// How compute dtype bf16 multiplies (both give bf16 operands and fp32 sums; they round the sums
+/// in a different order, so results differ in the last bits between them):
+///   dot: vdpbf16ps, two products per lane and instruction (32 multiply-adds per zmm instruction);
+///   fma: the operands rounded to bf16 once at packing time (vcvtneps2bf16), then the fp32
+///        AVX-512 kernel (16 multiply-adds per instruction, exact products of bf16 values).
+/// Which is faster depends on the core: measured on Intel Emerald Rapids (this project's host),
+/// vdpbf16ps zmm issues at half the rate of fp32 zmm FMAs (two FMA ports), so `fma` is twice
+/// as fast; AMD Zen 4 runs one zmm FMA per cycle (two 256-bit halves) and vdpbf16ps at twice the
+/// multiply-adds (the speed issue's host), so `dot` is. Default: dot on AMD, fma elsewhere;
+/// PST_BF16_KERNEL=dot|fma (read once) overrides.
+public enum BF16Kernel: Sendable, CaseIterable {
+    case dot, fma
+
+    public static let `default`: BF16Kernel = {
+        if let e = getenv("PST_BF16_KERNEL") {
+            switch String(cString: e).lowercased() {
+            case "dot": return .dot
+            case "fma": return .fma
+            default: break
+            }
+        }
+        return pstshim_cpu_is_amd() != 0 ? .dot : .fma
+    }()
+}

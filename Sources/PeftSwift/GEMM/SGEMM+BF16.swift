@@ -11,6 +11,8 @@ import PeftSwiftAVX512BF16
 //
 // C[i,j] = alpha·Σ_p bf16(op(A)[i,p])·bf16(op(B)[p,j]) + beta·C[i,j], sums in fp32 (pairs of p
 // per instruction, in kc blocks). The twin is sgemmBF16Reference (SGEMM+Reference.swift).
+// With BF16Kernel.fma (ISA.swift: the faster choice on Intel cores) the packed fp32 blocks are
+// rounded to bf16 in place instead and the fp32 AVX-512 kernel multiplies them.
 // Runs only when the CPU has AVX512_BF16 (precondition; callers check ComputeDType first).
 
 extension GEMM {
@@ -41,15 +43,24 @@ extension GEMM {
                 let kc = min(kcMax, p.k - pc), pairs = (kc + 1) / 2
                 let beta: Float = pc == 0 ? p.beta : 1
                 packBPanel(p, pc, kc, jc, nc, bpF, panel)
-                let nsl = (nc + nr - 1) / nr
-                for t in 0..<nsl { SGEMMBF16.packB(kc, bpF + t * nr * kc, bpB + t * 2 * nr * pairs) }
+                let nsl = (nc + nr - 1) / nr, dot = p.bf16Kernel == .dot
+                if dot {
+                    for t in 0..<nsl { SGEMMBF16.packB(kc, bpF + t * nr * kc, bpB + t * 2 * nr * pairs) }
+                } else {
+                    SGEMMBF16.roundInPlace(bpF, nsl * nr * kc)
+                }
                 var ic = i0
                 while ic < i1 {
                     let mc = min(mcMax, i1 - ic)
                     packA(p.transA, p.a, p.lda, ic, mc, pc, kc, apF)
                     let msl = (mc + mr - 1) / mr
-                    for s in 0..<msl { SGEMMBF16.packA(kc, apF + s * mr * kc, apB + s * mr * pairs) }
-                    macroKernelBF16(mc, nc, pairs, apB, bpB, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                    if dot {
+                        for s in 0..<msl { SGEMMBF16.packA(kc, apF + s * mr * kc, apB + s * mr * pairs) }
+                        macroKernelBF16(mc, nc, pairs, apB, bpB, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                    } else {
+                        SGEMMBF16.roundInPlace(apF, msl * mr * kc)
+                        macroKernel(mc, nc, kc, apF, bpF, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile, true)
+                    }
                     ic += mc
                 }
                 pc += kc

@@ -85,11 +85,12 @@ public enum GEMM {
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil,
-                             compute: ComputeDType = .fp32) {
+                             compute: ComputeDType = .fp32, bf16Kernel: BF16Kernel = .default) {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         precondition(ldb >= max(1, transB ? k : n), "sgemm: ldb (\(ldb)) < \(transB ? "k" : "n") (\(transB ? k : n))")
         run(Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                    b: .memory(b, ldb), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute)))
+                    b: .memory(b, ldb), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute),
+                    bf16Kernel: bf16Kernel))
     }
 
     /// C[M,N] = alpha·op(A)[M,K]·op(B)[K,N] + beta·C[M,N], with the stored B (`K×N`, or `N×K`
@@ -99,13 +100,14 @@ public enum GEMM {
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int, b: PanelSource,
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil,
-                             compute: ComputeDType = .fp32) {
+                             compute: ComputeDType = .fp32, bf16Kernel: BF16Kernel = .default) {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         let (br, bc) = transB ? (n, k) : (k, n)
         precondition(b.rows == br && b.cols == bc,
                      "sgemm: PanelSource is \(b.rows)×\(b.cols), op(B) needs stored \(br)×\(bc)")
         run(Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                    b: .panel(b), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute)))
+                    b: .panel(b), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute),
+                    bf16Kernel: bf16Kernel))
     }
 
     // MARK: - Internals
@@ -125,6 +127,7 @@ public enum GEMM {
         var c: UnsafeMutablePointer<Float>, ldc: Int
         var isa: ISA
         var compute: ComputeDType = .fp32
+        var bf16Kernel: BF16Kernel = .default
     }
 
     /// bf16 products run only where the CPU has AVX512_BF16 (whatever the PST_ISA cap: callers

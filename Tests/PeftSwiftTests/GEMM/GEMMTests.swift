@@ -382,23 +382,25 @@ enum GEMCaseList {
                                         a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: rp.baseAddress!, ldc: cs.ldc)
             }
             cs.runReference(a, b, &ref32)
-            for panel in [false, true] {
+            for (panel, kernel) in [(false, BF16Kernel.dot), (true, .dot), (false, .fma), (true, .fma)] {
                 var fast = c0
                 fast.withUnsafeMutableBufferPointer { cp in
                     if panel {
                         b.withUnsafeBufferPointer { bp in
                             let src = PanelSource.dense(bp.baseAddress!, rows: cs.bRows, cols: cs.bCols, ld: cs.ldb)
                             GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
-                                       a: a, lda: cs.lda, b: src, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, compute: .bf16)
+                                       a: a, lda: cs.lda, b: src, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc,
+                                       compute: .bf16, bf16Kernel: kernel)
                         }
                     } else {
                         GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
-                                   a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, compute: .bf16)
+                                   a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc,
+                                   compute: .bf16, bf16Kernel: kernel)
                     }
                 }
                 // scale from the rounded operands (|bf16(x)| ≤ |x|·(1 + 2⁻⁸), so Σ|a||b| bounds it within 1 %)
                 let (worst, padIntact) = cs.compare(a, b, c0: c0, fast: fast, ref: ref)
-                #expect(worst <= 1.01 * GEMMTolerance.relative(k: cs.k), "bf16 \(cs) panel=\(panel): rel err \(worst)")
+                #expect(worst <= 1.01 * GEMMTolerance.relative(k: cs.k), "bf16 \(kernel) \(cs) panel=\(panel): rel err \(worst)")
                 #expect(padIntact, "bf16 \(cs): wrote outside C")
             }
             // the twin really rounds: bf16 moves each operand by up to 2⁻⁹ relative, so on random

@@ -403,7 +403,7 @@ enum GEMCaseList {
                 #expect(worst <= 1.01 * GEMMTolerance.relative(k: cs.k), "bf16 \(kernel) \(cs) panel=\(panel): rel err \(worst)")
                 #expect(padIntact, "bf16 \(cs): wrote outside C")
             }
-            // the twin really rounds: bf16 moves each operand by up to 2⁻⁹ relative, so on random
+            // the twin really rounds: bf16 moves each operand by up to 2⁻⁸ relative, so on random
             // operands the largest gap to the fp32 product over C is of that order (seen 4e-4 to
             // 6e-4 of Σ|a||b|), far beyond the fp32 accumulation bound (≈ 1e-5 here)
             if cs.k >= 8 && cs.m * cs.n >= 16 {

@@ -19,6 +19,15 @@ let simd: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-march=x86-64-v3", "-enforce-exclusivity=unchecked"]),
 ]
 
+// The AVX-512 kernels: x86-64-v3 plus AVX-512F/BW/DQ/VL (Skylake-SP, Ice Lake, Sapphire Rapids,
+// AMD Zen 4), and the BF16 kernels with AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4) on top.
+// These modules hold nothing but kernels that GEMM dispatches to at run time after checking the
+// CPU (Sources/PeftSwift/Core/ISA.swift); no other code may be compiled with these flags.
+let avx512Flags = ["-Xcc", "-march=x86-64-v3", "-Xcc", "-mavx512f", "-Xcc", "-mavx512bw",
+                   "-Xcc", "-mavx512dq", "-Xcc", "-mavx512vl", "-enforce-exclusivity=unchecked"]
+let avx512: [SwiftSetting] = [.unsafeFlags(avx512Flags)]
+let avx512bf16: [SwiftSetting] = [.unsafeFlags(avx512Flags + ["-Xcc", "-mavx512bf16"])]
+
 var libLinker: [LinkerSetting] = []
 if dist {
     libLinker.append(.unsafeFlags([
@@ -41,9 +50,12 @@ let package = Package(
             // baseline x86-64 on purpose: cpu.c and entry.c run before the CPU check (no -march here)
             cSettings: [.unsafeFlags(["-O2"])]
         ),
+        .target(name: "PeftSwiftAVX512", swiftSettings: avx512),
+        .target(name: "CPeftSwiftBF16", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "PeftSwiftAVX512BF16", dependencies: ["CPeftSwiftBF16"], swiftSettings: avx512bf16),
         .target(
             name: "PeftSwift",
-            dependencies: ["CPeftSwift"],
+            dependencies: ["CPeftSwift", "PeftSwiftAVX512", "PeftSwiftAVX512BF16"],
             swiftSettings: simd,
             linkerSettings: libLinker
         ),

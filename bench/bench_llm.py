@@ -22,8 +22,11 @@ clipping at 1.0, 1 warm-up step then --steps timed steps.
              and the weights quantized to NF4 from bf16), Linear4bit compute_dtype=torch.bfloat16;
              the LoRA weights stay fp32 (PEFT's autocast_adapter_dtype), so does AdamW.
 Peak RSS is the process's ru_maxrss (model loading included, on both sides).
-Targets: peftswift step >= 2x faster than the peer; peftswift peak RSS <= half the peer's; the
-ratios are printed against each peer configuration.
+peftswift runs in fp32 and, where the CPU has AVX512_BF16, in bf16 compute (--ours-dtype;
+`compute_dtype="bf16"`: the products with the frozen weights on bf16 operands with fp32 sums),
+each on the best kernel path of the CPU (printed; PST_ISA=avx2|avx512|avx512bf16 caps it).
+Targets (issue 13), each at the same compute dtype on both sides: fp32 step >= 1.8x faster than
+the peer in fp32, bf16 step >= 2x faster than the peer in bf16; peak RSS <= half the peer's.
 
 The output starts with the host's CPU, flags and load and the versions of the interpreter that
 runs the driver (bench/_host.py); each side's process reports its own interpreter and versions
@@ -100,9 +103,10 @@ def side_peftswift(a):
     from peftswift import llm
 
     peftswift.set_num_threads(a.threads)
-    out = {"side": "peftswift"}
+    out = {"side": "peftswift", "isa": peftswift.get_isa(), "compute_dtype": a.compute_dtype}
     t = time.perf_counter()
-    model = llm.Model.load(gguf_path(), quantize=True, quant_type="nf4", blocksize=64, double_quant=True)
+    model = llm.Model.load(gguf_path(), quantize=True, quant_type="nf4", blocksize=64, double_quant=True,
+                           compute_dtype=a.compute_dtype)
     out["load_s"] = time.perf_counter() - t
     if not a.no_gen:
         prompt = model.chat_prompt(PROMPT)
@@ -247,6 +251,9 @@ def run_side(side, a, gen=True):
         python = a.peer_python
         cmd[1] = "peer"
         cmd += ["--peer-dtype", side[len("peer-"):]]
+    elif side.startswith("peftswift-"):
+        cmd[1] = "peftswift"
+        cmd += ["--compute-dtype", side[len("peftswift-"):]]
     cmd = [python, os.path.abspath(__file__)] + cmd
     if a.no_gen or not gen:
         cmd.append("--no-gen")
@@ -277,6 +284,9 @@ def main():
     ap.add_argument("--peer-python", default=sys.executable,
                     help="interpreter for the peer sides (default: this one)")
     ap.add_argument("--side", choices=["peftswift", "peer", "llamacpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--compute-dtype", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--ours-dtype", default=None,
+                    help="peftswift's compute dtypes, comma-separated (default: fp32, and bf16 where the CPU has AVX512_BF16)")
     a = ap.parse_args()
     if a.side:
         fn = {"peftswift": side_peftswift, "peer": side_peer, "llamacpp": side_llamacpp}[a.side]
@@ -292,6 +302,12 @@ def main():
     if not dtypes or any(x not in ("fp32", "bf16") for x in dtypes):
         ap.error(f"--peer-dtype {a.peer_dtype!r}: a comma-separated list of fp32, bf16")
     peers = [f"peer-{x}" for x in dict.fromkeys(dtypes)]
+    if a.ours_dtype is None:
+        import peftswift
+        ours_dtypes = ["fp32"] + (["bf16"] if peftswift.host_isa() == "avx512bf16" else [])
+    else:
+        ours_dtypes = [x.strip() for x in a.ours_dtype.split(",") if x.strip()]
+    ours = ["peftswift" if d == "fp32" else f"peftswift-{d}" for d in dict.fromkeys(ours_dtypes)]
 
     _host.print_header(PEER_PACKAGES)
     if os.path.realpath(a.peer_python) != os.path.realpath(sys.executable):
@@ -301,11 +317,11 @@ def main():
           f"peers: {', '.join(peers)}")
     # the sides alternate for --rounds rounds (generation is measured in the first round only);
     # the machine is shared, so the ratio uses each side's fastest step (mean steps shown too)
-    runs = {"peftswift": []}
+    runs = {s: [] for s in ours}
     runs.update({p: [] for p in peers})
     for k in range(a.rounds):
         for s in runs:
-            runs[s].append(run_side(s, a, gen=(k == 0)))
+            runs[s].append(run_side(s, a, gen=(k == 0 and s != "peftswift-bf16")))
     res = {}
     rows = []
     for s, rs in runs.items():
@@ -322,26 +338,36 @@ def main():
         st = mean(r["step_s"])
         rows.append((s, st, min(r["step_s"]), r["tokens_per_step"] / min(r["step_s"]), r["peak_rss_mb"],
                      r["rss_after_mb"], r["load_s"], r["losses"][0]))
-    print(f"\n{'side':<10} {'step s (min)':>12} {'step s (mean)':>13} {'tokens/s':>9} {'peak RSS MB':>11} "
+    print(f"\n{'side':<14} {'step s (min)':>12} {'step s (mean)':>13} {'tokens/s':>9} {'peak RSS MB':>11} "
           f"{'RSS after MB':>12} {'load s':>7} {'first loss':>10}  loadavg at start-end of each run")
     for s, st, mn, tps, pk, ra, ld, l0 in rows:
         la = res[s]["loadavg"]
         las = " ".join(f"{la[i]:.1f}-{la[i + 1]:.1f}" for i in range(0, len(la) - 1, 2))
-        print(f"{s:<10} {mn:>12.3f} {st:>13.3f} {tps:>9.1f} {pk:>11.0f} {ra:>12.0f} {ld:>7.1f} {l0:>10.3f}  {las}")
+        print(f"{s:<14} {mn:>12.3f} {st:>13.3f} {tps:>9.1f} {pk:>11.0f} {ra:>12.0f} {ld:>7.1f} {l0:>10.3f}  {las}")
     print(f"({a.rounds} run(s) per side of 1 warm-up + {a.steps} timed steps; tokens/s from the fastest step. "
           "The machine is shared:\n the 1-minute load average shows how busy it was, and busy cores slow "
           "PyTorch's OpenMP threads down a lot.)")
     print_sides_software(res, a)
-    ps = res["peftswift"]
+    ps = res.get("peftswift", {"error": "not run"})
+    for s in ours:
+        if "error" not in res[s]:
+            print(f"{s}: kernel path {res[s].get('isa')}, compute dtype {res[s].get('compute_dtype')}")
+    # issue 13's targets, each at the same compute dtype on both sides
+    targets = {"fp32": 1.8, "bf16": 2.0}
     for p in peers:
-        peer = res[p]
-        if "error" in ps or "error" in peer:
+        peer, dt = res[p], p[len("peer-"):]
+        mine = "peftswift" if dt == "fp32" else f"peftswift-{dt}"
+        if mine not in res:
+            mine = "peftswift"
+        me = res[mine]
+        if "error" in me or "error" in peer:
             continue
-        speed = min(peer["step_s"]) / min(ps["step_s"])
-        mem = ps["peak_rss_mb"] / peer["peak_rss_mb"]
-        print(f"\n{p}: step time ratio {p}/peftswift (fastest steps) = {speed:.2f}x   "
-              f"(target >= 2x: {'MET' if speed >= 2 else 'NOT MET'})")
-        print(f"{p}: peak RSS ratio peftswift/{p}  = {mem:.2f}    (target <= 0.5: {'MET' if mem <= 0.5 else 'NOT MET'})")
+        speed = min(peer["step_s"]) / min(me["step_s"])
+        mem = me["peak_rss_mb"] / peer["peak_rss_mb"]
+        tgt = targets[dt]
+        print(f"\n{p} vs {mine}: step time ratio {p}/{mine} (fastest steps) = {speed:.2f}x   "
+              f"(target >= {tgt}x: {'MET' if speed >= tgt else 'NOT MET'})")
+        print(f"{p} vs {mine}: peak RSS ratio {mine}/{p}  = {mem:.2f}    (target <= 0.5: {'MET' if mem <= 0.5 else 'NOT MET'})")
 
     if not a.no_gen:
         lc = run_side("llamacpp", a)

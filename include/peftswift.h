@@ -109,6 +109,14 @@ typedef int32_t pst_status;
 #define PST_ERR_UNSUPPORTED_CPU 12 /* this CPU lacks an instruction set the library needs (x86-64-v3:
                                     AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE); the message names them */
 
+/* ---- Kernel paths (pst_set_isa, pst_get_isa, pst_host_isa), each a superset of the one before.
+ * The library picks the best path the CPU has at load; the environment variable PST_ISA
+ * (avx2, avx512, avx512bf16) read at load caps it, as pst_set_isa does. Results of fp32
+ * compute are bit-identical on every path; compute dtype bf16 needs PST_ISA_AVX512_BF16. */
+#define PST_ISA_AVX2 0        /* AVX2 + FMA (x86-64-v3): every CPU the library runs on */
+#define PST_ISA_AVX512 1      /* + AVX-512F/BW/DQ/VL fp32 kernels */
+#define PST_ISA_AVX512_BF16 2 /* + AVX512_BF16 kernels (vdpbf16ps) for compute dtype bf16 */
+
 /* ---- Element types of tensors crossing the ABI */
 #define PST_DTYPE_F32 0
 #define PST_DTYPE_F16 1
@@ -195,11 +203,32 @@ PST_API PST_WARN_UNUSED_RESULT int32_t pst_get_num_threads(void) PST_NOEXCEPT;
  * (AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE; Intel Haswell / AMD Excavator or newer).
  * On a CPU without them every pst_ function answers without running engine code: functions
  * returning pst_status return PST_ERR_UNSUPPORTED_CPU, pst_*_free do nothing,
- * pst_4bit_packed_bytes and pst_blockwise_count return -1, pst_get_num_threads returns 0;
+ * pst_4bit_packed_bytes and pst_blockwise_count return -1, pst_get_num_threads returns 0,
+ * pst_get_isa and pst_host_isa return -1;
  * pst_abi_version, pst_version_string, pst_status_string and pst_last_error work as usual.
  * Call it first to report the problem early (the Python module's import does).
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_cpu_check(void) PST_NOEXCEPT;
+
+/**
+ * Uses the kernel path isa (PST_ISA_AVX2, PST_ISA_AVX512 or PST_ISA_AVX512_BF16) from the next
+ * call on, process-wide; at load the library takes the best path the CPU has, capped by the
+ * environment variable PST_ISA. fp32 results are bit-identical on every path; bf16 compute
+ * needs PST_ISA_AVX512_BF16 (models and layers already set to bf16 keep using it while the CPU
+ * has it). Errors: PST_ERR_INVALID_ARG (not a PST_ISA_* value), PST_ERR_UNSUPPORTED_CPU (the CPU
+ * lacks it; the message names the missing features).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_set_isa(int32_t isa) PST_NOEXCEPT;
+
+/**
+ * Returns the kernel path in use (a PST_ISA_* value).
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_get_isa(void) PST_NOEXCEPT;
+
+/**
+ * Returns the best kernel path this CPU has (a PST_ISA_* value), whatever PST_ISA says.
+ */
+PST_API PST_WARN_UNUSED_RESULT int32_t pst_host_isa(void) PST_NOEXCEPT;
 
 
 /* ================================================================================================
@@ -502,6 +531,16 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_set_active(pst_lora *layer,
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_set_training(pst_lora *layer,
     bool training) PST_NOEXCEPT;
+
+/**
+ * Sets the precision of the layer's base products x W^T and dy W: PST_DTYPE_F32 (the default)
+ * or PST_DTYPE_BF16 (operands rounded to bf16, fp32 sums, as bitsandbytes'
+ * bnb_4bit_compute_dtype=torch.bfloat16; the LoRA branch and all gradients stay fp32).
+ * Errors: PST_ERR_INVALID_ARG (layer NULL, another dtype), PST_ERR_UNSUPPORTED_CPU (bf16 without
+ * AVX512_BF16, or with the kernels capped below PST_ISA_AVX512_BF16).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_set_compute_dtype(pst_lora *layer,
+    int32_t dtype) PST_NOEXCEPT;
 
 /**
  * y (m x out) = x (m x in) W^T + bias + sum over active adapters of w * s * dropout(x) A^T B^T.
@@ -1024,6 +1063,9 @@ typedef struct pst_llm_load_params {
     int32_t blocksize;     /* 64 (default), 32 ... 4096, a power of two */
     int32_t double_quant;  /* 1 (default): double quantization of the block constants */
     int32_t pretokenizer;  /* PST_PRETOK_* (default PST_PRETOK_AUTO) */
+    int32_t compute_dtype; /* PST_DTYPE_F32 (default) or PST_DTYPE_BF16: the precision of the products
+                              with the frozen weights (pst_llm_set_compute_dtype). Added after
+                              version 1 in what was padding: set it through pst_llm_load_params_init */
 } pst_llm_load_params;
 #define PST_LLM_LOAD_PARAMS_V1_SIZE 32 /* sizeof(pst_llm_load_params) in version 1 */
 
@@ -1096,6 +1138,17 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_load_params_init(pst_llm_load_
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_load(const char *path,
     const pst_llm_load_params *params, pst_llm **out) PST_NOEXCEPT;
+
+/**
+ * Sets the precision of the model's products with its frozen weights (the projections' base
+ * GEMMs and the LM head, forward and backward): PST_DTYPE_F32 (the default) or PST_DTYPE_BF16
+ * (operands rounded to bf16, fp32 sums, as bitsandbytes' bnb_4bit_compute_dtype=torch.bfloat16;
+ * LoRA weights, gradients and optimizer states stay fp32). Applies from the next call on.
+ * Errors: PST_ERR_INVALID_ARG (another dtype), PST_ERR_UNSUPPORTED_CPU (bf16 without
+ * AVX512_BF16, or with the kernels capped below PST_ISA_AVX512_BF16; the message says which).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_llm_set_compute_dtype(pst_llm *llm,
+    int32_t dtype) PST_NOEXCEPT;
 
 /**
  * Frees a model; NULL is a no-op. Trainers made from it keep it alive until they are freed.

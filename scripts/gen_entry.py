@@ -29,7 +29,7 @@ ANY_CPU = {
 }
 # What the remaining non-status functions return on an unsupported CPU.
 FALLBACK = {"void": "return;", "int64_t": "return -1;"}
-NOT_STATUS = {"pst_get_num_threads": "return 0;"}
+NOT_STATUS = {"pst_get_num_threads": "return 0;", "pst_get_isa": "return -1;", "pst_host_isa": "return -1;"}
 
 
 def declarations(header_text):

@@ -37,7 +37,7 @@ WIDTH = 100
 # (key of the peftswift_types.h block, title, function-name prefixes), in header order.
 SECTIONS = [
     ("core", "Core", ["pst_version_", "pst_abi_", "pst_status_", "pst_last_error", "pst_set_num_threads",
-                      "pst_get_num_threads", "pst_cpu_"]),
+                      "pst_get_num_threads", "pst_cpu_", "pst_set_isa", "pst_get_isa", "pst_host_isa"]),
     ("quantization", "Quantization", ["pst_4bit_", "pst_8bit_", "pst_nf4", "pst_quant_", "pst_codebook",
                                       "pst_blockwise_", "pst_absmax_"]),
     ("lora", "LoRA layers", ["pst_lora_"]),
@@ -49,7 +49,7 @@ SECTIONS = [
 ]
 
 # int32_t functions that return a number, not a pst_status.
-INT32_VALUES = {"pst_abi_version", "pst_get_num_threads"}
+INT32_VALUES = {"pst_abi_version", "pst_get_num_threads", "pst_get_isa", "pst_host_isa"}
 
 # Source files whose parameter names and integer types are checked with warnings only, until the
 # LLM layer's C API is split and brought in line (then remove this).

@@ -49,13 +49,15 @@ else
 fi
 add "$py_pass" "$py_fail"
 
-step "Python tests against PyTorch again, with its AVX2 kernels (ATEN_CPU_CAPABILITY=avx2)"
+step "Python tests against PyTorch again, both on AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, PST_ISA=avx2)"
 # PyTorch picks AVX-512 kernels where the CPU has them, and they round differently from the
 # AVX2 ones an AVX2-only host runs: the comparisons must hold both ways (their bounds come from
-# a float64 arbiter, not from one host's error). On an AVX2-only host the first run was that.
+# a float64 arbiter, not from one host's error). peftswift likewise runs its AVX2 kernels here
+# (PST_ISA=avx2), as on an AVX2-only host; test_compute.py covers every path in one run.
+# On an AVX2-only host the first run was that.
 cap="$(python3 -c 'import torch; print(torch.backends.cpu.get_cpu_capability())' 2>/dev/null)"
 if [ "$py_pass" -gt 0 ] && [ "$cap" = "AVX512" ]; then
-    (cd "$root" && ATEN_CPU_CAPABILITY=avx2 python3 -m pytest -q -p no:cacheprovider \
+    (cd "$root" && ATEN_CPU_CAPABILITY=avx2 PST_ISA=avx2 python3 -m pytest -q -p no:cacheprovider \
         Tests/python/test_quant.py Tests/python/test_lora.py Tests/python/test_optim.py \
         Tests/python/test_files.py Tests/python/test_llm.py Tests/python/test_llm_tiny.py 2>&1) \
         | tee "$logdir/py_avx2.log" | tail -8

@@ -86,6 +86,13 @@ const char *pstshim_cpu_feature_name(int bit) {
                  (1u << PSTSHIM_CPU_F16C) | (1u << PSTSHIM_CPU_BMI1) | (1u << PSTSHIM_CPU_BMI2) | \
                  (1u << PSTSHIM_CPU_LZCNT) | (1u << PSTSHIM_CPU_MOVBE))
 
+int pstshim_cpu_is_amd(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    /* the vendor string is EBX, EDX, ECX: "Auth" "enti" "cAMD" */
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;
+}
+
 int pstshim_cpu_ok(void) { return (pstshim_cpu_features() & V3_MASK) == V3_MASK; }
 
 __attribute__((constructor)) static void detect_at_load(void) { (void)pstshim_cpu_features(); }

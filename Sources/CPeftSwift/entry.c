@@ -61,6 +61,33 @@ PST_ENTRY pst_status pst_cpu_check(void) {
     return pstimpl_cpu_check();
 }
 
+extern pst_status pstimpl_set_isa(int32_t isa);
+PST_ENTRY pst_status pst_set_isa(int32_t isa) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_set_isa");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_set_isa(isa);
+}
+
+extern int32_t pstimpl_get_isa(void);
+PST_ENTRY int32_t pst_get_isa(void) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_get_isa");
+        return -1;
+    }
+    return pstimpl_get_isa();
+}
+
+extern int32_t pstimpl_host_isa(void);
+PST_ENTRY int32_t pst_host_isa(void) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_host_isa");
+        return -1;
+    }
+    return pstimpl_host_isa();
+}
+
 extern int64_t pstimpl_4bit_packed_bytes(int64_t n);
 PST_ENTRY int64_t pst_4bit_packed_bytes(int64_t n) {
     if (!PST_CPU_OK()) {
@@ -266,6 +293,15 @@ PST_ENTRY pst_status pst_lora_set_training(pst_lora *layer, bool training) {
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_lora_set_training(layer, training);
+}
+
+extern pst_status pstimpl_lora_set_compute_dtype(pst_lora *layer, int32_t dtype);
+PST_ENTRY pst_status pst_lora_set_compute_dtype(pst_lora *layer, int32_t dtype) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_set_compute_dtype");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_set_compute_dtype(layer, dtype);
 }
 
 extern pst_status pstimpl_lora_forward(pst_lora *layer, const float *x, int64_t x_count, int64_t m, float *y, int64_t y_capacity);
@@ -689,6 +725,15 @@ PST_ENTRY pst_status pst_llm_load(const char *path, const pst_llm_load_params *p
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_llm_load(path, params, out);
+}
+
+extern pst_status pstimpl_llm_set_compute_dtype(pst_llm *llm, int32_t dtype);
+PST_ENTRY pst_status pst_llm_set_compute_dtype(pst_llm *llm, int32_t dtype) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_llm_set_compute_dtype");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_llm_set_compute_dtype(llm, dtype);
 }
 
 extern void pstimpl_llm_free(pst_llm *llm);

@@ -26,6 +26,7 @@ static const char *usage =
     "model: a GGUF file or a Hugging Face checkpoint directory (config.json + model.safetensors)\n"
     "  --dense               keep the base in fp32 (default: NF4 + double quantization, QLoRA)\n"
     "  --threads N           kernel threads (default: all CPUs)\n"
+    "  --compute-dtype fp32|bf16   precision of the products with the frozen weights (fp32; bf16 needs AVX512_BF16)\n"
     "finetune:\n"
     "  --format text|jsonl   text files packed into sequences, or {\"instruction\",\"response\"} lines (text)\n"
     "  --steps N (100)  --seq-len N (256)  --batch N (4)  --grad-accum N (1)\n"
@@ -77,7 +78,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help")) { fputs(usage, argc < 2 ? stderr : stdout); return argc < 2 ? 2 : 0; }
     const char *cmd = argv[1], *model = NULL, *out = NULL, *adapter = NULL, *prompt = NULL, *resume = NULL, *fmt = "text";
     const char *data[256];
-    int ndata = 0, dense = 0, raw = 0;
+    int ndata = 0, dense = 0, raw = 0, compute = PST_DTYPE_F32;
     pst_trainer_params tp;
     pst_generate_params gp;
     if (pst_trainer_params_init(&tp) != PST_OK || pst_generate_params_init(&gp) != PST_OK) return fail("init");
@@ -120,6 +121,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--schedule")) {
             tp.schedule = !strcmp(v, "cosine") ? PST_LR_COSINE : !strcmp(v, "linear") ? PST_LR_LINEAR
                         : !strcmp(v, "constant") ? PST_LR_CONSTANT : -1;
+        } else if (!strcmp(a, "--compute-dtype")) {
+            compute = !strcmp(v, "fp32") ? PST_DTYPE_F32 : !strcmp(v, "bf16") ? PST_DTYPE_BF16 : -1;
+            if (compute < 0) { fprintf(stderr, "peftswift: --compute-dtype %s: must be fp32 or bf16\n", v); return 2; }
         } else if (!strcmp(a, "--optim")) {
             tp.optimizer_state = !strcmp(v, "adamw") ? PST_OPTIM_STATE_F32 : !strcmp(v, "adamw8bit") ? PST_OPTIM_STATE_8BIT : -1;
         } else { fprintf(stderr, "peftswift: unknown option %s\n%s", a, usage); return 2; }
@@ -132,6 +136,7 @@ int main(int argc, char **argv) {
     pst_llm_load_params lp;
     if (pst_llm_load_params_init(&lp) != PST_OK) return fail("init");
     lp.quantize = !dense;
+    lp.compute_dtype = compute;
     pst_llm *m = NULL;
     if (pst_llm_load(model, &lp, &m) != PST_OK) return fail("loading the model");
     pst_llm_info info = {.struct_size = sizeof info};

@@ -37,6 +37,17 @@ int main(int argc, char **argv) {
     /* this host runs the tests, so it runs the library; older CPUs: the qemu checks in check.sh */
     infallible("pst_cpu_check() == PST_OK on the test host", pst_cpu_check() == PST_OK && pst_last_error()[0] == 0);
     infallible("pst_status_string(PST_ERR_UNSUPPORTED_CPU)", strcmp(pst_status_string(PST_ERR_UNSUPPORTED_CPU), "unsupported CPU") == 0);
+    /* kernel paths: the active one is one the host has; a path beyond the host's is refused */
+    {
+        int32_t host = pst_host_isa(), active = pst_get_isa();
+        infallible("PST_ISA_AVX2 <= pst_get_isa() <= pst_host_isa()", host >= PST_ISA_AVX2 && host <= PST_ISA_AVX512_BF16 &&
+                   active >= PST_ISA_AVX2 && active <= host);
+        EXPECT(pst_set_isa(-1), PST_ERR_INVALID_ARG, "pst_set_isa");
+        EXPECT(pst_set_isa(3), PST_ERR_INVALID_ARG, "pst_set_isa");
+        if (host < PST_ISA_AVX512_BF16) EXPECT(pst_set_isa(PST_ISA_AVX512_BF16), PST_ERR_UNSUPPORTED_CPU, "pst_set_isa");
+        infallible("pst_set_isa(PST_ISA_AVX2)", pst_set_isa(PST_ISA_AVX2) == PST_OK && pst_get_isa() == PST_ISA_AVX2);
+        infallible("pst_set_isa(host)", pst_set_isa(host) == PST_OK && pst_get_isa() == host);
+    }
 
     /* ---- quantization: flat kernels */
     float x[100], out[100], absmax[4], code16[16], code256[256];
@@ -174,6 +185,7 @@ int main(int argc, char **argv) {
     EXPECT(pst_lora_backward(L, yout, 12, 2, dxo, 15, true), PST_ERR_SHAPE, "pst_lora_backward");
     EXPECT(pst_lora_zero_grad(NULL), PST_ERR_INVALID_ARG, "pst_lora_zero_grad");
     EXPECT(pst_lora_set_training(NULL, true), PST_ERR_INVALID_ARG, "pst_lora_set_training");
+    EXPECT(pst_lora_set_compute_dtype(NULL, PST_DTYPE_F32), PST_ERR_INVALID_ARG, "pst_lora_set_compute_dtype");
     const char *bogus[1] = {"nope"};
     const char *nul[1] = {NULL};
     EXPECT(pst_lora_set_active(L, bogus, NULL, 1), PST_ERR_NOT_FOUND, "pst_lora_set_active");
@@ -186,6 +198,11 @@ int main(int argc, char **argv) {
     EXPECT(pst_lora_adapter_tensor(L, "a", PST_LORA_A, NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_adapter_tensor");
     EXPECT(pst_lora_adapter_info(L, "zz", NULL, NULL, NULL, NULL, NULL), PST_ERR_NOT_FOUND, "pst_lora_adapter_info");
     EXPECT(pst_lora_adapter_info(NULL, "a", NULL, NULL, NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_adapter_info");
+    EXPECT(pst_lora_set_compute_dtype(L, PST_DTYPE_F16), PST_ERR_INVALID_ARG, "pst_lora_set_compute_dtype");
+    EXPECT(pst_lora_set_compute_dtype(L, 99), PST_ERR_INVALID_ARG, "pst_lora_set_compute_dtype");
+    if (pst_host_isa() < PST_ISA_AVX512_BF16)
+        EXPECT(pst_lora_set_compute_dtype(L, PST_DTYPE_BF16), PST_ERR_UNSUPPORTED_CPU, "pst_lora_set_compute_dtype");
+    infallible("pst_lora_set_compute_dtype(L, PST_DTYPE_F32)", pst_lora_set_compute_dtype(L, PST_DTYPE_F32) == PST_OK);
     EXPECT(pst_lora_bias(NULL, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_bias");
     EXPECT(pst_lora_merge(L, bogus, 1, NULL, NULL), PST_ERR_NOT_FOUND, "pst_lora_merge");
     EXPECT(pst_lora_merge(NULL, NULL, 0, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_merge");
@@ -466,6 +483,11 @@ int main(int argc, char **argv) {
     memset(&li, 0, sizeof li);
     EXPECT(pst_llm_get_info(M, &li), PST_ERR_INVALID_ARG, "pst_llm_get_info");     /* struct_size 0 */
     EXPECT(pst_llm_get_info(NULL, &li), PST_ERR_INVALID_ARG, "pst_llm_get_info");
+    EXPECT(pst_llm_set_compute_dtype(NULL, PST_DTYPE_F32), PST_ERR_INVALID_ARG, "pst_llm_set_compute_dtype");
+    EXPECT(pst_llm_set_compute_dtype(M, PST_DTYPE_I8), PST_ERR_INVALID_ARG, "pst_llm_set_compute_dtype");
+    if (pst_host_isa() < PST_ISA_AVX512_BF16)
+        EXPECT(pst_llm_set_compute_dtype(M, PST_DTYPE_BF16), PST_ERR_UNSUPPORTED_CPU, "pst_llm_set_compute_dtype");
+    infallible("pst_llm_set_compute_dtype(M, PST_DTYPE_F32)", pst_llm_set_compute_dtype(M, PST_DTYPE_F32) == PST_OK);
     li.struct_size = sizeof li;
     infallible("pst_llm_get_info", pst_llm_get_info(M, &li) == PST_OK && li.layers == 1 && li.vocab == 264 && li.quantized == 1);
     int32_t ids[64];

@@ -24,6 +24,19 @@ hdr="$dist/include/peftswift.h"
 run "committed include/peftswift.h matches the header generated from the sources" \
     diff -u "$root/include/peftswift.h" "$hdr"
 
+# 1b. the AVX-512 kernel modules define no shared (weak) code: a weak symbol compiled with AVX-512
+#     could be the copy the linker keeps for callers on AVX2-only CPUs (Package.swift's rule: these
+#     modules hold only their own kernels, reached after the run-time CPU check)
+objs="$(ls "$root"/.build-dist/x86_64-unknown-linux-gnu/release/PeftSwiftAVX512*.build/*.o 2>/dev/null)"
+if [ -z "$objs" ]; then
+    bad "AVX-512 modules: objects not found under .build-dist (scripts/build-lib.sh)"
+else
+    weak="$(nm --defined-only $objs | grep -E ' [Ww] ' || true)"
+    foreign="$(nm --defined-only $objs | awk '$2 == "T" && $3 !~ /^\$s(15PeftSwiftAVX512|19PeftSwiftAVX512BF16)/ {print $3}')"
+    if [ -z "$weak$foreign" ]; then ok "AVX-512 modules define only their own code (no weak or foreign text symbols)"
+    else bad "AVX-512 modules define shared code" "$weak$foreign"; fi
+fi
+
 # 2. the header compiles under C99, C11 and C++17 with every warning an error, and links
 for std in "gcc -std=c99" "gcc -std=c11" "g++ -std=c++17 -x c++"; do
     run "header compiles and links: $std -Wall -Wextra -Werror -pedantic" bash -c \
@@ -125,6 +138,11 @@ if command -v qemu-x86_64 >/dev/null; then
     done
     run "qemu-x86_64 -cpu Nehalem: examples/quantize.c fails with a clear message (exit 1, no signal)" bash -c \
         "env -u LD_LIBRARY_PATH qemu-x86_64 -cpu Nehalem '$work/quantize' > '$work/q.log' 2>&1; rc=\$?; cat '$work/q.log'; [ \$rc -eq 1 ] && grep -q 'unsupported CPU' '$work/q.log'"
+    run "qemu-x86_64 -cpu Haswell-noTSX: the kernels dispatch to AVX2 (no AVX-512 reached) with the native run's result bits" bash -c \
+        "cc -std=c11 -Wall -Wextra -Werror '$root/Tests/abi/isa_dispatch.c' \$(pkg-config --cflags --libs peftswift) -o '$work/isa' && \
+         '$work/isa' | tee '$work/isa_native.log' && \
+         env -u LD_LIBRARY_PATH qemu-x86_64 -cpu Haswell-noTSX '$work/isa' 0 2>&1 | grep -v '^qemu-x86_64: warning' | tee '$work/isa_qemu.log' && \
+         grep -q 'host isa 0' '$work/isa_qemu.log' && [ \"\$(grep checksum '$work/isa_native.log')\" = \"\$(grep checksum '$work/isa_qemu.log')\" ]"
     run "qemu-x86_64 -cpu Haswell-noTSX (x86-64-v3): examples/quantize.c runs and computes" bash -c \
         "env -u LD_LIBRARY_PATH qemu-x86_64 -cpu Haswell-noTSX '$work/quantize' 2>&1 | grep -v '^qemu-x86_64: warning' | tee '$work/qh.log' && grep -q 'round trip: max' '$work/qh.log'"
 else

@@ -45,6 +45,14 @@ typedef int32_t pst_status;
 #define PST_ERR_UNSUPPORTED_CPU 12 /* this CPU lacks an instruction set the library needs (x86-64-v3:
                                     AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE); the message names them */
 
+/* ---- Kernel paths (pst_set_isa, pst_get_isa, pst_host_isa), each a superset of the one before.
+ * The library picks the best path the CPU has at load; the environment variable PST_ISA
+ * (avx2, avx512, avx512bf16) read at load caps it, as pst_set_isa does. Results of fp32
+ * compute are bit-identical on every path; compute dtype bf16 needs PST_ISA_AVX512_BF16. */
+#define PST_ISA_AVX2 0        /* AVX2 + FMA (x86-64-v3): every CPU the library runs on */
+#define PST_ISA_AVX512 1      /* + AVX-512F/BW/DQ/VL fp32 kernels */
+#define PST_ISA_AVX512_BF16 2 /* + AVX512_BF16 kernels (vdpbf16ps) for compute dtype bf16 */
+
 /* ---- Element types of tensors crossing the ABI */
 #define PST_DTYPE_F32 0
 #define PST_DTYPE_F16 1
@@ -283,6 +291,9 @@ typedef struct pst_llm_load_params {
     int32_t blocksize;     /* 64 (default), 32 ... 4096, a power of two */
     int32_t double_quant;  /* 1 (default): double quantization of the block constants */
     int32_t pretokenizer;  /* PST_PRETOK_* (default PST_PRETOK_AUTO) */
+    int32_t compute_dtype; /* PST_DTYPE_F32 (default) or PST_DTYPE_BF16: the precision of the products
+                              with the frozen weights (pst_llm_set_compute_dtype). Added after
+                              version 1 in what was padding: set it through pst_llm_load_params_init */
 } pst_llm_load_params;
 #define PST_LLM_LOAD_PARAMS_V1_SIZE 32 /* sizeof(pst_llm_load_params) in version 1 */
 

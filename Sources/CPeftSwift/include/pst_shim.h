@@ -21,6 +21,8 @@ uint32_t pstshim_cpu_features(void) __attribute__((visibility("hidden")));
 const char *pstshim_cpu_feature_name(int bit) __attribute__((visibility("hidden")));
 /* 1 when the CPU (and OS) run the x86-64-v3 code the engine is compiled for. */
 int pstshim_cpu_ok(void) __attribute__((visibility("hidden")));
+/* 1 when CPUID's vendor string is "AuthenticAMD". */
+int pstshim_cpu_is_amd(void) __attribute__((visibility("hidden")));
 /* Sets the last error to "<function>: this CPU lacks <features>; ...". */
 void pstshim_set_cpu_error(const char *function) __attribute__((visibility("hidden")));
 /* The static name of a status code (pst_status_string). */

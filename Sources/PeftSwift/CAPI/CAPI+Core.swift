@@ -50,7 +50,8 @@ public func pst_get_num_threads() -> Int32 { Int32(Threads.count) }
 /// (AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE; Intel Haswell / AMD Excavator or newer).
 /// On a CPU without them every pst_ function answers without running engine code: functions
 /// returning pst_status return PST_ERR_UNSUPPORTED_CPU, pst_*_free do nothing,
-/// pst_4bit_packed_bytes and pst_blockwise_count return -1, pst_get_num_threads returns 0;
+/// pst_4bit_packed_bytes and pst_blockwise_count return -1, pst_get_num_threads returns 0,
+/// pst_get_isa and pst_host_isa return -1;
 /// pst_abi_version, pst_version_string, pst_status_string and pst_last_error work as usual.
 /// Call it first to report the problem early (the Python module's import does).
 @c(pstimpl_cpu_check)
@@ -58,3 +59,29 @@ public func pst_cpu_check() -> pst_status {
     // Reached only through the exported pst_cpu_check, which has checked the CPU already.
     cEntry("pst_cpu_check") { () throws(PSTError) in }
 }
+
+// MARK: - Kernel paths
+
+/// Uses the kernel path isa (PST_ISA_AVX2, PST_ISA_AVX512 or PST_ISA_AVX512_BF16) from the next
+/// call on, process-wide; at load the library takes the best path the CPU has, capped by the
+/// environment variable PST_ISA. fp32 results are bit-identical on every path; bf16 compute
+/// needs PST_ISA_AVX512_BF16 (models and layers already set to bf16 keep using it while the CPU
+/// has it). Errors: PST_ERR_INVALID_ARG (not a PST_ISA_* value), PST_ERR_UNSUPPORTED_CPU (the CPU
+/// lacks it; the message names the missing features).
+@c(pstimpl_set_isa)
+public func pst_set_isa(_ isa: Int32) -> pst_status {
+    cEntry("pst_set_isa") { () throws(PSTError) in
+        guard let i = ISA(rawValue: isa) else {
+            throw .invalidArgument("isa (\(isa)) is not PST_ISA_AVX2, PST_ISA_AVX512 or PST_ISA_AVX512_BF16")
+        }
+        try ISA.set(i)
+    }
+}
+
+/// Returns the kernel path in use (a PST_ISA_* value).
+@c(pstimpl_get_isa)
+public func pst_get_isa() -> Int32 { ISA.active.rawValue }
+
+/// Returns the best kernel path this CPU has (a PST_ISA_* value), whatever PST_ISA says.
+@c(pstimpl_host_isa)
+public func pst_host_isa() -> Int32 { ISA.host.rawValue }

@@ -108,7 +108,7 @@ public func pst_llm_load_params_init(_ p: UnsafeMutablePointer<pst_llm_load_para
     cEntry("pst_llm_load_params_init") { () throws(PSTError) in
         try required(p, "params").pointee = pst_llm_load_params(
             struct_size: MemoryLayout<pst_llm_load_params>.size, quantize: 1, quant_type: PST_QUANT_NF4,
-            blocksize: 64, double_quant: 1, pretokenizer: PST_PRETOK_AUTO)
+            blocksize: 64, double_quant: 1, pretokenizer: PST_PRETOK_AUTO, compute_dtype: PST_DTYPE_F32)
     }
 }
 
@@ -142,10 +142,26 @@ public func pst_llm_load(_ path: UnsafePointer<CChar>?, _ params: UnsafePointer<
         case PST_PRETOK_DIGITS: pre = .digitsThenGPT2
         default: throw .invalidArgument("params->pretokenizer (\(lp.pretokenizer)) is not a PST_PRETOK_* value")
         }
+        let cd = try computeDType(lp.compute_dtype, "params->compute_dtype")
         let options = ModelLoadOptions(quantize: lp.quantize != 0, quantType: qt, blocksize: Int(lp.blocksize),
-                                       doubleQuant: lp.double_quant != 0)
+                                       doubleQuant: lp.double_quant != 0, computeDType: cd)
         let loaded = try LoadedModel.load(path: p, options: options, preTokenizer: pre)
         o.pointee = makeHandle(LLMHandle(loaded), as: pst_llm.self)
+    }
+}
+
+/// Sets the precision of the model's products with its frozen weights (the projections' base
+/// GEMMs and the LM head, forward and backward): PST_DTYPE_F32 (the default) or PST_DTYPE_BF16
+/// (operands rounded to bf16, fp32 sums, as bitsandbytes' bnb_4bit_compute_dtype=torch.bfloat16;
+/// LoRA weights, gradients and optimizer states stay fp32). Applies from the next call on.
+/// Errors: PST_ERR_INVALID_ARG (another dtype), PST_ERR_UNSUPPORTED_CPU (bf16 without
+/// AVX512_BF16, or with the kernels capped below PST_ISA_AVX512_BF16; the message says which).
+@c(pstimpl_llm_set_compute_dtype)
+public func pst_llm_set_compute_dtype(_ llm: UnsafeMutablePointer<pst_llm>?, _ dtype: Int32) -> pst_status {
+    cEntry("pst_llm_set_compute_dtype") { () throws(PSTError) in
+        let h = object(try required(llm, "llm"), as: LLMHandle.self)
+        let cd = try computeDType(dtype, "dtype")
+        try h.exclusive { () throws(PSTError) in try h.model.setComputeDType(cd) }
     }
 }
 

@@ -134,6 +134,19 @@ public func pst_lora_set_training(_ layer: UnsafeMutablePointer<pst_lora>?, _ tr
     }
 }
 
+/// Sets the precision of the layer's base products x W^T and dy W: PST_DTYPE_F32 (the default)
+/// or PST_DTYPE_BF16 (operands rounded to bf16, fp32 sums, as bitsandbytes'
+/// bnb_4bit_compute_dtype=torch.bfloat16; the LoRA branch and all gradients stay fp32).
+/// Errors: PST_ERR_INVALID_ARG (layer NULL, another dtype), PST_ERR_UNSUPPORTED_CPU (bf16 without
+/// AVX512_BF16, or with the kernels capped below PST_ISA_AVX512_BF16).
+@c(pstimpl_lora_set_compute_dtype)
+public func pst_lora_set_compute_dtype(_ layer: UnsafeMutablePointer<pst_lora>?, _ dtype: Int32) -> pst_status {
+    cEntry("pst_lora_set_compute_dtype") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        try l.setComputeDType(try computeDType(dtype, "dtype"))
+    }
+}
+
 /// y (m x out) = x (m x in) W^T + bias + sum over active adapters of w * s * dropout(x) A^T B^T.
 /// x_count and y_capacity are in floats. In training mode the layer keeps what backward needs.
 /// Errors: PST_ERR_INVALID_ARG (NULL, m < 1), PST_ERR_SHAPE (a buffer smaller than m rows).

@@ -322,3 +322,13 @@ struct StructOutput<T: GrowableStruct> {
 func structOutput<T: GrowableStruct>(_ p: UnsafeMutablePointer<T>, _ name: StaticString) throws(PSTError) -> StructOutput<T> {
     StructOutput(pointer: UnsafeMutableRawPointer(p), size: try checkedStructSize(UnsafeRawPointer(p), T.self, "\(name)->struct_size"))
 }
+
+// MARK: - Compute dtype
+
+/// A compute dtype from C: PST_DTYPE_F32 or PST_DTYPE_BF16 (ComputeDType), named `field` in the error.
+func computeDType(_ v: Int32, _ field: @autoclosure () -> String) throws(PSTError) -> ComputeDType {
+    guard let d = ComputeDType(rawValue: v) else {
+        throw .invalidArgument("\(field()) (\(v)) is not PST_DTYPE_F32 or PST_DTYPE_BF16")
+    }
+    return d
+}

@@ -23,3 +23,36 @@ extension GEMM {
         }
     }
 }
+
+extension GEMM {
+    /// bf16(x): round to nearest even, as vcvtne2ps2bf16 does (Intel SDM): NaN stays NaN (quiet),
+    /// subnormal inputs become zero of the same sign; the result is widened back to fp32.
+    static func roundBF16(_ x: Float) -> Float {
+        let b = x.bitPattern
+        if x.isNaN { return Float(bitPattern: (b | 0x0040_0000) & 0xFFFF_0000) }
+        if x.isSubnormal { return Float(bitPattern: b & 0x8000_0000) }
+        let r = b &+ 0x7FFF &+ ((b >> 16) & 1)
+        return Float(bitPattern: r & 0xFFFF_0000)
+    }
+
+    /// The twin of `sgemm(..., compute: .bf16)`: every operand rounded by `roundBF16`, the
+    /// products (exact in fp32 and in Double) summed in Double, then alpha and beta as `sgemmReference`.
+    static func sgemmBF16Reference(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        for i in 0..<m {
+            for j in 0..<n {
+                var s = 0.0
+                if alpha != 0 {
+                    for p in 0..<k {
+                        let av = transA ? a[p * lda + i] : a[i * lda + p]
+                        let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
+                        s += Double(roundBF16(av)) * Double(roundBF16(bv))
+                    }
+                }
+                let old = beta == 0 ? 0 : Double(beta) * Double(c[i * ldc + j])
+                c[i * ldc + j] = Float(Double(alpha) * s + old)
+            }
+        }
+    }
+}

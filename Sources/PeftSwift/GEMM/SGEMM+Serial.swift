@@ -10,7 +10,7 @@ extension GEMM {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         precondition(ldb >= max(1, transB ? k : n))
         let p = Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                        b: .memory(b, ldb), beta: beta, c: c, ldc: ldc)
+                        b: .memory(b, ldb), beta: beta, c: c, ldc: ldc, isa: ISA.active)
         if m == 0 || n == 0 { return }
         if k == 0 || alpha == 0 { scaleC(m, n, beta, c, ldc); return }
         if (m == 1 || n == 1) && m * n * k < parallelThreshold { gemv(p); return }

@@ -1,4 +1,5 @@
 import Dispatch
+import PeftSwiftAVX512
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,6 +12,10 @@ import Glibc
 //     for pc in K by KC:    pack op(B)[pc, jc] → kc×nc, NR-wide slivers (L3)
 //       for ic in M by MC:  pack op(A)[ic, pc] → mc×kc, MR-tall slivers (L2)
 //         for jr in nc by NR: for ir in mc by MR:  6×16 micro-kernel (B sliver in L1)
+//
+// On AVX-512 hosts (ISA.active ≥ .avx512) the micro-kernel takes two 16-column slivers at once
+// (6×32, PeftSwiftAVX512/SGEMM512+Kernel.swift) over the same packed layout; results are
+// bit-identical to the AVX2 kernel's, tile for tile.
 //
 // M == 1 or N == 1 goes to a streaming GEMV (SGEMM+GEMV.swift), which is memory-bound.
 
@@ -75,13 +80,17 @@ public enum GEMM {
     /// beta == 0 means C is write-only (NaNs in C ignored); alpha == 0 or k == 0 never reads
     /// A or B. Runs on up to `Threads.count` threads; the result does not depend on the
     /// thread count. Precondition failures on negative sizes or too-small leading dimensions.
+    /// `isa` picks the kernel path (default `ISA.active`; a path the CPU lacks is a precondition
+    /// failure): tests use it to hold every path the host offers to the reference.
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil,
+                             compute: ComputeDType = .fp32, bf16Kernel: BF16Kernel = .default) {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         precondition(ldb >= max(1, transB ? k : n), "sgemm: ldb (\(ldb)) < \(transB ? "k" : "n") (\(transB ? k : n))")
         run(Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                    b: .memory(b, ldb), beta: beta, c: c, ldc: ldc))
+                    b: .memory(b, ldb), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute),
+                    bf16Kernel: bf16Kernel))
     }
 
     /// C[M,N] = alpha·op(A)[M,K]·op(B)[K,N] + beta·C[M,N], with the stored B (`K×N`, or `N×K`
@@ -90,13 +99,15 @@ public enum GEMM {
     /// blocks of at most `panelBlockLimit` elements (see `PanelSource`).
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int, b: PanelSource,
-                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, isa: ISA? = nil,
+                             compute: ComputeDType = .fp32, bf16Kernel: BF16Kernel = .default) {
         checkShapes(transA: transA, m: m, n: n, k: k, lda: lda, ldc: ldc)
         let (br, bc) = transB ? (n, k) : (k, n)
         precondition(b.rows == br && b.cols == bc,
                      "sgemm: PanelSource is \(b.rows)×\(b.cols), op(B) needs stored \(br)×\(bc)")
         run(Problem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                    b: .panel(b), beta: beta, c: c, ldc: ldc))
+                    b: .panel(b), beta: beta, c: c, ldc: ldc, isa: resolve(isa), compute: resolve(compute),
+                    bf16Kernel: bf16Kernel))
     }
 
     // MARK: - Internals
@@ -114,6 +125,26 @@ public enum GEMM {
         var b: BOperand
         var beta: Float
         var c: UnsafeMutablePointer<Float>, ldc: Int
+        var isa: ISA
+        var compute: ComputeDType = .fp32
+        var bf16Kernel: BF16Kernel = .default
+    }
+
+    /// bf16 products run only where the CPU has AVX512_BF16 (whatever the PST_ISA cap: callers
+    /// refuse bf16 up front with ComputeDType.checkAvailable, so the cap is honoured there).
+    @inline(__always)
+    static func resolve(_ compute: ComputeDType) -> ComputeDType {
+        precondition(compute == .fp32 || ISA.avx512bf16.missingFeatures.isEmpty,
+                     "sgemm: compute dtype bf16 on a CPU without AVX512_BF16")
+        return compute
+    }
+
+    /// The path to run: `isa` when given (the CPU must have it), else `ISA.active`.
+    @inline(__always)
+    static func resolve(_ isa: ISA?) -> ISA {
+        guard let isa else { return ISA.active }
+        precondition(isa.missingFeatures.isEmpty, "sgemm: isa \(isa.name) needs \(isa.missingFeatures), which this CPU lacks")
+        return isa
     }
 
     static func checkShapes(transA: Bool, m: Int, n: Int, k: Int, lda: Int, ldc: Int) {
@@ -128,7 +159,7 @@ public enum GEMM {
             scaleC(p.m, p.n, p.beta, p.c, p.ldc)
             return
         }
-        if p.m == 1 || p.n == 1 {
+        if (p.m == 1 || p.n == 1) && p.compute == .fp32 {
             gemv(p)
             return
         }
@@ -145,10 +176,11 @@ public enum GEMM {
             for ti in lo..<hi {
                 let s0 = strips * ti / t, s1 = strips * (ti + 1) / t
                 if s0 == s1 { continue }
-                if splitN {
-                    blocked(p, 0, p.m, s0 * nr, min(p.n, s1 * nr))
+                let (i0, i1, j0, j1) = splitN ? (0, p.m, s0 * nr, min(p.n, s1 * nr)) : (s0 * mr, min(p.m, s1 * mr), 0, p.n)
+                if p.compute == .bf16 {
+                    blockedBF16(p, i0, i1, j0, j1)
                 } else {
-                    blocked(p, s0 * mr, min(p.m, s1 * mr), 0, p.n)
+                    blocked(p, i0, i1, j0, j1)
                 }
             }
         }
@@ -178,6 +210,7 @@ public enum GEMM {
 
     /// The packed algorithm on C[i0..<i1, j0..<j1], on the calling thread.
     static func blocked(_ p: Problem, _ i0: Int, _ i1: Int, _ j0: Int, _ j1: Int) {
+        let wide = p.isa >= .avx512
         let kcMax = evenBlock(p.k, kcBlock, 4)
         let ncMax = evenBlock(j1 - j0, ncBlock, nr)
         let mcMax = evenBlock(i1 - i0, mcBlock, mr)
@@ -208,7 +241,7 @@ public enum GEMM {
                 if let (b, ldb) = directB {
                     packA(p.transA, p.a, p.lda, i0, i1 - i0, pc, kc, ap)
                     directBKernel(i1 - i0, nc, kc, ap, b + pc * ldb + jc, ldb, p.c + i0 * p.ldc + jc, p.ldc,
-                                  p.alpha, beta, bp, tile)
+                                  p.alpha, beta, bp, tile, wide)
                     pc += kc
                     continue
                 }
@@ -217,10 +250,10 @@ public enum GEMM {
                 while ic < i1 {
                     let mc = min(mcMax, i1 - ic)
                     if directA {
-                        directKernel(p, ic, mc, pc, kc, nc, bp, p.c + ic * p.ldc + jc, beta, ap, tile)
+                        directKernel(p, ic, mc, pc, kc, nc, bp, p.c + ic * p.ldc + jc, beta, ap, tile, wide)
                     } else {
                         packA(p.transA, p.a, p.lda, ic, mc, pc, kc, ap)
-                        macroKernel(mc, nc, kc, ap, bp, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile)
+                        macroKernel(mc, nc, kc, ap, bp, p.c + ic * p.ldc + jc, p.ldc, p.alpha, beta, tile, wide)
                     }
                     ic += mc
                 }
@@ -259,7 +292,7 @@ public enum GEMM {
     /// (full MR slivers) or packed into `ap` (a ragged last sliver).
     static func directKernel(_ p: Problem, _ ic: Int, _ mc: Int, _ pc: Int, _ kc: Int, _ nc: Int,
                              _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ beta: Float,
-                             _ ap: UnsafeMutablePointer<Float>, _ tile: UnsafeMutablePointer<Float>) {
+                             _ ap: UnsafeMutablePointer<Float>, _ tile: UnsafeMutablePointer<Float>, _ wide: Bool) {
         // op(A)[i, q] = a[i·rs + q·cs]
         let (rs, cs) = p.transA ? (1, p.lda) : (p.lda, 1)
         var i = 0
@@ -268,6 +301,13 @@ public enum GEMM {
             let a = p.a + (ic + i) * rs + pc * cs
             if mlive < mr { packA(p.transA, p.a, p.lda, ic + i, mlive, pc, kc, ap) }
             var j = 0
+            if wide && mlive == mr {
+                while j + 2 * nr <= nc {
+                    SGEMM512.kernel6x32(kc, a, rs, cs, bp + j * kc, bp + (j + nr) * kc, nr,
+                                        c + i * p.ldc + j, p.ldc, p.alpha, beta)
+                    j += 2 * nr
+                }
+            }
             while j < nc {
                 let nlive = min(nr, nc - j)
                 let cc = c + i * p.ldc + j
@@ -290,8 +330,25 @@ public enum GEMM {
     static func directBKernel(_ mc: Int, _ nc: Int, _ kc: Int, _ ap: UnsafePointer<Float>,
                               _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
                               _ alpha: Float, _ beta: Float, _ bp: UnsafeMutablePointer<Float>,
-                              _ tile: UnsafeMutablePointer<Float>) {
+                              _ tile: UnsafeMutablePointer<Float>, _ wide: Bool) {
         var j = 0
+        if wide {
+            // full 6×32 tiles: rows of B read in place, 32 consecutive columns
+            while j + 2 * nr <= nc {
+                var i = 0
+                while i + mr <= mc {
+                    SGEMM512.kernel6x32(kc, ap + i * kc, 1, mr, b + j, b + j + nr, ldb, c + i * ldc + j, ldc, alpha, beta)
+                    i += mr
+                }
+                if i < mc {
+                    for h in 0..<2 {
+                        kernel6x16StridedB(kc, ap + i * kc, b + j + h * nr, ldb, tile, nr, alpha, 0)
+                        mergeTile(mc - i, nr, c + i * ldc + j + h * nr, ldc, beta, tile)
+                    }
+                }
+                j += 2 * nr
+            }
+        }
         while j < nc {
             let nlive = min(nr, nc - j)
             if nlive < nr { packB(false, b, ldb, 0, kc, j, nlive, bp) }
@@ -317,8 +374,24 @@ public enum GEMM {
     @inline(__always)
     static func macroKernel(_ mc: Int, _ nc: Int, _ kc: Int, _ ap: UnsafePointer<Float>,
                             _ bp: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
-                            _ alpha: Float, _ beta: Float, _ tile: UnsafeMutablePointer<Float>) {
+                            _ alpha: Float, _ beta: Float, _ tile: UnsafeMutablePointer<Float>, _ wide: Bool) {
         var j = 0
+        if wide {
+            // pairs of full slivers: 6×32 tiles (a ragged last row sliver as two 6×16 partials)
+            while j + 2 * nr <= nc {
+                let b0 = bp + j * kc, b1 = b0 + nr * kc
+                var i = 0
+                while i + mr <= mc {
+                    SGEMM512.kernel6x32(kc, ap + i * kc, 1, mr, b0, b1, nr, c + i * ldc + j, ldc, alpha, beta)
+                    i += mr
+                }
+                if i < mc {
+                    kernelPartial(mc - i, nr, kc, ap + i * kc, b0, c + i * ldc + j, ldc, alpha, beta, tile)
+                    kernelPartial(mc - i, nr, kc, ap + i * kc, b1, c + i * ldc + j + nr, ldc, alpha, beta, tile)
+                }
+                j += 2 * nr
+            }
+        }
         while j < nc {
             let nlive = min(nr, nc - j)
             let bs = bp + j * kc

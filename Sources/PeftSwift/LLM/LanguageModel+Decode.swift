@@ -46,7 +46,7 @@ extension LanguageModel {
         let last = x + (T - 1) * H, normed = ws.scratch.normed.baseAddress
         DecoderKernels.rmsNorm(last, finalNorm.baseAddress, normed, rstd: ws.acts.rstd1.baseAddress, rows: 1, n: H, eps: c.rmsEps)
         GEMM.sgemm(transA: false, transB: true, m: 1, n: c.vocab, k: H, alpha: 1, a: normed, lda: H,
-                   b: headWeight, ldb: H, beta: 0, c: lastLogits.baseAddress!, ldc: c.vocab)
+                   b: headWeight, ldb: H, beta: 0, c: lastLogits.baseAddress!, ldc: c.vocab, compute: computeDType)
     }
 
     /// `forwardCached(ids:cache:lastLogits:)` on arrays: returns the last position's logits.

@@ -90,7 +90,7 @@ extension LanguageModel {
         try runForward(ids, batch: batch, seqLen: seqLen)
         GEMM.sgemm(transA: false, transB: true, m: m, n: config.vocab, k: config.hidden, alpha: 1,
                    a: normedFinal!.baseAddress, lda: config.hidden, b: headWeight, ldb: config.hidden,
-                   beta: 0, c: out.baseAddress!, ldc: config.vocab)
+                   beta: 0, c: out.baseAddress!, ldc: config.vocab, compute: computeDType)
     }
 
     /// `logits(ids:batch:seqLen:into:)` on arrays.

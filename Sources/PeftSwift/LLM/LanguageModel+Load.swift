@@ -78,6 +78,7 @@ public struct LoadedModel {
     /// `PST_ERR_CORRUPT` for a tokenizer larger than the model's vocabulary; the loaders' errors.
     public static func load(path: String, options: ModelLoadOptions,
                             preTokenizer: BPEPreTokenizer? = nil) throws(PSTError) -> LoadedModel {
+        try options.computeDType.checkAvailable("compute_dtype")   // before the (long) load
         var st = stat()
         guard stat(path, &st) == 0 else {
             if errno == ENOENT { throw .notFound("path \"\(path)\": no such file or directory") }
@@ -97,6 +98,7 @@ public struct LoadedModel {
             throw .corrupt("path \"\(path)\": the tokenizer has \(tok.vocabSize) tokens, the model's vocabulary \(model.config.vocab)")
         }
         model.training = false
+        try model.setComputeDType(options.computeDType)
         return LoadedModel(model: model, tokenizer: tok, tokenizerError: tokErr, path: path, options: options)
     }
 }

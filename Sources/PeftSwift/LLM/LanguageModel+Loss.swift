@@ -49,12 +49,12 @@ extension LanguageModel {
             let cm = min(chunk, mv - c0)
             for i in 0..<cm { (hs + i * H).update(from: nf + Int(rows[c0 + i]) * H, count: H) }
             GEMM.sgemm(transA: false, transB: true, m: cm, n: V, k: H, alpha: 1, a: hs, lda: H, b: headWeight, ldb: H,
-                       beta: 0, c: z, ldc: V)
+                       beta: 0, c: z, ldc: V, compute: computeDType)
             sum += targets.withUnsafeBufferPointer { tp in
                 DecoderKernels.crossEntropy(z, rows: cm, n: V, targets: tp.baseAddress! + c0, scale: 1 / n)
             }
             GEMM.sgemm(transA: false, transB: false, m: cm, n: H, k: V, alpha: 1, a: z, lda: V, b: headWeight, ldb: H,
-                       beta: 0, c: dh, ldc: H)
+                       beta: 0, c: dh, ldc: H, compute: computeDType)
             for i in 0..<cm { (dn + Int(rows[c0 + i]) * H).update(from: dh + i * H, count: H) }
             c0 += cm
         }

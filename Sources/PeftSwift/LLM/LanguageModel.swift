@@ -18,12 +18,16 @@ public struct ModelLoadOptions: Sendable, Equatable {
     public var blocksize: Int
     /// Double quantization of the absmax (bitsandbytes' compress_statistics).
     public var doubleQuant: Bool
+    /// The precision of the projections' and the LM head's products (ComputeDType).
+    public var computeDType: ComputeDType
 
-    public init(quantize: Bool = false, quantType: QuantType = .nf4, blocksize: Int = 64, doubleQuant: Bool = true) {
+    public init(quantize: Bool = false, quantType: QuantType = .nf4, blocksize: Int = 64, doubleQuant: Bool = true,
+                computeDType: ComputeDType = .fp32) {
         self.quantize = quantize
         self.quantType = quantType
         self.blocksize = blocksize
         self.doubleQuant = doubleQuant
+        self.computeDType = computeDType
     }
 
     /// fp32 base.
@@ -78,6 +82,19 @@ public final class LanguageModel {
     }
 
     /// Training mode (LoRA dropout on). Propagates to every projection.
+    /// The precision of the products with frozen weights: the seven projections' base GEMMs
+    /// (forward and dx) and the LM head (logits and its dx). Attention's products, the LoRA
+    /// branch, norms, gradients and optimizer states stay fp32. Set with `setComputeDType`.
+    public internal(set) var computeDType: ComputeDType = .fp32
+
+    /// Uses `dtype` from the next forward on. Errors: unsupportedCPU for bf16 without the
+    /// AVX512_BF16 kernels (ComputeDType.checkAvailable).
+    public func setComputeDType(_ dtype: ComputeDType) throws(PSTError) {
+        try dtype.checkAvailable("compute_dtype")
+        computeDType = dtype
+        for (_, l) in loraModules { l.computeDType = dtype }
+    }
+
     public var training: Bool = true {
         didSet { for l in layers { for p in l.linears { p.training = training } } }
     }

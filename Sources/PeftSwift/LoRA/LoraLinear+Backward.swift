@@ -33,10 +33,12 @@ extension LoraLinear {
             switch base {
             case .dense(let w):
                 GEMM.sgemm(transA: false, transB: false, m: m, n: inFeatures, k: outFeatures, alpha: 1,
-                           a: dyp, lda: outFeatures, b: w.baseAddress, ldb: inFeatures, beta: 0, c: dxp, ldc: inFeatures)
+                           a: dyp, lda: outFeatures, b: w.baseAddress, ldb: inFeatures, beta: 0, c: dxp, ldc: inFeatures,
+                           compute: computeDType)
             case .quantized(let q):
                 GEMM.sgemm(transA: false, transB: false, m: m, n: inFeatures, k: outFeatures, alpha: 1,
-                           a: dyp, lda: outFeatures, b: LoraLinear.panels(q), beta: 0, c: dxp, ldc: inFeatures)
+                           a: dyp, lda: outFeatures, b: LoraLinear.panels(q), beta: 0, c: dxp, ldc: inFeatures,
+                           compute: computeDType)
             }
         } }
         if accumulateBiasGrad, let gb = gradBias {

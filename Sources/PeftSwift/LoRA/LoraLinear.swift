@@ -33,6 +33,9 @@ public final class LoraLinear {
     /// The active set: (adapter, weight). Forward uses these that are not merged.
     public internal(set) var active: [LoraAdapter] = []
     public var training = true
+    /// The precision of the base products x·Wᵀ and dy·W (ComputeDType): fp32, or bf16 on CPUs
+    /// with AVX512_BF16. The LoRA branch, gradients and bias stay fp32. Set with `setComputeDType`.
+    public internal(set) var computeDType: ComputeDType = .fp32
     /// Deleted adapters stay allocated until the layer is freed, so that pointers borrowed
     /// through the C API (pst_lora_adapter_tensor) never dangle.
     var retired: [LoraAdapter] = []
@@ -231,18 +234,27 @@ public final class LoraLinear {
         }
     }
 
+    /// Uses `dtype` for the base products from the next forward on. Errors: unsupportedCPU for
+    /// bf16 on a CPU (or a PST_ISA cap) without the AVX512_BF16 kernels.
+    public func setComputeDType(_ dtype: ComputeDType) throws(PSTError) {
+        try dtype.checkAvailable("compute_dtype")
+        computeDType = dtype
+    }
+
     /// y = x·Wᵀ for the base (no bias).
     func baseForward(_ x: UnsafePointer<Float>, m: Int, _ y: UnsafeMutablePointer<Float>) {
         switch base {
         case .dense(let w):
             GEMM.sgemm(transA: false, transB: true, m: m, n: outFeatures, k: inFeatures, alpha: 1,
-                       a: x, lda: inFeatures, b: w.baseAddress, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
+                       a: x, lda: inFeatures, b: w.baseAddress, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures,
+                       compute: computeDType)
         case .quantized(let q):
-            if m == 1 {
+            if m == 1 && computeDType == .fp32 {
                 q.matvec(x, y, accumulate: false)   // reads the packed nibbles directly
             } else {
                 GEMM.sgemm(transA: false, transB: true, m: m, n: outFeatures, k: inFeatures, alpha: 1,
-                           a: x, lda: inFeatures, b: LoraLinear.panels(q), beta: 0, c: y, ldc: outFeatures)
+                           a: x, lda: inFeatures, b: LoraLinear.panels(q), beta: 0, c: y, ldc: outFeatures,
+                           compute: computeDType)
             }
         }
     }

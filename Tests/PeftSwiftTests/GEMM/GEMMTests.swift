@@ -299,3 +299,138 @@ enum GEMCaseList {
     static let gemvCol = GEMMCase(transA: true, m: 900, n: 1, k: 800, beta: 1)
     static let short = GEMMCase(transA: true, m: 16, n: 700, k: 500, beta: 1)
 }
+
+/// Every kernel path this CPU offers (ISA.swift), each held to the reference twin and to the
+/// AVX2 path bit for bit (fp32 accumulates each element in the same order on every path).
+@Suite struct GEMMISAPathTests {
+    static let hostPaths = ISA.allCases.filter { $0.missingFeatures.isEmpty }
+
+    /// Shapes that reach each part of the driver: packed tiles (full and ragged), A read in place
+    /// (n ≤ 32), B read in place (m ≤ 18), GEMV, depth blocks, and M = 1, 7, 257.
+    static let cases: [GEMMCase] = {
+        var cs: [GEMMCase] = []
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (m, n, k) in [(7, 33, 5), (6, 32, 17), (257, 65, 131), (12, 96, 400), (18, 64, 33),
+                              (1, 70, 40), (70, 1, 40), (31, 31, 3), (64, 48, 385), (145, 130, 77), (5, 200, 9)] {
+                cs.append(GEMMCase(transA: ta, transB: tb, m: m, n: n, k: k, alpha: 1.25, beta: 0.5, padA: 1, padB: 2, padC: 3))
+            }
+        }
+        cs.append(GEMMCase(transB: true, m: 257, n: 576, k: 576))
+        return cs
+    }()
+
+    func run(_ cs: GEMMCase, _ a: [Float], _ b: [Float], _ c0: [Float], _ isa: ISA, panel: Bool) -> [Float] {
+        var c = c0
+        c.withUnsafeMutableBufferPointer { cp in
+            if panel {
+                b.withUnsafeBufferPointer { bp in
+                    let src = PanelSource.dense(bp.baseAddress!, rows: cs.bRows, cols: cs.bCols, ld: cs.ldb)
+                    GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                               a: a, lda: cs.lda, b: src, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, isa: isa)
+                }
+            } else {
+                GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                           a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc, isa: isa)
+            }
+        }
+        return c
+    }
+
+    @Test(arguments: hostPaths)
+    func pathMatchesReferenceAndAVX2Bitwise(_ isa: ISA) {
+        for cs in Self.cases {
+            let (a, b, c0) = cs.operands()
+            var ref = c0
+            cs.runReference(a, b, &ref)
+            for panel in [false, true] {
+                let fast = run(cs, a, b, c0, isa, panel: panel)
+                let (worst, padIntact) = cs.compare(a, b, c0: c0, fast: fast, ref: ref)
+                #expect(worst <= GEMMTolerance.relative(k: cs.k), "\(isa.name) \(cs) panel=\(panel): rel err \(worst)")
+                #expect(padIntact, "\(isa.name) \(cs): wrote outside C")
+                let base = run(cs, a, b, c0, .avx2, panel: panel)
+                #expect(fast.map(\.bitPattern) == base.map(\.bitPattern), "\(isa.name) \(cs) panel=\(panel) differs from avx2")
+            }
+        }
+    }
+
+    @Test func activePathIsOneTheHostHas() {
+        #expect(ISA.active.missingFeatures.isEmpty)
+        #expect(ISA.active <= ISA.host)
+        #expect(ISA.named("AVX512_BF16") == .avx512bf16 && ISA.named("avx2") == .avx2 && ISA.named("sse") == nil)
+        for isa in ISA.allCases where !isa.missingFeatures.isEmpty {
+            #expect(throws: PSTError.self) { try ISA.set(isa) }
+        }
+    }
+}
+
+/// Compute dtype bf16 (SGEMM+BF16.swift) against its twin: operands rounded to bf16, exact
+/// products, Double sums. The fast path sums in fp32 (two products per vdpbf16ps, in kc blocks),
+/// so the same fp32 accumulation bound as the fp32 path applies, relative to Σ|bf16(a)·bf16(b)|.
+@Suite struct GEMMBF16Tests {
+    static let hasBF16 = ISA.avx512bf16.missingFeatures.isEmpty
+
+    @Test(.enabled(if: hasBF16))
+    func bf16MatchesItsTwinOnEveryShape() {
+        var cases = GEMMISAPathTests.cases
+        cases.append(GEMMCase(transB: true, m: 1, n: 1, k: 1))
+        cases.append(GEMMCase(m: 2, n: 3, k: 801, alpha: 1, beta: 1))
+        for cs in cases {
+            let (a, b, c0) = cs.operands()
+            var ref = c0, ref32 = c0
+            ref.withUnsafeMutableBufferPointer { rp in
+                GEMM.sgemmBF16Reference(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                                        a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: rp.baseAddress!, ldc: cs.ldc)
+            }
+            cs.runReference(a, b, &ref32)
+            for (panel, kernel) in [(false, BF16Kernel.dot), (true, .dot), (false, .fma), (true, .fma)] {
+                var fast = c0
+                fast.withUnsafeMutableBufferPointer { cp in
+                    if panel {
+                        b.withUnsafeBufferPointer { bp in
+                            let src = PanelSource.dense(bp.baseAddress!, rows: cs.bRows, cols: cs.bCols, ld: cs.ldb)
+                            GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                                       a: a, lda: cs.lda, b: src, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc,
+                                       compute: .bf16, bf16Kernel: kernel)
+                        }
+                    } else {
+                        GEMM.sgemm(transA: cs.transA, transB: cs.transB, m: cs.m, n: cs.n, k: cs.k, alpha: cs.alpha,
+                                   a: a, lda: cs.lda, b: b, ldb: cs.ldb, beta: cs.beta, c: cp.baseAddress!, ldc: cs.ldc,
+                                   compute: .bf16, bf16Kernel: kernel)
+                    }
+                }
+                // scale from the rounded operands (|bf16(x)| ≤ |x|·(1 + 2⁻⁸), so Σ|a||b| bounds it within 1 %)
+                let (worst, padIntact) = cs.compare(a, b, c0: c0, fast: fast, ref: ref)
+                #expect(worst <= 1.01 * GEMMTolerance.relative(k: cs.k), "bf16 \(kernel) \(cs) panel=\(panel): rel err \(worst)")
+                #expect(padIntact, "bf16 \(cs): wrote outside C")
+            }
+            // the twin really rounds: bf16 moves each operand by up to 2⁻⁸ relative, so on random
+            // operands the largest gap to the fp32 product over C is of that order (seen 4e-4 to
+            // 6e-4 of Σ|a||b|), far beyond the fp32 accumulation bound (≈ 1e-5 here)
+            if cs.k >= 8 && cs.m * cs.n >= 16 {
+                let (gap, _) = cs.compare(a, b, c0: c0, fast: ref, ref: ref32)
+                #expect(gap > 8 * GEMMTolerance.relative(k: cs.k), "\(cs): bf16 twin equals fp32 (gap \(gap))")
+            }
+        }
+    }
+
+    @Test func roundBF16IsRoundToNearestEven() {
+        #expect(GEMM.roundBF16(1.0) == 1.0)
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties to even (1.0)
+        #expect(GEMM.roundBF16(1 + 0x1p-8) == 1.0)
+        // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ and 1 + 2·2⁻⁷: ties to even (1 + 2⁻⁶)
+        #expect(GEMM.roundBF16(1 + 3 * 0x1p-8) == 1 + 0x1p-6)
+        #expect(GEMM.roundBF16(1 + 0x1p-8 + 0x1p-20) == 1 + 0x1p-7)
+        #expect(GEMM.roundBF16(-Float.leastNonzeroMagnitude).bitPattern == (-Float(0)).bitPattern)
+        #expect(GEMM.roundBF16(.infinity) == .infinity && GEMM.roundBF16(.nan).isNaN)
+        #expect(GEMM.roundBF16(Float.greatestFiniteMagnitude) == .infinity)
+    }
+
+    @Test func bf16IsAnErrorWithoutTheKernels() throws {
+        if Self.hasBF16 {
+            try ComputeDType.bf16.checkAvailable("test")
+        } else {
+            #expect(throws: PSTError.self) { try ComputeDType.bf16.checkAvailable("test") }
+        }
+        try ComputeDType.fp32.checkAvailable("test")
+    }
+}

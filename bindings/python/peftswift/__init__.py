@@ -55,6 +55,7 @@ from ._native import (  # noqa: F401  (the error hierarchy lives in the C layer)
     NotFoundError,
     OutOfMemoryError,
     ShapeError,
+    UnsupportedCPUError,
     UnsupportedError,
 )
 from . import files  # noqa: F401
@@ -82,6 +83,31 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return _native.get_num_threads()
+
+
+_ISA_NAMES = {0: "avx2", 1: "avx512", 2: "avx512bf16"}
+
+
+def set_isa(name: str) -> None:
+    """Uses the kernel path ``name`` ("avx2", "avx512" or "avx512bf16") from the next call on,
+    process-wide (pst_set_isa). The library starts on the best path the CPU has, capped by the
+    environment variable PST_ISA. fp32 results are bit-identical on every path. A path the CPU
+    lacks raises UnsupportedCPUError naming the missing features."""
+    codes = {v: k for k, v in _ISA_NAMES.items()}
+    key = str(name).lower().replace("_", "")
+    if key not in codes:
+        raise ValueError(f"isa {name!r} must be one of {sorted(codes)}")
+    _native.set_isa(isa=codes[key])
+
+
+def get_isa() -> str:
+    """The kernel path in use: "avx2", "avx512" or "avx512bf16"."""
+    return _ISA_NAMES[_native.get_isa()]
+
+
+def host_isa() -> str:
+    """The best kernel path this CPU has, whatever PST_ISA says."""
+    return _ISA_NAMES[_native.host_isa()]
 
 
 def status_string(status: int) -> str:

@@ -39,6 +39,16 @@ def _paths(data) -> List[str]:
     return [os.fspath(p) for p in data]
 
 
+def compute_dtype_code(dtype) -> int:
+    """PST_DTYPE_F32 or PST_DTYPE_BF16 for "fp32"/"float32" or "bf16"/"bfloat16" (torch dtypes too)."""
+    name = str(dtype).replace("torch.", "").lower()
+    codes = {"fp32": _native.PST_DTYPE_F32, "float32": _native.PST_DTYPE_F32,
+             "bf16": _native.PST_DTYPE_BF16, "bfloat16": _native.PST_DTYPE_BF16}
+    if name not in codes:
+        raise ValueError(f"compute_dtype {dtype!r} must be 'fp32' or 'bf16'")
+    return codes[name]
+
+
 class Model:
     """A Llama-architecture causal LM with its tokenizer. Use ``Model.load``."""
 
@@ -48,11 +58,13 @@ class Model:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], quantize: bool = True, quant_type: str = "nf4", blocksize: int = 64,
-             double_quant: bool = True, pretokenizer: Optional[str] = None) -> "Model":
+             double_quant: bool = True, pretokenizer: Optional[str] = None, compute_dtype: str = "fp32") -> "Model":
         """Loads a GGUF file or a Hugging Face checkpoint directory. With ``quantize`` (QLoRA's
         base) each projection becomes 4-bit (``quant_type``, ``blocksize``, ``double_quant``) as
         it loads. ``pretokenizer``: None (the file's own), "gpt2" (what transformers rebuilds
-        from a GGUF) or "smollm"/"digits"."""
+        from a GGUF) or "smollm"/"digits". ``compute_dtype``: "fp32" or "bf16" (the products with
+        the frozen weights in bf16 with fp32 sums, as bitsandbytes' bnb_4bit_compute_dtype=
+        torch.bfloat16; needs AVX512_BF16, else peftswift.UnsupportedCPUError)."""
         if quant_type not in _QUANT_TYPES:
             raise ValueError(f"quant_type {quant_type!r} must be 'nf4' or 'fp4'")
         if pretokenizer not in _PRETOK:
@@ -60,8 +72,21 @@ class Model:
         p = os.fspath(path)
         h = _native.llm_load(path=p, quantize=int(bool(quantize)), quant_type=_QUANT_TYPES[quant_type],
                              blocksize=int(blocksize), double_quant=int(bool(double_quant)),
-                             pretokenizer=_PRETOK[pretokenizer])
-        return cls(h, p)
+                             pretokenizer=_PRETOK[pretokenizer], compute_dtype=compute_dtype_code(compute_dtype))
+        m = cls(h, p)
+        m._compute_dtype = "bf16" if compute_dtype_code(compute_dtype) == _native.PST_DTYPE_BF16 else "fp32"
+        return m
+
+    @property
+    def compute_dtype(self) -> str:
+        """"fp32" or "bf16": the precision of the products with the frozen weights."""
+        return getattr(self, "_compute_dtype", "fp32")
+
+    def set_compute_dtype(self, dtype: str) -> None:
+        """Switches the products with the frozen weights to "fp32" or "bf16" (pst_llm_set_compute_dtype)."""
+        code = compute_dtype_code(dtype)
+        _native.llm_set_compute_dtype(llm=self._h, dtype=code)
+        self._compute_dtype = "bf16" if code == _native.PST_DTYPE_BF16 else "fp32"
 
     @property
     def info(self) -> dict:

@@ -37,7 +37,7 @@ class LoraLinear:
     LoraLinear.quantized(packed, quant_state, bias=None)   4-bit base (bitsandbytes' layout)
     """
 
-    def __init__(self, weight, bias=None):
+    def __init__(self, weight, bias=None, compute_dtype: str = "fp32"):
         w = _f32(weight, "weight")
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out, in), got shape {w.shape}")
@@ -45,9 +45,10 @@ class LoraLinear:
         b = None if bias is None else _f32(bias, "bias")
         self._h = _native.lora_create_dense(weight=w, out_features=self.out_features, in_features=self.in_features, bias=b)
         self._q = None
+        self.set_compute_dtype(compute_dtype)
 
     @classmethod
-    def quantized(cls, packed, quant_state: QuantState, bias=None) -> "LoraLinear":
+    def quantized(cls, packed, quant_state: QuantState, bias=None, compute_dtype: str = "fp32") -> "LoraLinear":
         """A QLoRA layer over a 4-bit weight of shape (out, in) from quantize_4bit (or a
         bitsandbytes Linear4bit state dict read with QuantState.from_dict)."""
         st = quant_state
@@ -58,7 +59,17 @@ class LoraLinear:
         self._q = _quant_handle(packed, st)  # the layer borrows it: kept alive with the layer
         b = None if bias is None else _f32(bias, "bias")
         self._h = _native.lora_create_quantized(base=self._q, bias=b)
+        self.set_compute_dtype(compute_dtype)
         return self
+
+    def set_compute_dtype(self, dtype: str) -> None:
+        """"fp32" (default) or "bf16": the precision of the base products x·Wᵀ and dy·W (bf16
+        operands, fp32 sums: bitsandbytes' bnb_4bit_compute_dtype=torch.bfloat16; the LoRA branch
+        and gradients stay fp32). bf16 needs AVX512_BF16 (else UnsupportedCPUError)."""
+        from .llm import compute_dtype_code
+        code = compute_dtype_code(dtype)
+        _native.lora_set_compute_dtype(layer=self._h, dtype=code)
+        self.compute_dtype = "bf16" if code == _native.PST_DTYPE_BF16 else "fp32"
 
     # ---- adapters
     def add_adapter(self, name: str = "default", r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,

@@ -31,6 +31,7 @@ static const struct { int status; const char *name; PyObject **extra_base; } err
     {PST_ERR_EXISTS, "ExistsError", &PyExc_ValueError},
     {PST_ERR_NONFINITE, "NonFiniteError", &PyExc_ValueError},
     {PST_ERR_INTERNAL, "InternalError", &PyExc_RuntimeError},
+    {PST_ERR_UNSUPPORTED_CPU, "UnsupportedCPUError", &PyExc_RuntimeError},
 };
 
 /* Raises the error for a failed status with the thread's last error message. */
@@ -185,12 +186,35 @@ static PyObject *m_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(pst_get_num_threads());
 }
 
+static PyObject *m_set_isa(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"isa", NULL};
+    int isa;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &isa)) return NULL;
+    pst_status st = pst_set_isa(isa);
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_get_isa(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    return PyLong_FromLong(pst_get_isa());
+}
+
+static PyObject *m_host_isa(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    return PyLong_FromLong(pst_host_isa());
+}
+
 static PyMethodDef methods_core[] = {
     NOARGS_METHOD(version, "The library's version string: pst_version_string."),
     NOARGS_METHOD(abi_version, "The loaded library's ABI version: pst_abi_version."),
     KW_METHOD(status_string, "status", "The name of a status code: pst_status_string."),
     KW_METHOD(set_num_threads, "n", "Threads the kernels use: pst_set_num_threads."),
     NOARGS_METHOD(get_num_threads, "Threads the kernels use: pst_get_num_threads."),
+    KW_METHOD(set_isa, "isa", "Kernel path (PST_ISA_*): pst_set_isa."),
+    NOARGS_METHOD(get_isa, "Kernel path in use (PST_ISA_*): pst_get_isa."),
+    NOARGS_METHOD(host_isa, "Best kernel path of this CPU (PST_ISA_*): pst_host_isa."),
     {NULL, NULL, 0, NULL},
 };
 
@@ -206,6 +230,7 @@ static const struct { const char *name; long value; } pst_constants[] = {
     PST_CONSTANT(PST_ERR_UNSUPPORTED), PST_CONSTANT(PST_ERR_MISUSE), PST_CONSTANT(PST_ERR_IO),
     PST_CONSTANT(PST_ERR_CORRUPT), PST_CONSTANT(PST_ERR_NOT_FOUND), PST_CONSTANT(PST_ERR_EXISTS),
     PST_CONSTANT(PST_ERR_NONFINITE), PST_CONSTANT(PST_ERR_INTERNAL), PST_CONSTANT(PST_ERR_UNSUPPORTED_CPU),
+    PST_CONSTANT(PST_ISA_AVX2), PST_CONSTANT(PST_ISA_AVX512), PST_CONSTANT(PST_ISA_AVX512_BF16),
     PST_CONSTANT(PST_DTYPE_F32), PST_CONSTANT(PST_DTYPE_F16), PST_CONSTANT(PST_DTYPE_BF16), PST_CONSTANT(PST_DTYPE_U8),
     PST_CONSTANT(PST_DTYPE_I8), PST_CONSTANT(PST_DTYPE_I32), PST_CONSTANT(PST_DTYPE_I64),
     PST_CONSTANT(PST_QUANT_NF4), PST_CONSTANT(PST_QUANT_FP4),

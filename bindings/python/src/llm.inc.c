@@ -10,17 +10,20 @@ static PyObject *ids_to_list(const int32_t *ids, int64_t n) {
     return l;
 }
 
-/* llm_load(path, quantize, quant_type, blocksize, double_quant, pretokenizer) -> capsule: the
- * pst_llm_load_params fields */
+/* llm_load(path, quantize, quant_type, blocksize, double_quant, pretokenizer, compute_dtype) -> capsule:
+ * the pst_llm_load_params fields */
 static PyObject *m_llm_load(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"path", "quantize", "quant_type", "blocksize", "double_quant", "pretokenizer", NULL};
+    static char *kwlist[] = {"path", "quantize", "quant_type", "blocksize", "double_quant", "pretokenizer",
+                             "compute_dtype", NULL};
     const char *path;
-    int quantize, qt, bs, dq, pre;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siiiii", kwlist, &path, &quantize, &qt, &bs, &dq, &pre)) return NULL;
+    int quantize, qt, bs, dq, pre, cd = PST_DTYPE_F32;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siiiii|i", kwlist, &path, &quantize, &qt, &bs, &dq, &pre, &cd))
+        return NULL;
     pst_llm_load_params p;
     if (pst_llm_load_params_init(&p) != PST_OK) return raise_status(PST_ERR_INTERNAL);
     p.quantize = quantize; p.quant_type = qt; p.blocksize = bs; p.double_quant = dq; p.pretokenizer = pre;
+    p.compute_dtype = cd;
     pst_llm *m = NULL;
     pst_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -28,6 +31,18 @@ static PyObject *m_llm_load(PyObject *self, PyObject *args, PyObject *kw) {
     Py_END_ALLOW_THREADS
     if (st != PST_OK) return raise_status(st);
     return wrap_llm(m);
+}
+
+/* llm_set_compute_dtype(llm, dtype): PST_DTYPE_F32 or PST_DTYPE_BF16 */
+static PyObject *m_llm_set_compute_dtype(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"llm", "dtype", NULL};
+    pst_llm *m;
+    int dtype;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&i", kwlist, llm_arg, &m, &dtype)) return NULL;
+    pst_status st = pst_llm_set_compute_dtype(m, dtype);
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
 }
 
 /* llm_info(llm) -> dict: pst_llm_get_info */
@@ -584,7 +599,9 @@ static PyObject *m_latest_checkpoint(PyObject *self, PyObject *args, PyObject *k
 }
 
 static PyMethodDef methods_llm[] = {
-    KW_METHOD(llm_load, "path, quantize, quant_type, blocksize, double_quant, pretokenizer", "pst_llm_load -> llm capsule."),
+    KW_METHOD(llm_load, "path, quantize, quant_type, blocksize, double_quant, pretokenizer, compute_dtype",
+              "pst_llm_load -> llm capsule."),
+    KW_METHOD(llm_set_compute_dtype, "llm, dtype", "pst_llm_set_compute_dtype."),
     KW_METHOD(llm_info, "llm", "pst_llm_get_info -> dict."),
     KW_METHOD(llm_tokenize, "llm, text, flags", "pst_llm_tokenize -> list[int]."),
     KW_METHOD(llm_chat_prompt, "llm, user, system", "pst_llm_chat_prompt -> list[int]."),

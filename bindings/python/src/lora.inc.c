@@ -203,6 +203,18 @@ static PyObject *m_lora_set_training(PyObject *self, PyObject *args, PyObject *k
     Py_RETURN_NONE;
 }
 
+/* lora_set_compute_dtype(layer, dtype): PST_DTYPE_F32 or PST_DTYPE_BF16 */
+static PyObject *m_lora_set_compute_dtype(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"layer", "dtype", NULL};
+    pst_lora *l;
+    int dtype;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&i", kwlist, lora_arg, &l, &dtype)) return NULL;
+    pst_status st = pst_lora_set_compute_dtype(l, dtype);
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
 /* lora_forward(layer, x, m, y) */
 static PyObject *m_lora_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -370,6 +382,7 @@ static PyMethodDef methods_lora[] = {
     KW_METHOD(lora_delete_adapter, "layer, name", "pst_lora_delete_adapter."),
     KW_METHOD(lora_set_active, "layer, names, weights", "pst_lora_set_active."),
     KW_METHOD(lora_set_training, "layer, training", "pst_lora_set_training."),
+    KW_METHOD(lora_set_compute_dtype, "layer, dtype", "pst_lora_set_compute_dtype."),
     KW_METHOD(lora_forward, "layer, x, m, y", "pst_lora_forward."),
     KW_METHOD(lora_backward, "layer, dy, m, dx, bias_grad", "pst_lora_backward."),
     KW_METHOD(lora_zero_grad, "layer", "pst_lora_zero_grad."),

@@ -33,6 +33,10 @@ extension LanguageModel {
         defer { if wasTraining { training = true } }
         if (cache.ws?.rows ?? 0) < T { cache.ws = nil; cache.ws = try DecodeWorkspace(c, rows: T) }
         let ws = cache.ws!
+        if T == 1 {   // one token: the fused step (one parallel region for the whole model)
+            try decodeStep(token: ids[0], cache: cache, ws: ws, logits: lastLogits.baseAddress!)
+            return
+        }
         let x = ws.x.baseAddress, e = embedding.baseAddress
         for i in 0..<T { (x + i * H).update(from: e + Int(ids[i]) * H, count: H) }
         for l in layers {
@@ -45,8 +49,12 @@ extension LanguageModel {
         // final norm and LM head on the last position only (a GEMV over vocab × H)
         let last = x + (T - 1) * H, normed = ws.scratch.normed.baseAddress
         DecoderKernels.rmsNorm(last, finalNorm.baseAddress, normed, rstd: ws.acts.rstd1.baseAddress, rows: 1, n: H, eps: c.rmsEps)
-        GEMM.sgemm(transA: false, transB: true, m: 1, n: c.vocab, k: H, alpha: 1, a: normed, lda: H,
-                   b: headWeight, ldb: H, beta: 0, c: lastLogits.baseAddress!, ldc: c.vocab)
+        if let head = decodeHead {
+            head.matvec(normed, lastLogits.baseAddress!)
+        } else {
+            GEMM.sgemm(transA: false, transB: true, m: 1, n: c.vocab, k: H, alpha: 1, a: normed, lda: H,
+                       b: headWeight, ldb: H, beta: 0, c: lastLogits.baseAddress!, ldc: c.vocab)
+        }
     }
 
     /// `forwardCached(ids:cache:lastLogits:)` on arrays: returns the last position's logits.

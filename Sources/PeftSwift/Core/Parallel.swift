@@ -56,6 +56,8 @@ final class WorkerTeam {
     private let lock: UnsafeMutablePointer<pthread_mutex_t>
     private let wake: UnsafeMutablePointer<pthread_cond_t>
     private var threads: [pthread_t] = []
+    /// The process that made the workers (a child of fork() has none of them).
+    let pid = getpid()
     /// Pauses a worker spins waiting for the next body before it sleeps (~50–150 µs).
     static let spinLimit = 1 << 11
 
@@ -100,6 +102,12 @@ final class WorkerTeam {
     static func acquire() -> WorkerTeam {
         pthread_mutex_lock(_lock)
         defer { pthread_mutex_unlock(_lock) }
+        if let t = _shared, t.pid != getpid() {
+            // a forked child: the workers were not copied (only the forking thread is); forget
+            // them without joining
+            _shared = nil
+            _busy = false
+        }
         if _busy { return serial }
         if let t = _shared, t.size == Threads.count, t.threads.count == t.size - 1 {
             _busy = true

@@ -1,6 +1,7 @@
-// Cached decoding: the same layer forward as training (`DecoderLayer.forward`), over T new
-// tokens (a prompt chunk, or one token) whose attention reads the earlier positions' keys and
-// values from a KV cache.
+// Cached decoding over T new tokens whose attention reads the earlier positions' keys and
+// values from a KV cache: a prompt chunk runs the same layer forward as training
+// (`DecoderLayer.forward`, projections through the GEMM); one token runs the fused decode step
+// (LanguageModel+DecodeStep.swift: the same math at M = 1, one parallel region per token).
 
 extension LanguageModel {
     /// A KV cache for one sequence of up to `capacity` positions (≤ maxPositions).
@@ -9,8 +10,8 @@ extension LanguageModel {
     }
 
     /// Feeds `ids` (one sequence, ≥ 1 token) at positions cache.count..<cache.count+ids.count
-    /// — the prompt at once (prefill, projections through the GEMM) or one token (decode, M = 1)
-    /// — appending their keys/values to `cache`, and writes the logits of the last position
+    /// — the prompt at once (prefill, projections through the GEMM) or one token (decode, M = 1:
+    /// `decodeStep`) — appending their keys/values to `cache`, and writes the logits of the last position
     /// (vocab values) to `lastLogits`. Uses the current active adapters in eval mode (no
     /// dropout; `training` is restored after). Drops a pending backward.
     public func forwardCached(ids: UnsafeBufferPointer<Int32>, cache: KVCache,

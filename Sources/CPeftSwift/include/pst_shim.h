@@ -27,4 +27,6 @@ int pstshim_cpu_is_amd(void) __attribute__((visibility("hidden")));
 void pstshim_set_cpu_error(const char *function) __attribute__((visibility("hidden")));
 /* The static name of a status code (pst_status_string). */
 const char *pstshim_status_string(int32_t status) __attribute__((visibility("hidden")));
+/* The spin-wait hint (x86 `pause`) for the worker team's waits (Core/Parallel.swift). */
+static inline void pstshim_pause(void) { __builtin_ia32_pause(); }
 #endif

@@ -19,6 +19,8 @@ public final class KVCache {
     let scores: AlignedBuffer<Float>
     let scoreThreads: Int
     var ws: DecodeWorkspace? = nil
+    /// Per-thread scratch of the one-token decode step (LanguageModel+DecodeStep.swift).
+    var stepScratch: DecodeStepScratch? = nil
 
     init(model: LanguageModel, capacity: Int) throws(PSTError) {
         let c = model.config

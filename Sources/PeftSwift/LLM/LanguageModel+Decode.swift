@@ -1,6 +1,7 @@
-// Cached decoding: the same layer forward as training (`DecoderLayer.forward`), over T new
-// tokens (a prompt chunk, or one token) whose attention reads the earlier positions' keys and
-// values from a KV cache.
+// Cached decoding over T new tokens whose attention reads the earlier positions' keys and
+// values from a KV cache: a prompt chunk runs the same layer forward as training
+// (`DecoderLayer.forward`, projections through the GEMM); one token runs the fused decode step
+// (LanguageModel+DecodeStep.swift: the same math at M = 1, one parallel region per token).
 
 extension LanguageModel {
     /// A KV cache for one sequence of up to `capacity` positions (≤ maxPositions).
@@ -9,8 +10,8 @@ extension LanguageModel {
     }
 
     /// Feeds `ids` (one sequence, ≥ 1 token) at positions cache.count..<cache.count+ids.count
-    /// — the prompt at once (prefill, projections through the GEMM) or one token (decode, M = 1)
-    /// — appending their keys/values to `cache`, and writes the logits of the last position
+    /// — the prompt at once (prefill, projections through the GEMM) or one token (decode, M = 1:
+    /// `decodeStep`) — appending their keys/values to `cache`, and writes the logits of the last position
     /// (vocab values) to `lastLogits`. Uses the current active adapters in eval mode (no
     /// dropout; `training` is restored after). Drops a pending backward.
     public func forwardCached(ids: UnsafeBufferPointer<Int32>, cache: KVCache,
@@ -33,6 +34,10 @@ extension LanguageModel {
         defer { if wasTraining { training = true } }
         if (cache.ws?.rows ?? 0) < T { cache.ws = nil; cache.ws = try DecodeWorkspace(c, rows: T) }
         let ws = cache.ws!
+        if T == 1 {   // one token: the fused step (one parallel region for the whole model)
+            try decodeStep(token: ids[0], cache: cache, ws: ws, logits: lastLogits.baseAddress!)
+            return
+        }
         let x = ws.x.baseAddress, e = embedding.baseAddress
         for i in 0..<T { (x + i * H).update(from: e + Int(ids[i]) * H, count: H) }
         for l in layers {
@@ -45,8 +50,14 @@ extension LanguageModel {
         // final norm and LM head on the last position only (a GEMV over vocab × H)
         let last = x + (T - 1) * H, normed = ws.scratch.normed.baseAddress
         DecoderKernels.rmsNorm(last, finalNorm.baseAddress, normed, rstd: ws.acts.rstd1.baseAddress, rows: 1, n: H, eps: c.rmsEps)
-        GEMM.sgemm(transA: false, transB: true, m: 1, n: c.vocab, k: H, alpha: 1, a: normed, lda: H,
-                   b: headWeight, ldb: H, beta: 0, c: lastLogits.baseAddress!, ldc: c.vocab, compute: computeDType)
+        // one row: a memory-bound GEMV, fp32 whatever computeDType says (bf16 operands would not
+        // make it faster; generation's single-token steps use fp32 products, prefill the model's)
+        if let head = decodeHead {
+            head.matvec(normed, lastLogits.baseAddress!)
+        } else {
+            GEMM.sgemm(transA: false, transB: true, m: 1, n: c.vocab, k: H, alpha: 1, a: normed, lda: H,
+                       b: headWeight, ldb: H, beta: 0, c: lastLogits.baseAddress!, ldc: c.vocab)
+        }
     }
 
     /// `forwardCached(ids:cache:lastLogits:)` on arrays: returns the last position's logits.

@@ -121,6 +121,9 @@ public final class LanguageModel {
     var pendingBackward = false
     var validRows: [Int32] = []
     var logitsBuffer: AlignedBuffer<Float>? = nil    // ≥ validRows × vocab (the gradient after loss); kept across steps
+    // cached decoding: the LM head's lossless int8 form (LanguageModel+DecodeStep.swift), made on first use
+    var decodeHeadInt8: Int8Rows? = nil
+    var decodeHeadTried = false
 
     /// Loads every weight through `weights` (see `WeightProvider`; the names are the config's
     /// architecture's), quantizing the projections as they arrive when `options.quantize`.

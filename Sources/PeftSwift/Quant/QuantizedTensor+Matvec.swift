@@ -1,4 +1,9 @@
 // M = 1 inference straight from the packed nibbles.
+import _Builtin_intrinsics.intel
+
+@inline(__always) func _sum4(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>, _ d: SIMD8<Float>) -> SIMD4<Float> {
+    QuantizedTensor._sum4Impl(a, b, c, d)
+}
 
 extension QuantizedTensor {
     /// Rows and columns of the weight viewed as a matrix: (shape[0], count / shape[0]); a 1-D
@@ -44,44 +49,122 @@ extension QuantizedTensor {
     }
 
     /// The common case: every row is a whole number of blocks (cols % blocksize == 0, so each
-    /// row starts at a block and at a byte boundary). Per block it accumulates Σ code[nibble]·x
-    /// in vector registers with the unscaled 16-entry map, then folds it in with one FMA by the
-    /// block's scale: no per-block table scaling and one horizontal sum per row.
+    /// row starts at a block and at a byte boundary), in parallel over rows.
     func _matvecAligned(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, rows: Int, cols: Int) {
+        parallelChunks(rows, grain: Swift.max(4, 16384 / Swift.max(cols, 1))) { r0, r1 in
+            _matvecRowsAligned(x, y, accumulate: accumulate, r0: r0, r1: r1, cols: cols)
+        }
+    }
+
+    /// Rows r0..<r1 of `matvec` on the calling thread (y[r0..<r1] only): what a caller that
+    /// splits the rows over its own threads (the decode step) runs per range.
+    func matvecRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, r0: Int, r1: Int) {
+        let (_, cols) = matrixShape
+        if cols % blocksize == 0 {
+            _matvecRowsAligned(x, y, accumulate: accumulate, r0: r0, r1: r1, cols: cols)
+            return
+        }
+        // rare (a row that splits a block): the general path's arithmetic, one row at a time
+        let p = packed.baseAddress, codeP = code.baseAddress, bs = blocksize
+        withScales { scale in
+            var cs = (SIMD8<Float>(), SIMD8<Float>())
+            withUnsafeMutableBytes(of: &cs) { raw in
+                let csp = raw.baseAddress!.assumingMemoryBound(to: Float.self)
+                for o in r0..<r1 {
+                    let rs = o * cols, re = rs + cols
+                    var total: Float = 0
+                    var i = rs
+                    while i < re {
+                        let b = i / bs
+                        let e = Swift.min(re, (b + 1) * bs)
+                        let (tlo, thi) = Quant4._scaledTables(codeP, scale(b), csp)
+                        total += QuantizedTensor._dotSegment(p, i, e, tlo, thi, csp, x + (i - rs))
+                        i = e
+                    }
+                    y[o] = accumulate ? y[o] + total : total
+                }
+            }
+        }
+    }
+
+    /// Rows r0..<r1 when every row is whole blocks. Per block and row it accumulates
+    /// Σ code[nibble]·x in one vector register with the unscaled 16-entry map (two `vpermps`
+    /// and a blend per 8 codes), then folds it in with one FMA by the block's scale. Four rows
+    /// per pass share the x loads and one horizontal reduction (a row gets the same operations
+    /// in the same order in a pass of four or alone, so y does not depend on how the rows are
+    /// split between threads); the block scales (double
+    /// quant: bitsandbytes' fl(fl(code8[q]·absmax2) + offset)) are read inline, without a
+    /// division per block.
+    func _matvecRowsAligned(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool,
+                            r0: Int, r1: Int, cols: Int) {
         let bs = blocksize
-        let blocksPerRow = cols / bs
+        let bpr = cols / bs
         let p = packed.baseAddress
         let lo = load8(code.baseAddress), hi = load8(code.baseAddress + 8)
-        // Block scales read inline (a closure call per block costs as much as the block's FMAs).
+        // read once (inside the loops the global's lazy-init check is a call per block; a literal
+        // here gets constant-folded into per-lane scalar shifts)
+        let sh = _nibbleShifts
         let isNested = nested != nil
         let plain = absmax?.baseAddress
         let nq = nested?.q.baseAddress, nc = nested?.code.baseAddress, na = nested?.absmax.baseAddress
         let nbs = nested?.blocksize ?? 1, off = nested?.offset ?? 0
-        parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { r0, r1 in
-            for o in r0..<r1 {
-                var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
-                var bp = p + (o * cols) >> 1
-                var xp = x
-                let b0 = o * blocksPerRow
-                for j in 0..<blocksPerRow {
-                    var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
-                    var k = 0
-                    while k < bs {
-                        s0 = s0.addingProduct(_lookup16(lo, hi, _nibbles8(bp)), load8(xp))
-                        s1 = s1.addingProduct(_lookup16(lo, hi, _nibbles8(bp + 4)), load8(xp + 8))
-                        bp += 8; xp += 16; k += 16
-                    }
-                    let b = b0 + j
-                    // bitsandbytes' scale: fl(fl(code8[q]·absmax2) + offset), two roundings
-                    let scale: Float = isNested ? (nc.unsafelyUnwrapped[Int(nq.unsafelyUnwrapped[b])] * na.unsafelyUnwrapped[b / nbs]) + off
-                                                : plain.unsafelyUnwrapped[b]
-                    let sc = SIMD8<Float>(repeating: scale)
-                    acc0 = acc0.addingProduct(s0, sc)
-                    acc1 = acc1.addingProduct(s1, sc)
+        let nshift = nbs & (nbs - 1) == 0 ? nbs.trailingZeroBitCount : -1
+        @inline(__always) func scale(_ b: Int) -> Float {
+            if !isNested { return plain.unsafelyUnwrapped[b] }
+            let g = nshift >= 0 ? b >> nshift : b / nbs
+            return (nc.unsafelyUnwrapped[Int(nq.unsafelyUnwrapped[b])] * na.unsafelyUnwrapped[g]) + off
+        }
+        @inline(__always) func codes(_ bp: UnsafePointer<UInt8>) -> SIMD8<Float> {
+            let w = UnsafeRawPointer(bp).loadUnaligned(as: UInt32.self)
+            return _lookup16(lo, hi, SIMD8<UInt32>(repeating: w) &>> sh)
+        }
+        var o = r0
+        while o + 4 <= r1 {
+            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+            var b0p = UnsafePointer(p + (o * cols) >> 1)
+            let rb = cols >> 1
+            var xp = x
+            var b = o * bpr
+            for _ in 0..<bpr {
+                var s0 = SIMD8<Float>(), s1 = SIMD8<Float>(), s2 = SIMD8<Float>(), s3 = SIMD8<Float>()
+                var k = 0
+                while k < bs {
+                    let x0 = load8(xp + k), x1 = load8(xp + k + 8)
+                    let q = b0p + (k >> 1)
+                    s0 = s0.addingProduct(codes(q), x0); s0 = s0.addingProduct(codes(q + 4), x1)
+                    s1 = s1.addingProduct(codes(q + rb), x0); s1 = s1.addingProduct(codes(q + rb + 4), x1)
+                    s2 = s2.addingProduct(codes(q + 2 * rb), x0); s2 = s2.addingProduct(codes(q + 2 * rb + 4), x1)
+                    s3 = s3.addingProduct(codes(q + 3 * rb), x0); s3 = s3.addingProduct(codes(q + 3 * rb + 4), x1)
+                    k += 16
                 }
-                let total = (acc0 + acc1).sum()
-                y[o] = accumulate ? y[o] + total : total
+                a0 = a0.addingProduct(s0, SIMD8(repeating: scale(b)))
+                a1 = a1.addingProduct(s1, SIMD8(repeating: scale(b + bpr)))
+                a2 = a2.addingProduct(s2, SIMD8(repeating: scale(b + 2 * bpr)))
+                a3 = a3.addingProduct(s3, SIMD8(repeating: scale(b + 3 * bpr)))
+                b += 1; b0p += bs >> 1; xp += bs
             }
+            let t = _sum4(a0, a1, a2, a3)
+            for r in 0..<4 { y[o + r] = accumulate ? y[o + r] + t[r] : t[r] }
+            o += 4
+        }
+        while o < r1 {
+            var a0 = SIMD8<Float>()
+            var bp = UnsafePointer(p + (o * cols) >> 1)
+            var xp = x
+            var b = o * bpr
+            for _ in 0..<bpr {   // the same operations per row as the four-row pass
+                var s0 = SIMD8<Float>()
+                var k = 0
+                while k < bs {
+                    s0 = s0.addingProduct(codes(bp), load8(xp)); s0 = s0.addingProduct(codes(bp + 4), load8(xp + 8))
+                    bp += 8; xp += 16; k += 16
+                }
+                a0 = a0.addingProduct(s0, SIMD8(repeating: scale(b)))
+                b += 1
+            }
+            let t = _sum4(a0, a0, a0, a0)[0]
+            y[o] = accumulate ? y[o] + t : t
+            o += 1
         }
     }
 
@@ -107,6 +190,14 @@ extension QuantizedTensor {
             i += 1; xp += 1
         }
         return t
+    }
+
+    /// The lane sums of four vectors: (Σa, Σb, Σc, Σd), by a tree of horizontal adds.
+    @inline(__always) static func _sum4Impl(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>, _ d: SIMD8<Float>) -> SIMD4<Float> {
+        let ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d)
+        let abcd = _mm256_hadd_ps(ab, cd)   // per 128-bit half: (a, b, c, d) partial sums
+        let lo = SIMD4<Float>(abcd[0], abcd[1], abcd[2], abcd[3]), hi = SIMD4<Float>(abcd[4], abcd[5], abcd[6], abcd[7])
+        return lo + hi
     }
 
     /// Reference twin of `matvec`: dequantize each row to float32, then a plain float64 dot.

@@ -77,7 +77,8 @@ import Testing
     @Test func matvecMatchesReference() throws {
         for dq in [false, true] {
             for type in QuantType.allCases {
-                for (shape, bs) in [([3, 64], 64), ([7, 33], 32), ([5, 100], 64), ([16, 256], 128), ([4, 1], 32), ([2, 5000], 4096)] {
+                for (shape, bs) in [([3, 64], 64), ([7, 33], 32), ([5, 100], 64), ([16, 256], 128), ([4, 1], 32), ([2, 5000], 4096),
+                                    ([257, 576], 64), ([6, 192], 64), ([9, 96], 32)] {
                     let n = shape.reduce(1, *)
                     let x = Self.randomInput(n, .f32, seed: UInt64(n + 7))
                     let t = try x.withUnsafeBytes {
@@ -87,6 +88,12 @@ import Testing
                     let v = (0..<shape[1]).map { _ in rng.normal() }
                     var w = [Float](repeating: 0, count: n)
                     w.withUnsafeMutableBytes { t.dequantizeReference(into: $0.baseAddress!, dtype: .f32) }
+                    // a row's value does not depend on how the rows are split (threads, ranges)
+                    var whole = [Float](repeating: 0, count: shape[0]), parts = whole
+                    t.matvec(v, &whole, accumulate: false)
+                    var r0 = 0
+                    while r0 < shape[0] { let r1 = min(shape[0], r0 + 3); t.matvecRows(v, &parts, accumulate: false, r0: r0, r1: r1); r0 = r1 }
+                    #expect(parts == whole, "matvec \(shape) in ranges of 3")
                     for acc in [false, true] {
                         var y1 = [Float](repeating: 1, count: shape[0]), y2 = y1
                         t.matvec(v, &y1, accumulate: acc)

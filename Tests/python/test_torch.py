@@ -257,6 +257,7 @@ def hf_dir(tmp_path_factory):
     if GGUF is None:
         pytest.skip("SmolLM2 GGUF absent")
     torch.set_num_threads(2)
+    transformers.utils.logging.disable_progress_bar()
     model, tok = R.load_hf(GGUF)
     model.hf_quantizer = None
     for attr in ("quantization_config",):
@@ -355,7 +356,7 @@ def _loss_grads(pm, ids, labels, seed):
     loss.backward()
     grads = {p: (l.lora_A["default"].weight.grad.double().numpy().copy(), l.lora_B["default"].weight.grad.double().numpy().copy())
              for p, l in R.peft_lora_layers(pm).items()}
-    return logits.detach().double().numpy(), float(loss), grads
+    return logits.detach().double().numpy(), loss.item(), grads
 
 
 def _arbiter(arb, pm, masks, ids, labels):

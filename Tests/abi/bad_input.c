@@ -261,7 +261,9 @@ int main(int argc, char **argv) {
     aa.lora_a = NULL; aa.lora_b = NULL;
     EXPECT(pst_lora_apply_backward(L, &aa, yout, 12, NULL, dxo, NULL, ga, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward"); /* grad_a without a branch */
     const char *a2[1] = {"a"};
-    if (pst_lora_params_init(&lp) != PST_OK || pst_lora_add_adapter(L, "a", &lp) != PST_OK) failures++;
+    if (pst_lora_params_init(&lp) != PST_OK) failures++;
+    lp.r = 2;
+    if (pst_lora_add_adapter(L, "a", &lp) != PST_OK) { printf("FAIL add: %s\n", pst_last_error()); failures++; }
     EXPECT(pst_lora_merge(L, a2, 1, NULL, NULL), PST_ERR_MISUSE, "pst_lora_merge"); /* borrowed dense base */
     pst_lora_free(L);
 

@@ -542,3 +542,107 @@ def test_dense_two_adapters_disable_merge_and_compile(hf_dir, rng):
     print(f"merged: {e:.3g} vs float64")
     # merging rounds W + s·B·A once more in fp32 (relative 2^-24 per weight): within the floor
     assert e <= max(ACCURACY_FACTOR * R.rel_err(cases["one"], arb["one"]), FP32_LOGITS_RTOL)
+
+
+# ---------------------------------------------------------------- patch_bitsandbytes
+
+@pytest.fixture
+def patched():
+    pst.patch_bitsandbytes()
+    try:
+        yield
+    finally:
+        pst.unpatch_bitsandbytes()
+
+
+QUANT_CASES = [((1,), 64), ((7,), 64), ((257,), 128), ((64, 64), 64), ((96, 160), 64), ((33, 65), 32),
+               ((2, 3, 100), 256), ((128, 96), 4096)]
+
+
+def _bnb_ops(x, blocksize, qt, storage=torch.uint8):
+    p, a = torch.ops.bitsandbytes.quantize_4bit(x, blocksize, qt, storage)
+    return p, a
+
+
+@pytest.mark.parametrize("shape,blocksize", QUANT_CASES)
+def test_patched_quantize_4bit_is_bit_identical(shape, blocksize, rng):
+    """bitsandbytes::quantize_4bit with the patch gives bitsandbytes' own codes and absmax, bit
+    for bit, for fp32/fp16/bf16 inputs, nf4 and fp4, and a wider quant_storage; dequantize_4bit
+    decodes them to the values bitsandbytes' device-independent kernel gives."""
+    x32 = torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * 3)
+    x32.view(-1)[0] = 0.0
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        x = x32.to(dt)
+        for qt in ("nf4", "fp4"):
+            storages = [torch.uint8] + ([torch.bfloat16] if ((x.numel() + 1) // 2) % 2 == 0 else [])
+            for st in storages:
+                ref = _bnb_ops(x, blocksize, qt, st)
+                pst.patch_bitsandbytes()
+                try:
+                    ours = _bnb_ops(x, blocksize, qt, st)
+                    n = x.numel()
+                    dq = torch.ops.bitsandbytes.dequantize_4bit(ours[0], ours[1], blocksize, qt, list(shape), dt)
+                finally:
+                    pst.unpatch_bitsandbytes()
+                assert ours[0].dtype == st and ours[0].shape == ref[0].shape
+                assert torch.equal(ours[0].view(torch.uint8), ref[0].view(torch.uint8)), (dt, qt, st)
+                assert torch.equal(ours[1], ref[1]), (dt, qt, st)
+                want = pst._bnb_default("dequantize_4bit", ref[0], ref[1], blocksize, qt, list(shape), dt)
+                # equal values (FP4's code 8 is -0.0 in one and +0.0 in the other)
+                assert torch.equal(dq + 0.0, want + 0.0), (dt, qt, st, n)
+
+
+def test_patch_unpatch_restore_bitsandbytes_kernels(rng):
+    x = torch.from_numpy(rng.standard_normal((64, 96)).astype(np.float32))
+    p, a = _bnb_ops(x, 64, "nf4")
+    before = torch.ops.bitsandbytes.dequantize_4bit(p, a, 64, "nf4", [64, 96], torch.float32)
+    pst.patch_bitsandbytes()
+    assert pst.bitsandbytes_patched()
+    pst.patch_bitsandbytes()  # twice is once
+    pst.unpatch_bitsandbytes()
+    assert not pst.bitsandbytes_patched()
+    after = torch.ops.bitsandbytes.dequantize_4bit(p, a, 64, "nf4", [64, 96], torch.float32)
+    assert torch.equal(before, after)
+    pst.unpatch_bitsandbytes()  # a no-op
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("m", [1, 7, 129])
+def test_patched_linear4bit_forward_and_backward(double_quant, m, rng, patched):
+    """A plain bitsandbytes Linear4bit (no PEFT) with the patch: gemm_4bit runs on the engine,
+    output and input gradient against the float64 arbiter on the decoded codes, as accurate as
+    fp32 PyTorch."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    w = torch.randn(80, 200) * 0.05
+    lin = _bnb_linear(w, double_quant=double_quant, bias=torch.randn(80))
+    x = torch.randn(m, 200, requires_grad=True)
+    y = lin(x)
+    c = torch.randn(m, 80)
+    (y * c).sum().backward()
+    W = _decoded(lin).double()
+    x64 = x.detach().double().requires_grad_()
+    y64 = x64 @ W.T + lin.bias.detach().double()
+    (y64 * c.double()).sum().backward()
+    with torch.no_grad():
+        y32 = x.detach() @ W.float().T + lin.bias.detach()
+    for name, o, a, t in (("y", y.detach(), y64.detach(), y32), ("dx", x.grad, x64.grad, c @ W.float())):
+        eo, et = R.rel_err(o.numpy(), a.numpy()), R.rel_err(t.numpy(), a.numpy())
+        assert within_fp32(eo, et, FP32_LAYER_RTOL), (name, eo, et)
+
+
+@pytestmark_model
+def test_model_loaded_with_the_patch_equals_one_loaded_without(hf_dir, qlora, patched):
+    """from_pretrained with BitsAndBytesConfig(load_in_4bit=True) quantizes through
+    bitsandbytes::quantize_4bit: with the patch, every Linear4bit holds the same codes and
+    quant state as without (the qlora fixture's model, loaded without)."""
+    pm, _, _ = qlora
+    ref = {n: m for n, m in pm.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    q = _load_4bit(hf_dir[0])
+    got = {n: m for n, m in q.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert len(got) == 210
+    for n, m in got.items():
+        r = ref[f"base_model.model.{n}.base_layer"]  # PEFT's name for the same Linear4bit
+        a, b = m.weight.quant_state, r.weight.quant_state
+        assert torch.equal(m.weight.data, r.weight.data), n
+        assert torch.equal(a.absmax, b.absmax) and torch.equal(a.state2.absmax, b.state2.absmax), n
+        assert float(a.offset) == float(b.offset), n

@@ -41,7 +41,8 @@ import torch
 
 from . import _native as _N
 
-__all__ = ["convert", "unconvert", "ConvertReport", "lora_linear", "is_converted"]
+__all__ = ["convert", "unconvert", "ConvertReport", "lora_linear", "is_converted", "patch_bitsandbytes",
+           "unpatch_bitsandbytes", "bitsandbytes_patched"]
 
 _F32 = torch.float32
 
@@ -474,3 +475,161 @@ def unconvert(model: torch.nn.Module) -> int:
                 _BASES.pop(bid, None)
             n += 1
     return n
+
+
+# ---------------------------------------------------------------- bitsandbytes' own ops on the engine
+
+_PATCH_LIB = None
+_FLOAT_CODES = {torch.float32: _N.PST_DTYPE_F32, torch.float16: _N.PST_DTYPE_F16, torch.bfloat16: _N.PST_DTYPE_BF16}
+_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+_CODEBOOKS: dict = {}
+
+
+def _np(t):
+    """A numpy view of a contiguous CPU tensor's bytes (bf16 as int16: the engine takes a dtype code)."""
+    t = t.detach()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _bnb_default(name, *args):
+    """bitsandbytes' own device-independent kernel of an op (what runs where peftswift does not)."""
+    op = getattr(torch.ops.bitsandbytes, name)
+    op = op.default if hasattr(op, "default") else op
+    ks = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    return op.redispatch(ks, *args)
+
+
+def _codebook(quant_type):
+    c = _CODEBOOKS.get(quant_type)
+    if c is None:
+        from . import quant
+
+        c = torch.from_numpy(quant.codebook(quant_type).astype("float32").copy())
+        _CODEBOOKS[quant_type] = c
+    return c
+
+
+def _bnb_quantize_4bit(A, blocksize, quant_type, quant_storage):
+    n = A.numel()
+    nbytes = (n + 1) // 2
+    if (A.dtype not in _FLOAT_CODES or n == 0 or blocksize not in _BLOCKSIZES or quant_type not in ("nf4", "fp4")
+            or nbytes % quant_storage.itemsize):
+        return _bnb_default("quantize_4bit", A, blocksize, quant_type, quant_storage)
+    a = A.detach().contiguous()
+    packed = torch.empty((nbytes,), dtype=torch.uint8)
+    absmax = torch.empty((-(n // -blocksize),), dtype=torch.float32)
+    try:
+        _N.quantize_4bit(x=_np(a).reshape(-1), dtype=_FLOAT_CODES[a.dtype], n=n, blocksize=blocksize,
+                         quant_type=_N.PST_QUANT_NF4 if quant_type == "nf4" else _N.PST_QUANT_FP4,
+                         packed=packed.numpy(), absmax=absmax.numpy())
+    except _N.NonFiniteError:  # NaN / Inf: bitsandbytes' own arithmetic decides what they become
+        return _bnb_default("quantize_4bit", A, blocksize, quant_type, quant_storage)
+    if quant_storage != torch.uint8:
+        packed = packed.view(quant_storage)
+    return packed.unsqueeze(1), absmax
+
+
+def _dequantize_into(A, absmax, blocksize, quant_type, shape, dtype, out):
+    """Decodes into `out` (contiguous, `dtype`); False where the engine does not apply."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if (dtype not in _FLOAT_CODES or absmax.dtype != torch.float32 or blocksize not in _BLOCKSIZES or n == 0
+            or quant_type not in ("nf4", "fp4") or not out.is_contiguous()):
+        return False
+    p = A.detach().contiguous().view(torch.uint8).reshape(-1)
+    if p.numel() < (n + 1) // 2 or absmax.numel() < -(n // -blocksize):
+        return False
+    _N.dequantize_4bit(packed=p.numpy(), absmax=absmax.detach().contiguous().numpy(), code=None,
+                       quant_type=_N.PST_QUANT_NF4 if quant_type == "nf4" else _N.PST_QUANT_FP4, n=n,
+                       blocksize=blocksize, out=_np(out).reshape(-1), out_dtype=_FLOAT_CODES[dtype])
+    return True
+
+
+def _bnb_dequantize_4bit(A, absmax, blocksize, quant_type, shape, dtype):
+    out = torch.empty(list(shape), dtype=dtype)
+    if _dequantize_into(A, absmax, blocksize, quant_type, shape, dtype, out):
+        return out
+    return _bnb_default("dequantize_4bit", A, absmax, blocksize, quant_type, shape, dtype)
+
+
+def _bnb_dequantize_4bit_out(A, absmax, blocksize, quant_type, shape, dtype, out):
+    if not _dequantize_into(A, absmax, blocksize, quant_type, shape, dtype, out):
+        out.copy_(_bnb_default("dequantize_4bit", A, absmax, blocksize, quant_type, shape, dtype))
+
+
+def _bnb_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
+                   absmax_offset=None):
+    args = (A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
+    if (len(shapeB) != 2 or A.shape[-1] != shapeB[1] or A.numel() == 0 or A.dtype not in _FLOAT_CODES
+            or blocksize not in _BLOCKSIZES or quant_type not in ("nf4", "fp4") or absmax.dtype != torch.float32):
+        return _bnb_default("gemm_4bit", *args)
+    N, K = int(shapeB[0]), int(shapeB[1])
+    packed = B.detach().contiguous().view(torch.uint8).reshape(-1)
+    if packed.numel() != (N * K + 1) // 2:
+        return _bnb_default("gemm_4bit", *args)
+    code = _codebook(quant_type)
+    qt = _N.PST_QUANT_NF4 if quant_type == "nf4" else _N.PST_QUANT_FP4
+    am = absmax.detach().contiguous()
+    try:
+        if absmax_8bit is not None:
+            q8 = absmax_8bit.detach().contiguous().view(torch.uint8)
+            nc = absmax_code.detach().to(torch.float32).contiguous()
+            off = float(absmax_offset.item() if torch.is_tensor(absmax_offset) else absmax_offset)
+            cap = _N.quant_borrow_state(packed=packed.data_ptr(), packed_bytes=packed.numel(), absmax=q8.data_ptr(),
+                                        absmax_count=q8.numel(), code=code.data_ptr(), nested=True,
+                                        nested_absmax=am.data_ptr(), nested_absmax_count=am.numel(),
+                                        nested_code=nc.data_ptr(), offset=off, shape=[N, K], dtype=_N.PST_DTYPE_F32,
+                                        quant_type=qt, blocksize=blocksize, nested_blocksize=256)
+        else:
+            cap = _N.quant_borrow_state(packed=packed.data_ptr(), packed_bytes=packed.numel(), absmax=am.data_ptr(),
+                                        absmax_count=am.numel(), code=code.data_ptr(), nested=False, nested_absmax=0,
+                                        nested_absmax_count=0, nested_code=0, offset=0.0, shape=[N, K],
+                                        dtype=_N.PST_DTYPE_F32, quant_type=qt, blocksize=blocksize, nested_blocksize=256)
+        layer = _N.lora_create_quantized(base=cap, bias=None)
+    except (_N.ShapeError, _N.InvalidArgumentError, _N.NonFiniteError):
+        return _bnb_default("gemm_4bit", *args)
+    x = A.detach().reshape(-1, K).to(torch.float32).contiguous()
+    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    y = torch.empty((x.shape[0], N), dtype=torch.float32)
+    _N.lora_apply(layer=layer, m=x.shape[0], x=x.data_ptr(), x_lora=0, lora_a=0, lora_b=0, r=0, scaling=1.0,
+                  bias=0 if b is None else b.data_ptr(), y=y.data_ptr(), y_capacity=y.numel(), t=0)
+    return y.reshape(*A.shape[:-1], N).to(A.dtype)
+
+
+def patch_bitsandbytes() -> None:
+    """Makes the engine the CPU kernel of bitsandbytes' own torch ops (opt-in; undo with
+    `unpatch_bitsandbytes`): `bitsandbytes::quantize_4bit` (bit-identical codes and absmax: what
+    `from_pretrained(..., BitsAndBytesConfig(load_in_4bit=True), device_map="cpu")` and
+    `Params4bit` quantize with), `dequantize_4bit` (+ `.out`) and `gemm_4bit` (the 4-bit matmul
+    of `Linear4bit`, on the packed codes without dequantizing W). Where the engine does not
+    apply (other dtypes, blocksizes or quant types, NaN/Inf input, a quant_storage the byte
+    count does not divide) the call goes to bitsandbytes' device-independent kernel.
+    `gemv_4bit` stays bitsandbytes' (on CPU it serves the AVX512-BF16 repacked layout)."""
+    global _PATCH_LIB
+    if _PATCH_LIB is not None:
+        return
+    import warnings
+
+    import bitsandbytes  # noqa: F401  (defines the ops)
+
+    lib = torch.library.Library("bitsandbytes", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Overriding a previously registered kernel": that is the point
+        lib.impl("quantize_4bit", _bnb_quantize_4bit, "CPU")
+        lib.impl("dequantize_4bit", _bnb_dequantize_4bit, "CPU")
+        lib.impl("dequantize_4bit.out", _bnb_dequantize_4bit_out, "CPU")
+        lib.impl("gemm_4bit", _bnb_gemm_4bit, "CPU")
+    _PATCH_LIB = lib
+
+
+def unpatch_bitsandbytes() -> None:
+    """Gives bitsandbytes its own kernels back (a no-op when not patched)."""
+    global _PATCH_LIB
+    if _PATCH_LIB is not None:
+        _PATCH_LIB._destroy()
+        _PATCH_LIB = None
+
+
+def bitsandbytes_patched() -> bool:
+    return _PATCH_LIB is not None

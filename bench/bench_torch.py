@@ -15,6 +15,12 @@ adds `peftswift.torch.convert(model)` after get_peft_model. Each side runs in it
 (peak RSS: ru_maxrss, loading included), alternating for --rounds rounds; the ratio uses each
 side's fastest step (the machine is shared). Target (issue 14): converted >= 1.8x faster, peak
 RSS not higher.
+
+Also (--what load,linear): `from_pretrained` with that BitsAndBytesConfig with
+`peftswift.torch.patch_bitsandbytes()` vs without (each in a fresh process, alternating; target
+>= 5x faster), and a plain bitsandbytes Linear4bit forward (2048 x 2048, nf4 + double quant, fp32
+compute, no grad, train mode so bitsandbytes keeps its fp32 path) at M = 1 and M = 512 with the
+patch vs without (in one process, alternating).
 """
 import argparse
 import json
@@ -114,6 +120,63 @@ def side(a):
     return out
 
 
+def side_load(a):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.set_num_threads(a.threads)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import bitsandbytes  # noqa: F401  (imported before the clock starts on both sides)
+    if a.side == "load-patched":
+        import peftswift
+        import peftswift.torch
+
+        peftswift.set_num_threads(a.threads)
+        peftswift.torch.patch_bitsandbytes()
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32)
+    t = time.perf_counter()
+    AutoModelForCausalLM.from_pretrained(a.hf_dir, quantization_config=q, device_map="cpu")
+    return {"side": a.side, "load_s": time.perf_counter() - t,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def bench_linear(a):
+    import bitsandbytes as bnb
+    import torch
+
+    import peftswift
+    import peftswift.torch as pst
+
+    torch.set_num_threads(a.threads)
+    peftswift.set_num_threads(a.threads)
+    w = torch.randn(2048, 2048) * 0.02
+    lin = bnb.nn.Linear4bit(2048, 2048, bias=False, compute_dtype=torch.float32, compress_statistics=True,
+                            quant_type="nf4")
+    lin.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True, blocksize=64)
+    lin = lin.to("cpu").train()
+    print(f"\nplain bitsandbytes Linear4bit 2048 x 2048 (nf4 + double quant, fp32 compute) forward, no grad, "
+          f"fastest of {a.reps} x {a.rounds} rounds:")
+    for m in (1, 512):
+        x = torch.randn(m, 2048)
+        best = {"bitsandbytes": [], "patched": []}
+        for _ in range(a.rounds):
+            for s in best:
+                if s == "patched":
+                    pst.patch_bitsandbytes()
+                with torch.no_grad():
+                    lin(x)
+                    for _ in range(a.reps):
+                        t = time.perf_counter()
+                        lin(x)
+                        best[s].append(time.perf_counter() - t)
+                pst.unpatch_bitsandbytes()
+        b, p = min(best["bitsandbytes"]), min(best["patched"])
+        print(f"  M = {m:<4} bitsandbytes {b * 1e3:9.3f} ms   patched {p * 1e3:9.3f} ms   ratio {b / p:.2f}x")
+
+
 def run_side(name, dtype, a):
     cmd = [sys.executable, os.path.abspath(__file__), "--side", name, "--compute-dtype", dtype, "--hf-dir", a.hf_dir,
            "--steps", str(a.steps), "--threads", str(a.threads), "--batch", str(a.batch), "--seq", str(a.seq)]
@@ -132,21 +195,25 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--compute-dtype", default="fp32", help="bnb_4bit_compute_dtype, comma-separated: fp32, bf16")
-    ap.add_argument("--side", choices=["peft", "converted"], help=argparse.SUPPRESS)
+    ap.add_argument("--what", default="trainer,load,linear", help="comparisons, comma-separated: trainer, load, linear")
+    ap.add_argument("--reps", type=int, default=5, help="Linear4bit forwards per round")
+    ap.add_argument("--side", choices=["peft", "converted", "load-plain", "load-patched"], help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
         load0 = os.getloadavg()[0]
-        out = side(a)
+        out = side_load(a) if a.side.startswith("load") else side(a)
         out["loadavg"] = (load0, os.getloadavg()[0])
         out["software"] = _host.software(PEERS, peftswift=a.side == "converted")
         print(json.dumps(out), flush=True)
         return
     _host.print_header(PEERS)
-    dtypes = [x.strip() for x in a.compute_dtype.split(",") if x.strip()]
-    print(f"Hugging Face Trainer QLoRA step, SmolLM2-135M (BitsAndBytesConfig nf4 + double quant), LoRA r=16 "
-          f"alpha=32 dropout=0.05 all-linear, batch {a.batch} x {a.seq}, {a.threads} threads, 1 warm-up + "
-          f"{a.steps} timed steps; PEFT as is vs peftswift.torch.convert(model)")
+    what = {x.strip() for x in a.what.split(",") if x.strip()}
+    dtypes = [x.strip() for x in a.compute_dtype.split(",") if x.strip()] if "trainer" in what else []
+    if dtypes:
+        print(f"Hugging Face Trainer QLoRA step, SmolLM2-135M (BitsAndBytesConfig nf4 + double quant), LoRA r=16 "
+              f"alpha=32 dropout=0.05 all-linear, batch {a.batch} x {a.seq}, {a.threads} threads, 1 warm-up + "
+              f"{a.steps} timed steps; PEFT as is vs peftswift.torch.convert(model)")
     with tempfile.TemporaryDirectory() as d:
         a.hf_dir = d
         make_hf_dir(d)
@@ -180,6 +247,28 @@ def main():
             sw = next((r.get("software") for rs in runs.values() for r in rs if "software" in r), None)
             if sw:
                 print(_host.format_software(sw))
+        if "load" in what:
+            runs = {"load-plain": [], "load-patched": []}
+            for _ in range(a.rounds):
+                for s in runs:
+                    runs[s].append(run_side(s, "fp32", a))
+            print("\nfrom_pretrained(BitsAndBytesConfig(load_in_4bit=True, nf4, double quant), device_map=\"cpu\"), "
+                  "fresh process each:")
+            best = {}
+            for s, rs in runs.items():
+                ok = [r for r in rs if "error" not in r]
+                if not ok:
+                    print(f"  {s}: failed: {rs[0]['error']}")
+                    continue
+                best[s] = min(r["load_s"] for r in ok)
+                times = ", ".join(f"{r['load_s']:.2f}" for r in ok)
+                print(f"  {s:<13} fastest {best[s]:7.2f} s  (runs: {times}; "
+                      f"peak RSS {max(r['peak_rss_mb'] for r in ok):.0f} MB)")
+            if len(best) == 2:
+                sp = best["load-plain"] / best["load-patched"]
+                print(f"  load time ratio plain/patched = {sp:.2f}x  (target >= 5x: {'MET' if sp >= 5 else 'NOT MET'})")
+    if "linear" in what:
+        bench_linear(a)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,8 @@ _IDS = itertools.count(1)
 def _register_base(module) -> int:
     i = next(_IDS)
     _BASES[i] = _Base(module)
+    # the entry (and the tensors it keeps alive) goes when the module does
+    weakref.finalize(module, _BASES.pop, i, None)
     return i
 
 

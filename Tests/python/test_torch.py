@@ -607,9 +607,10 @@ def test_patch_unpatch_restore_bitsandbytes_kernels(rng):
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize("m", [1, 7, 129])
+@pytest.mark.parametrize("m", [1, 7, 16, 129])
 def test_patched_linear4bit_forward_and_backward(double_quant, m, rng, patched):
-    """A plain bitsandbytes Linear4bit (no PEFT) with the patch: gemm_4bit runs on the engine,
+    """A plain bitsandbytes Linear4bit (no PEFT) with the patch: gemm_4bit runs on the engine (up
+    to 16 rows; m = 129 shows the hand-over to bitsandbytes' own kernel),
     output and input gradient against the float64 arbiter on the decoded codes, as accurate as
     fp32 PyTorch."""
     torch.manual_seed(int(rng.integers(1 << 31)))

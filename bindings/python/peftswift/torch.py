@@ -485,6 +485,7 @@ _PATCH_LIB = None
 _FLOAT_CODES = {torch.float32: _N.PST_DTYPE_F32, torch.float16: _N.PST_DTYPE_F16, torch.bfloat16: _N.PST_DTYPE_BF16}
 _BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 _CODEBOOKS: dict = {}
+_GEMM_ENGINE_MAX_ROWS = 16
 
 
 def _np(t):
@@ -563,6 +564,12 @@ def _bnb_dequantize_4bit_out(A, absmax, blocksize, quant_type, shape, dtype, out
 def _bnb_gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
                    absmax_offset=None):
     args = (A, B, shapeB, absmax, blocksize, quant_type, bias, absmax_8bit, absmax_code, absmax_offset)
+    # Rows of A at or below which the engine computes: bitsandbytes dequantizes all of W per
+    # call, which dominates at few rows (bench/bench_torch.py, 2048 x 2048, newest peers on an
+    # AVX-512 host: M = 1 1.9x faster on the engine), while at many rows PyTorch's AVX-512 GEMM
+    # beats the engine's AVX2 one (M = 512: 2x slower). The crossover between is not measured yet.
+    if A.numel() // max(A.shape[-1], 1) > _GEMM_ENGINE_MAX_ROWS:
+        return _bnb_default("gemm_4bit", *args)
     if (len(shapeB) != 2 or A.shape[-1] != shapeB[1] or A.numel() == 0 or A.dtype not in _FLOAT_CODES
             or blocksize not in _BLOCKSIZES or quant_type not in ("nf4", "fp4") or absmax.dtype != torch.float32):
         return _bnb_default("gemm_4bit", *args)
@@ -604,7 +611,8 @@ def patch_bitsandbytes() -> None:
     `unpatch_bitsandbytes`): `bitsandbytes::quantize_4bit` (bit-identical codes and absmax: what
     `from_pretrained(..., BitsAndBytesConfig(load_in_4bit=True), device_map="cpu")` and
     `Params4bit` quantize with), `dequantize_4bit` (+ `.out`) and `gemm_4bit` (the 4-bit matmul
-    of `Linear4bit`, on the packed codes without dequantizing W). Where the engine does not
+    of `Linear4bit`, on the packed codes without dequantizing W; for inputs of at most 16 rows,
+    where that is faster than bitsandbytes' dequantize-then-F.linear). Where the engine does not
     apply (other dtypes, blocksizes or quant types, NaN/Inf input, a quant_storage the byte
     count does not divide) the call goes to bitsandbytes' device-independent kernel.
     `gemv_4bit` stays bitsandbytes' (on CPU it serves the AVX512-BF16 repacked layout)."""

@@ -390,6 +390,21 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_quant_from_state(const pst_quant_s
     pst_quant **out) PST_NOEXCEPT;
 
 /**
+ * Creates a handle over an existing state WITHOUT copying it: the handle (and every LoRA
+ * layer made from it with pst_lora_create_quantized) computes on the caller's arrays in
+ * place: st->packed, absmax, code and, when nested, nested_absmax and nested_code (the
+ * tensors bitsandbytes' Params4bit and QuantState hold: weight.data (quant_storage uint8),
+ * quant_state.absmax (uint8 when nested), .code, .state2.absmax, .state2.code; offset and the
+ * other fields are read now). The same checks as pst_quant_from_state, once, here.
+ * Lifetime: the caller keeps those arrays alive and unchanged until the handle and every
+ * layer made from it are freed (pst_quant_free and pst_lora_free); the library never writes
+ * or frees them (a merge on such a layer makes new codes of its own). *st itself is not kept.
+ * Errors: as pst_quant_from_state (no PST_ERR_OUT_OF_MEMORY for the arrays).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_quant_borrow_state(const pst_quant_state *st,
+    pst_quant **out) PST_NOEXCEPT;
+
+/**
  * Fills *st with the handle's state. The pointers in it are borrowed from the handle: valid
  * until pst_quant_free(q), never to be written or freed. st->struct_size must be set by the
  * caller to sizeof(pst_quant_state).
@@ -463,6 +478,24 @@ typedef struct pst_lora_params {
 } pst_lora_params;
 #define PST_LORA_PARAMS_V1_SIZE 40 /* sizeof(pst_lora_params) in version 1 */
 
+/* The inputs of pst_lora_apply and pst_lora_apply_backward: the layer as a pure function of
+ * its inputs, for callers with their own autograd (PyTorch's custom op in peftswift.torch).
+ * The LoRA branch (A, B, scaling) and its input dropout(x) come from the caller, not from the
+ * layer's adapters; the layer contributes its frozen base W. Every pointer is borrowed for the
+ * call only and every array is row-major fp32. Initialize with pst_lora_apply_args_init. */
+typedef struct pst_lora_apply_args {
+    size_t struct_size;      /* sizeof(pst_lora_apply_args), set by pst_lora_apply_args_init */
+    int64_t m;               /* rows of x (tokens), >= 1 */
+    const float *x;          /* m x in: the base's input; also the branch's when x_lora is NULL */
+    const float *x_lora;     /* m x in: the branch's input, the caller's dropout(x); NULL: x */
+    const float *lora_a;     /* r x in (lora_A.weight); NULL together with lora_b: no branch */
+    const float *lora_b;     /* out x r (lora_B.weight) */
+    int64_t r;               /* rank of the branch, 1 ... min(in, out); ignored without a branch */
+    float scaling;           /* the branch's factor (PEFT's scaling[adapter]); default 1 */
+    const float *bias;       /* out floats added by pst_lora_apply; NULL (default): none */
+} pst_lora_apply_args;
+#define PST_LORA_APPLY_ARGS_V1_SIZE 72 /* sizeof(pst_lora_apply_args) in version 1 */
+
 /**
  * Fills *p with the defaults: r 8, alpha 8, dropout 0, no rsLoRA, kaiming init, seed 0.
  * Errors: PST_ERR_INVALID_ARG (p NULL).
@@ -478,6 +511,19 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_params_init(pst_lora_params *
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_create_dense(const float *weight,
     int64_t weight_count, int64_t out_features, int64_t in_features, const float *bias,
     pst_lora **out) PST_NOEXCEPT;
+
+/**
+ * Creates a LoRA layer over a dense fp32 base it BORROWS: weight (out_features x in_features,
+ * row-major, weight_count floats: a PyTorch nn.Linear's weight) is used in place, not copied,
+ * and checked finite once, here. Lifetime: the caller keeps weight alive until
+ * pst_lora_free(layer); the library never writes or frees it, so pst_lora_merge on this layer
+ * is PST_ERR_MISUSE. Changes the caller makes to the values are seen by the next call. For a
+ * borrowed 4-bit base see pst_quant_borrow_state. The layer has no bias of its own (give one
+ * to pst_lora_apply). Free with pst_lora_free.
+ * Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_NONFINITE.
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_create_dense_borrowed(const float *weight,
+    int64_t weight_count, int64_t out_features, int64_t in_features, pst_lora **out) PST_NOEXCEPT;
 
 /**
  * Creates a LoRA layer over a quantized base: base must be 2-D [out_features, in_features].
@@ -618,6 +664,46 @@ PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_unmerge(pst_lora *layer) PST_
  */
 PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_base_weight(pst_lora *layer, float *out,
     int64_t capacity) PST_NOEXCEPT;
+
+/**
+ * Fills *args with the defaults: every pointer NULL, m 0, r 0, scaling 1.
+ * Errors: PST_ERR_INVALID_ARG (args NULL).
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_apply_args_init(pst_lora_apply_args *args) PST_NOEXCEPT;
+
+/**
+ * y (m x out, y_capacity floats) = x W^T + bias + scaling * (x_lora A^T) B^T, everything but W
+ * from *args (see pst_lora_apply_args); without a branch, x W^T + bias. t, when not NULL,
+ * receives x_lora A^T (m x r floats) for pst_lora_apply_backward. The layer's own adapters,
+ * training mode, dropout and forward cache are neither used nor changed, so a layer may be
+ * applied any number of times before any backward. y and t must not alias an input.
+ * One call at a time per layer.
+ * Errors: PST_ERR_INVALID_ARG (NULL layer/args/x/y, m < 1, a bad r or scaling, lora_a without
+ * lora_b, struct_size), PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_apply(pst_lora *layer,
+    const pst_lora_apply_args *args, float *y, int64_t y_capacity, float *t) PST_NOEXCEPT;
+
+/**
+ * Gradients of pst_lora_apply with the same *args, from dy (m x out, dy_count floats). Each
+ * output that is not NULL is written (overwritten, not accumulated), with these shapes:
+ *   dx        m x in   dy W, plus scaling (dy B) A when args->x_lora is NULL (the branch's
+ *                      input is then x: both gradients of x in one buffer)
+ *   dx_lora   m x in   scaling (dy B) A: the gradient of x_lora (the caller's dropout(x));
+ *                      only with args->x_lora
+ *   grad_a    r x in   scaling (dy B)^T x_lora
+ *   grad_b    out x r  scaling dy^T (x_lora A^T)
+ *   grad_bias out      the column sums of dy
+ * The branch's input is args->x_lora, or args->x when it is NULL: backward is GIVEN it (the
+ * caller's autograd saved it), nothing comes from an earlier forward. t (m x r) is
+ * pst_lora_apply's, or NULL to recompute it. The base W gets no gradient.
+ * Errors: PST_ERR_INVALID_ARG (NULL layer/args/dy, m < 1, dx_lora/grad_a/grad_b without a
+ * branch, dx_lora without x_lora, grad_a without x_lora or x, dy_count too small),
+ * PST_ERR_OUT_OF_MEMORY.
+ */
+PST_API PST_WARN_UNUSED_RESULT pst_status pst_lora_apply_backward(pst_lora *layer,
+    const pst_lora_apply_args *args, const float *dy, int64_t dy_count, const float *t, float *dx,
+    float *dx_lora, float *grad_a, float *grad_b, float *grad_bias) PST_NOEXCEPT;
 
 
 /* ================================================================================================

@@ -169,6 +169,15 @@ PST_ENTRY pst_status pst_quant_from_state(const pst_quant_state *st, pst_quant *
     return pstimpl_quant_from_state(st, out);
 }
 
+extern pst_status pstimpl_quant_borrow_state(const pst_quant_state *st, pst_quant **out);
+PST_ENTRY pst_status pst_quant_borrow_state(const pst_quant_state *st, pst_quant **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_quant_borrow_state");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_quant_borrow_state(st, out);
+}
+
 extern pst_status pstimpl_quant_get_state(pst_quant *q, pst_quant_state *st);
 PST_ENTRY pst_status pst_quant_get_state(pst_quant *q, pst_quant_state *st) {
     if (!PST_CPU_OK()) {
@@ -230,6 +239,15 @@ PST_ENTRY pst_status pst_lora_create_dense(const float *weight, int64_t weight_c
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_lora_create_dense(weight, weight_count, out_features, in_features, bias, out);
+}
+
+extern pst_status pstimpl_lora_create_dense_borrowed(const float *weight, int64_t weight_count, int64_t out_features, int64_t in_features, pst_lora **out);
+PST_ENTRY pst_status pst_lora_create_dense_borrowed(const float *weight, int64_t weight_count, int64_t out_features, int64_t in_features, pst_lora **out) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_create_dense_borrowed");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_create_dense_borrowed(weight, weight_count, out_features, in_features, out);
 }
 
 extern pst_status pstimpl_lora_create_quantized(pst_quant *base, const float *bias, pst_lora **out);
@@ -383,6 +401,33 @@ PST_ENTRY pst_status pst_lora_base_weight(pst_lora *layer, float *out, int64_t c
         return PST_ERR_UNSUPPORTED_CPU;
     }
     return pstimpl_lora_base_weight(layer, out, capacity);
+}
+
+extern pst_status pstimpl_lora_apply_args_init(pst_lora_apply_args *args);
+PST_ENTRY pst_status pst_lora_apply_args_init(pst_lora_apply_args *args) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_apply_args_init");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_apply_args_init(args);
+}
+
+extern pst_status pstimpl_lora_apply(pst_lora *layer, const pst_lora_apply_args *args, float *y, int64_t y_capacity, float *t);
+PST_ENTRY pst_status pst_lora_apply(pst_lora *layer, const pst_lora_apply_args *args, float *y, int64_t y_capacity, float *t) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_apply");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_apply(layer, args, y, y_capacity, t);
+}
+
+extern pst_status pstimpl_lora_apply_backward(pst_lora *layer, const pst_lora_apply_args *args, const float *dy, int64_t dy_count, const float *t, float *dx, float *dx_lora, float *grad_a, float *grad_b, float *grad_bias);
+PST_ENTRY pst_status pst_lora_apply_backward(pst_lora *layer, const pst_lora_apply_args *args, const float *dy, int64_t dy_count, const float *t, float *dx, float *dx_lora, float *grad_a, float *grad_b, float *grad_bias) {
+    if (!PST_CPU_OK()) {
+        pstshim_set_cpu_error("pst_lora_apply_backward");
+        return PST_ERR_UNSUPPORTED_CPU;
+    }
+    return pstimpl_lora_apply_backward(layer, args, dy, dy_count, t, dx, dx_lora, grad_a, grad_b, grad_bias);
 }
 
 extern pst_status pstimpl_adamw_params_init(pst_adamw_params *p);

@@ -118,6 +118,19 @@ int main(int argc, char **argv) {
     EXPECT(pst_quant_from_state(&st, &h), PST_ERR_INVALID_ARG, "pst_quant_from_state"); /* nested_absmax NULL */
     st.nested = 0;
     EXPECT(pst_quant_from_state(&st, NULL), PST_ERR_INVALID_ARG, "pst_quant_from_state");
+    EXPECT(pst_quant_borrow_state(NULL, &h), PST_ERR_INVALID_ARG, "pst_quant_borrow_state");
+    EXPECT(pst_quant_borrow_state(&st, NULL), PST_ERR_INVALID_ARG, "pst_quant_borrow_state");
+    st.packed_bytes = 49;
+    EXPECT(pst_quant_borrow_state(&st, &h), PST_ERR_SHAPE, "pst_quant_borrow_state");
+    st.packed_bytes = 50;
+    {   /* a borrowed state computes on the caller's arrays */
+        pst_quant *hb = NULL;
+        if (pst_quant_borrow_state(&st, &hb) != PST_OK) { printf("FAIL valid borrowed state rejected: %s\n", pst_last_error()); failures++; }
+        pst_quant_state sb = { .struct_size = sizeof sb };
+        infallible("pst_quant_borrow_state keeps the caller's arrays",
+                   hb && pst_quant_get_state(hb, &sb) == PST_OK && sb.packed == st.packed && sb.absmax == st.absmax);
+        pst_quant_free(hb);
+    }
     if (pst_quant_from_state(&st, &h) != PST_OK) { printf("FAIL valid state rejected: %s\n", pst_last_error()); failures++; }
     EXPECT(pst_quant_get_state(NULL, &st), PST_ERR_INVALID_ARG, "pst_quant_get_state");
     EXPECT(pst_quant_get_state(h, NULL), PST_ERR_INVALID_ARG, "pst_quant_get_state");
@@ -217,6 +230,59 @@ int main(int argc, char **argv) {
     EXPECT(pst_lora_delete_adapter(NULL, "a"), PST_ERR_INVALID_ARG, "pst_lora_delete_adapter");
     pst_lora_free(L);
     pst_lora_free(NULL);
+
+    /* ---- LoRA as a function over borrowed memory */
+    L = NULL;
+    EXPECT(pst_lora_create_dense_borrowed(NULL, 48, 6, 8, &L), PST_ERR_INVALID_ARG, "pst_lora_create_dense_borrowed");
+    EXPECT(pst_lora_create_dense_borrowed(w, 47, 6, 8, &L), PST_ERR_INVALID_ARG, "pst_lora_create_dense_borrowed");
+    EXPECT(pst_lora_create_dense_borrowed(w, 48, 6, -8, &L), PST_ERR_INVALID_ARG, "pst_lora_create_dense_borrowed");
+    EXPECT(pst_lora_create_dense_borrowed(w, 48, 6, 8, NULL), PST_ERR_INVALID_ARG, "pst_lora_create_dense_borrowed");
+    w[5] = NAN;
+    EXPECT(pst_lora_create_dense_borrowed(w, 48, 6, 8, &L), PST_ERR_NONFINITE, "pst_lora_create_dense_borrowed");
+    w[5] = 0.5f;
+    if (pst_lora_create_dense_borrowed(w, 48, 6, 8, &L) != PST_OK) { printf("FAIL borrowed: %s\n", pst_last_error()); return 1; }
+    EXPECT(pst_lora_apply_args_init(NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_args_init");
+    pst_lora_apply_args aa;
+    memset(&aa, 0, sizeof aa);
+    float la[2 * 8], lb[6 * 2], tt[2 * 2], ga[2 * 8], gb[6 * 2];
+    for (int i = 0; i < 16; i++) la[i] = 0.01f * (float)i;
+    for (int i = 0; i < 12; i++) lb[i] = 0.02f * (float)i;
+    EXPECT(pst_lora_apply(L, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply"); /* struct_size 0 */
+    if (pst_lora_apply_args_init(&aa) != PST_OK) failures++;
+    aa.m = 2; aa.x = xin;
+    EXPECT(pst_lora_apply(NULL, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    EXPECT(pst_lora_apply(L, NULL, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    EXPECT(pst_lora_apply(L, &aa, NULL, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    EXPECT(pst_lora_apply(L, &aa, yout, 11, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    aa.m = 0;
+    EXPECT(pst_lora_apply(L, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    aa.m = 2; aa.x = NULL;
+    EXPECT(pst_lora_apply(L, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    aa.x = xin; aa.lora_a = la;
+    EXPECT(pst_lora_apply(L, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply"); /* lora_b NULL */
+    aa.lora_b = lb; aa.r = 7;
+    EXPECT(pst_lora_apply(L, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply"); /* r > min(in, out) */
+    aa.r = 2; aa.scaling = INFINITY;
+    EXPECT(pst_lora_apply(L, &aa, yout, 12, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply");
+    aa.scaling = 2.0f;
+    if (pst_lora_apply(L, &aa, yout, 12, tt) != PST_OK) { printf("FAIL apply: %s\n", pst_last_error()); failures++; }
+    EXPECT(pst_lora_apply_backward(NULL, &aa, yout, 12, tt, dxo, NULL, ga, gb, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward");
+    EXPECT(pst_lora_apply_backward(L, NULL, yout, 12, tt, dxo, NULL, ga, gb, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward");
+    EXPECT(pst_lora_apply_backward(L, &aa, NULL, 12, tt, dxo, NULL, ga, gb, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward");
+    EXPECT(pst_lora_apply_backward(L, &aa, yout, 11, tt, dxo, NULL, ga, gb, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward");
+    EXPECT(pst_lora_apply_backward(L, &aa, yout, 12, tt, dxo, ga, ga, gb, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward"); /* dx_lora without x_lora */
+    aa.x = NULL;
+    EXPECT(pst_lora_apply_backward(L, &aa, yout, 12, tt, dxo, NULL, ga, gb, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward"); /* grad_a without input */
+    aa.x = xin;
+    if (pst_lora_apply_backward(L, &aa, yout, 12, NULL, dxo, NULL, ga, gb, b6) != PST_OK) { printf("FAIL apply_backward: %s\n", pst_last_error()); failures++; }
+    aa.lora_a = NULL; aa.lora_b = NULL;
+    EXPECT(pst_lora_apply_backward(L, &aa, yout, 12, NULL, dxo, NULL, ga, NULL, NULL), PST_ERR_INVALID_ARG, "pst_lora_apply_backward"); /* grad_a without a branch */
+    const char *a2[1] = {"a"};
+    if (pst_lora_params_init(&lp) != PST_OK) failures++;
+    lp.r = 2;
+    if (pst_lora_add_adapter(L, "a", &lp) != PST_OK) { printf("FAIL add: %s\n", pst_last_error()); failures++; }
+    EXPECT(pst_lora_merge(L, a2, 1, NULL, NULL), PST_ERR_MISUSE, "pst_lora_merge"); /* borrowed dense base */
+    pst_lora_free(L);
 
     /* ---- pager */
     pst_pager *P = NULL;

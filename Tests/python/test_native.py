@@ -143,6 +143,7 @@ RELEASES_THE_GIL = {
     "quantize_4bit", "dequantize_4bit", "quantize_8bit", "dequantize_8bit", "double_quantize",
     "quant_from_state", "lora_create_dense", "lora_create_quantized", "lora_add_adapter", "lora_forward",
     "lora_backward", "lora_zero_grad", "lora_merge", "lora_unmerge", "lora_base_weight",
+    "quant_borrow_state", "lora_create_dense_borrowed", "lora_apply", "lora_apply_backward",
     "pager_create", "pager_set_budget", "paged_alloc", "paged_acquire",
     "adamw_add_param", "adamw_step", "adamw_zero_grad", "adamw_clip_grad_norm", "adamw_save_state", "adamw_load_state",
     "st_open", "st_write", "peft_save", "peft_load", "bnb_save", "bnb_load",

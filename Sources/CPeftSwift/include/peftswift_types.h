@@ -188,6 +188,24 @@ typedef struct pst_lora_params {
 } pst_lora_params;
 #define PST_LORA_PARAMS_V1_SIZE 40 /* sizeof(pst_lora_params) in version 1 */
 
+/* The inputs of pst_lora_apply and pst_lora_apply_backward: the layer as a pure function of
+ * its inputs, for callers with their own autograd (PyTorch's custom op in peftswift.torch).
+ * The LoRA branch (A, B, scaling) and its input dropout(x) come from the caller, not from the
+ * layer's adapters; the layer contributes its frozen base W. Every pointer is borrowed for the
+ * call only and every array is row-major fp32. Initialize with pst_lora_apply_args_init. */
+typedef struct pst_lora_apply_args {
+    size_t struct_size;      /* sizeof(pst_lora_apply_args), set by pst_lora_apply_args_init */
+    int64_t m;               /* rows of x (tokens), >= 1 */
+    const float *x;          /* m x in: the base's input; also the branch's when x_lora is NULL */
+    const float *x_lora;     /* m x in: the branch's input, the caller's dropout(x); NULL: x */
+    const float *lora_a;     /* r x in (lora_A.weight); NULL together with lora_b: no branch */
+    const float *lora_b;     /* out x r (lora_B.weight) */
+    int64_t r;               /* rank of the branch, 1 ... min(in, out); ignored without a branch */
+    float scaling;           /* the branch's factor (PEFT's scaling[adapter]); default 1 */
+    const float *bias;       /* out floats added by pst_lora_apply; NULL (default): none */
+} pst_lora_apply_args;
+#define PST_LORA_APPLY_ARGS_V1_SIZE 72 /* sizeof(pst_lora_apply_args) in version 1 */
+
 /* ==== section: optimizers ==== */
 /* AdamW with torch.optim.AdamW's semantics, or with bitsandbytes' 8-bit blockwise state
  * (AdamW8bit), in memory or paged in a pst_pager (pst_adamw_*); and the learning-rate schedules

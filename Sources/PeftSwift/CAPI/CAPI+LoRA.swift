@@ -37,6 +37,29 @@ public func pst_lora_create_dense(_ weight: UnsafePointer<Float>?, _ weight_coun
     }
 }
 
+/// Creates a LoRA layer over a dense fp32 base it BORROWS: weight (out_features x in_features,
+/// row-major, weight_count floats: a PyTorch nn.Linear's weight) is used in place, not copied,
+/// and checked finite once, here. Lifetime: the caller keeps weight alive until
+/// pst_lora_free(layer); the library never writes or frees it, so pst_lora_merge on this layer
+/// is PST_ERR_MISUSE. Changes the caller makes to the values are seen by the next call. For a
+/// borrowed 4-bit base see pst_quant_borrow_state. The layer has no bias of its own (give one
+/// to pst_lora_apply). Free with pst_lora_free.
+/// Errors: PST_ERR_INVALID_ARG, PST_ERR_SHAPE, PST_ERR_NONFINITE.
+@c(pstimpl_lora_create_dense_borrowed)
+public func pst_lora_create_dense_borrowed(_ weight: UnsafePointer<Float>?, _ weight_count: Int64, _ out_features: Int64,
+                                           _ in_features: Int64, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_lora>?>?) -> pst_status {
+    cEntry("pst_lora_create_dense_borrowed") { () throws(PSTError) in
+        let o = try required(out, "out")
+        o.pointee = nil
+        let w = try required(weight, "weight")
+        let of = try requireCount("out_features", out_features), inf = try requireCount("in_features", in_features)
+        try LoraLinear.checkFeatures(inf, of)
+        try requireCapacity("weight", have: weight_count, need: of * inf, unit: "floats")
+        let l = try LoraLinear(borrowingDense: w, outFeatures: of, inFeatures: inf)
+        o.pointee = makeHandle(l, as: pst_lora.self)
+    }
+}
+
 /// Creates a LoRA layer over a quantized base: base must be 2-D [out_features, in_features].
 /// The layer takes its own reference to the quantized tensor, so pst_quant_free(base) may be
 /// called at any time after this. bias (out_features floats) may be NULL.
@@ -300,5 +323,95 @@ public func pst_lora_base_weight(_ layer: UnsafeMutablePointer<pst_lora>?, _ out
         case .dense(let w): o.update(from: w.baseAddress, count: w.count)
         case .quantized(let q): q.dequantize(into: UnsafeMutableRawPointer(o), dtype: .f32)
         }
+    }
+}
+
+// MARK: - The layer as a function (callers with their own autograd)
+
+/// Fills *args with the defaults: every pointer NULL, m 0, r 0, scaling 1.
+/// Errors: PST_ERR_INVALID_ARG (args NULL).
+@c(pstimpl_lora_apply_args_init)
+public func pst_lora_apply_args_init(_ args: UnsafeMutablePointer<pst_lora_apply_args>?) -> pst_status {
+    cEntry("pst_lora_apply_args_init") { () throws(PSTError) in
+        let a = try required(args, "args")
+        var v = pst_lora_apply_args()
+        v.struct_size = MemoryLayout<pst_lora_apply_args>.size
+        v.scaling = 1
+        a.pointee = v
+    }
+}
+
+/// The checked contents of a pst_lora_apply_args: m, the branch (nil without one).
+func readApplyArgs(_ args: UnsafePointer<pst_lora_apply_args>?, _ l: LoraLinear)
+    throws(PSTError) -> (pst_lora_apply_args, Int, LoraBranch?) {
+    var d = pst_lora_apply_args()
+    _ = pst_lora_apply_args_init(&d)
+    let a = try readStruct(try required(args, "args"), over: d, "args")
+    let m = try requireCount("args->m", a.m)
+    var branch: LoraBranch? = nil
+    switch (a.lora_a, a.lora_b) {
+    case (nil, nil): break
+    case (let pa?, let pb?):
+        guard a.r >= 1, a.r <= Int64(min(l.inFeatures, l.outFeatures)) else {
+            throw .invalidArgument("args->r (\(a.r)) must be in 1...min(in_features, out_features) (\(min(l.inFeatures, l.outFeatures)))")
+        }
+        branch = LoraBranch(a: pa, b: pb, r: Int(a.r), scaling: a.scaling)
+    default:
+        throw .invalidArgument("args->lora_a and args->lora_b must both be given or both be NULL")
+    }
+    return (a, m, branch)
+}
+
+/// y (m x out, y_capacity floats) = x W^T + bias + scaling * (x_lora A^T) B^T, everything but W
+/// from *args (see pst_lora_apply_args); without a branch, x W^T + bias. t, when not NULL,
+/// receives x_lora A^T (m x r floats) for pst_lora_apply_backward. The layer's own adapters,
+/// training mode, dropout and forward cache are neither used nor changed, so a layer may be
+/// applied any number of times before any backward. y and t must not alias an input.
+/// One call at a time per layer.
+/// Errors: PST_ERR_INVALID_ARG (NULL layer/args/x/y, m < 1, a bad r or scaling, lora_a without
+/// lora_b, struct_size), PST_ERR_OUT_OF_MEMORY.
+@c(pstimpl_lora_apply)
+public func pst_lora_apply(_ layer: UnsafeMutablePointer<pst_lora>?, _ args: UnsafePointer<pst_lora_apply_args>?,
+                           _ y: UnsafeMutablePointer<Float>?, _ y_capacity: Int64, _ t: UnsafeMutablePointer<Float>?) -> pst_status {
+    cEntry("pst_lora_apply") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let (a, m, branch) = try readApplyArgs(args, l)
+        let x = try required(a.x, "args->x")
+        let yp = try required(y, "y")
+        try l.checkApply(m: m, branch: branch)
+        try requireCapacity("y", have: y_capacity, need: m * l.outFeatures, unit: "floats")
+        try l.apply(x: x, xLora: a.x_lora, m: m, branch: branch, bias: a.bias, y: yp, t: t)
+    }
+}
+
+/// Gradients of pst_lora_apply with the same *args, from dy (m x out, dy_count floats). Each
+/// output that is not NULL is written (overwritten, not accumulated), with these shapes:
+///   dx        m x in   dy W, plus scaling (dy B) A when args->x_lora is NULL (the branch's
+///                      input is then x: both gradients of x in one buffer)
+///   dx_lora   m x in   scaling (dy B) A: the gradient of x_lora (the caller's dropout(x));
+///                      only with args->x_lora
+///   grad_a    r x in   scaling (dy B)^T x_lora
+///   grad_b    out x r  scaling dy^T (x_lora A^T)
+///   grad_bias out      the column sums of dy
+/// The branch's input is args->x_lora, or args->x when it is NULL: backward is GIVEN it (the
+/// caller's autograd saved it), nothing comes from an earlier forward. t (m x r) is
+/// pst_lora_apply's, or NULL to recompute it. The base W gets no gradient.
+/// Errors: PST_ERR_INVALID_ARG (NULL layer/args/dy, m < 1, dx_lora/grad_a/grad_b without a
+/// branch, dx_lora without x_lora, grad_a without x_lora or x, dy_count too small),
+/// PST_ERR_OUT_OF_MEMORY.
+@c(pstimpl_lora_apply_backward)
+public func pst_lora_apply_backward(_ layer: UnsafeMutablePointer<pst_lora>?, _ args: UnsafePointer<pst_lora_apply_args>?,
+                                    _ dy: UnsafePointer<Float>?, _ dy_count: Int64, _ t: UnsafePointer<Float>?,
+                                    _ dx: UnsafeMutablePointer<Float>?, _ dx_lora: UnsafeMutablePointer<Float>?,
+                                    _ grad_a: UnsafeMutablePointer<Float>?, _ grad_b: UnsafeMutablePointer<Float>?,
+                                    _ grad_bias: UnsafeMutablePointer<Float>?) -> pst_status {
+    cEntry("pst_lora_apply_backward") { () throws(PSTError) in
+        let l = object(try required(layer, "layer"), as: LoraLinear.self)
+        let (a, m, branch) = try readApplyArgs(args, l)
+        let dyp = try required(dy, "dy")
+        try l.checkApply(m: m, branch: branch)
+        try requireCapacity("dy", have: dy_count, need: m * l.outFeatures, unit: "floats")
+        try l.applyBackward(dy: dyp, m: m, x: a.x, xLora: a.x_lora, branch: branch, t: t, dx: dx, dxLora: dx_lora,
+                            gradA: grad_a, gradB: grad_b, gradBias: grad_bias)
     }
 }

@@ -183,34 +183,57 @@ public func pst_quant_create_4bit(_ x: UnsafeRawPointer?, _ dtype: Int32, _ shap
 public func pst_quant_from_state(_ st: UnsafePointer<pst_quant_state>?,
                                  _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> pst_status {
     cEntry("pst_quant_from_state") { () throws(PSTError) in
-        let o = try required(out, "out")
-        o.pointee = nil
-        let s = try readStruct(try required(st, "state"), over: pst_quant_state(), "state")
-        let qt = try quantType(s.quant_type)
-        let dt = try floatDType(s.dtype, "state->dtype")
-        let dims = try withUnsafeBytes(of: s.shape) { (raw) throws(PSTError) in
-            try readShape(raw.bindMemory(to: Int64.self).baseAddress, s.ndim, "state->shape")
-        }
-        guard s.packed_bytes >= 0, s.absmax_count >= 0, s.nested_absmax_count >= 0 else {
-            throw .invalidArgument("state counts must be >= 0 (packed_bytes \(s.packed_bytes), absmax_count \(s.absmax_count), nested_absmax_count \(s.nested_absmax_count))")
-        }
-        let packed = UnsafeBufferPointer(start: try required(s.packed, "state->packed"), count: Int(s.packed_bytes))
-        let code = UnsafeBufferPointer(start: try required(s.code, "state->code"), count: 16)
-        let absmaxRaw = try required(s.absmax, "state->absmax")
-        let t: QuantizedTensor
-        if s.nested != 0 {
-            let q = UnsafeBufferPointer(start: absmaxRaw.assumingMemoryBound(to: UInt8.self), count: Int(s.absmax_count))
-            let na = UnsafeBufferPointer(start: try required(s.nested_absmax, "state->nested_absmax"), count: Int(s.nested_absmax_count))
-            let nc = UnsafeBufferPointer(start: try required(s.nested_code, "state->nested_code"), count: 256)
-            t = try QuantizedTensor(shape: dims, dtype: dt, quantType: qt, blocksize: Int(s.blocksize), packed: packed, code: code,
-                                    absmax: nil, nested: (offset: s.offset, q: q, absmax: na, code: nc, blocksize: Int(s.nested_blocksize)))
-        } else {
-            let a = UnsafeBufferPointer(start: absmaxRaw.assumingMemoryBound(to: Float.self), count: Int(s.absmax_count))
-            t = try QuantizedTensor(shape: dims, dtype: dt, quantType: qt, blocksize: Int(s.blocksize), packed: packed, code: code,
-                                    absmax: a, nested: nil)
-        }
-        o.pointee = makeHandle(t, as: pst_quant.self)
+        try quantFromState(st, out, borrowing: false)
     }
+}
+
+/// Creates a handle over an existing state WITHOUT copying it: the handle (and every LoRA
+/// layer made from it with pst_lora_create_quantized) computes on the caller's arrays in
+/// place: st->packed, absmax, code and, when nested, nested_absmax and nested_code (the
+/// tensors bitsandbytes' Params4bit and QuantState hold: weight.data (quant_storage uint8),
+/// quant_state.absmax (uint8 when nested), .code, .state2.absmax, .state2.code; offset and the
+/// other fields are read now). The same checks as pst_quant_from_state, once, here.
+/// Lifetime: the caller keeps those arrays alive and unchanged until the handle and every
+/// layer made from it are freed (pst_quant_free and pst_lora_free); the library never writes
+/// or frees them (a merge on such a layer makes new codes of its own). *st itself is not kept.
+/// Errors: as pst_quant_from_state (no PST_ERR_OUT_OF_MEMORY for the arrays).
+@c(pstimpl_quant_borrow_state)
+public func pst_quant_borrow_state(_ st: UnsafePointer<pst_quant_state>?,
+                                   _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?) -> pst_status {
+    cEntry("pst_quant_borrow_state") { () throws(PSTError) in
+        try quantFromState(st, out, borrowing: true)
+    }
+}
+
+func quantFromState(_ st: UnsafePointer<pst_quant_state>?, _ out: UnsafeMutablePointer<UnsafeMutablePointer<pst_quant>?>?,
+                    borrowing: Bool) throws(PSTError) {
+    let o = try required(out, "out")
+    o.pointee = nil
+    let s = try readStruct(try required(st, "state"), over: pst_quant_state(), "state")
+    let qt = try quantType(s.quant_type)
+    let dt = try floatDType(s.dtype, "state->dtype")
+    let dims = try withUnsafeBytes(of: s.shape) { (raw) throws(PSTError) in
+        try readShape(raw.bindMemory(to: Int64.self).baseAddress, s.ndim, "state->shape")
+    }
+    guard s.packed_bytes >= 0, s.absmax_count >= 0, s.nested_absmax_count >= 0 else {
+        throw .invalidArgument("state counts must be >= 0 (packed_bytes \(s.packed_bytes), absmax_count \(s.absmax_count), nested_absmax_count \(s.nested_absmax_count))")
+    }
+    let packed = UnsafeBufferPointer(start: try required(s.packed, "state->packed"), count: Int(s.packed_bytes))
+    let code = UnsafeBufferPointer(start: try required(s.code, "state->code"), count: 16)
+    let absmaxRaw = try required(s.absmax, "state->absmax")
+    let t: QuantizedTensor
+    if s.nested != 0 {
+        let q = UnsafeBufferPointer(start: absmaxRaw.assumingMemoryBound(to: UInt8.self), count: Int(s.absmax_count))
+        let na = UnsafeBufferPointer(start: try required(s.nested_absmax, "state->nested_absmax"), count: Int(s.nested_absmax_count))
+        let nc = UnsafeBufferPointer(start: try required(s.nested_code, "state->nested_code"), count: 256)
+        t = try QuantizedTensor(shape: dims, dtype: dt, quantType: qt, blocksize: Int(s.blocksize), packed: packed, code: code,
+                                absmax: nil, nested: (offset: s.offset, q: q, absmax: na, code: nc, blocksize: Int(s.nested_blocksize)), borrowing: borrowing)
+    } else {
+        let a = UnsafeBufferPointer(start: absmaxRaw.assumingMemoryBound(to: Float.self), count: Int(s.absmax_count))
+        t = try QuantizedTensor(shape: dims, dtype: dt, quantType: qt, blocksize: Int(s.blocksize), packed: packed, code: code,
+                                absmax: a, nested: nil, borrowing: borrowing)
+    }
+    o.pointee = makeHandle(t, as: pst_quant.self)
 }
 
 /// Fills *st with the handle's state. The pointers in it are borrowed from the handle: valid

@@ -217,6 +217,10 @@ extension pst_lora_params: GrowableStruct {
     static var firstVersionSize: Int { Int(PST_LORA_PARAMS_V1_SIZE) }
     static var initFunction: StaticString? { "pst_lora_params_init" }
 }
+extension pst_lora_apply_args: GrowableStruct {
+    static var firstVersionSize: Int { Int(PST_LORA_APPLY_ARGS_V1_SIZE) }
+    static var initFunction: StaticString? { "pst_lora_apply_args_init" }
+}
 extension pst_adamw_params: GrowableStruct {
     static var firstVersionSize: Int { Int(PST_ADAMW_PARAMS_V1_SIZE) }
     static var initFunction: StaticString? { "pst_adamw_params_init" }

@@ -5,9 +5,15 @@ import Glibc
 /// A fixed-size, 64-byte-aligned, zero-initialized heap buffer of trivial elements whose
 /// address never moves, so the C API and Python can hand out pointers into it for as long as
 /// the owner lives. Not thread-safe; not copy-on-write (it is a class: sharing shares storage).
+///
+/// A buffer made with `init(borrowing:count:)` wraps memory someone else owns (a PyTorch
+/// tensor's storage, handed over through the C API): it is neither aligned nor freed by the
+/// buffer, and its owner must keep it alive for as long as the buffer is used.
 public final class AlignedBuffer<Element: BitwiseCopyable> {
     public let count: Int
     public let baseAddress: UnsafeMutablePointer<Element>
+    /// False for a borrowed buffer: deinit leaves the memory to its owner.
+    public let ownsMemory: Bool
 
     /// Allocates `count` zeroed elements (count may be 0). Throws `PST_ERR_OUT_OF_MEMORY`
     /// when the allocation fails or the byte count overflows.
@@ -22,6 +28,16 @@ public final class AlignedBuffer<Element: BitwiseCopyable> {
         memset(p, 0, max(bytes, 64))
         self.count = count
         self.baseAddress = p.bindMemory(to: Element.self, capacity: max(count, 1))
+        self.ownsMemory = true
+    }
+
+    /// Wraps `count` elements at `pointer`, owned by the caller: no copy, no alignment
+    /// guarantee (every kernel loads unaligned), never freed here.
+    public init(borrowing pointer: UnsafeMutablePointer<Element>, count: Int) {
+        precondition(count >= 0)
+        self.count = count
+        self.baseAddress = pointer
+        self.ownsMemory = false
     }
 
     /// Allocates and copies `source`.
@@ -35,7 +51,7 @@ public final class AlignedBuffer<Element: BitwiseCopyable> {
         array.withUnsafeBufferPointer { baseAddress.update(from: $0.baseAddress!, count: array.count) }
     }
 
-    deinit { free(baseAddress) }
+    deinit { if ownsMemory { free(baseAddress) } }
 
     public var byteCount: Int { count * MemoryLayout<Element>.stride }
     public var buffer: UnsafeMutableBufferPointer<Element> { UnsafeMutableBufferPointer(start: baseAddress, count: count) }

@@ -29,6 +29,9 @@ extension LoraLinear {
             chosen = active.filter { !$0.merged }
         }
         if chosen.isEmpty { return MergeReport(maxAbsError: 0, rmsError: 0) }
+        if case .dense(let w) = base, !w.ownsMemory {
+            throw .misuse("the base weight is borrowed from the caller (pst_lora_create_dense_borrowed), so merge cannot write into it")
+        }
         let n = outFeatures * inFeatures
         var report = MergeReport(maxAbsError: 0, rmsError: 0)
         switch base {

@@ -65,6 +65,29 @@ public final class LoraLinear {
         (self.bias, gradBias) = try LoraLinear.makeBias(bias, outFeatures)
     }
 
+    /// A layer over a dense fp32 base it borrows (`weight`: out × in, row-major, owned by the
+    /// caller, e.g. a PyTorch nn.Linear's weight): no copy; the caller keeps the memory alive for
+    /// the layer's lifetime. The layer never writes it: merge refuses (`PST_ERR_MISUSE`).
+    /// The values are checked finite once, here.
+    public init(borrowingDense weight: UnsafePointer<Float>, outFeatures: Int, inFeatures: Int) throws(PSTError) {
+        try LoraLinear.checkFeatures(inFeatures, outFeatures)
+        let w = UnsafeBufferPointer(start: weight, count: outFeatures * inFeatures)
+        try LoraLinear.checkFinite(w, "weight")
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        base = .dense(AlignedBuffer(borrowing: UnsafeMutablePointer(mutating: weight), count: w.count))
+        (bias, gradBias) = (nil, nil)
+    }
+
+    /// True when the base is memory the caller owns (a dense borrowed weight, or a quantized
+    /// tensor made with `borrowing`): merge is refused on a borrowed dense base.
+    public var baseIsBorrowed: Bool {
+        switch base {
+        case .dense(let w): return !w.ownsMemory
+        case .quantized(let q): return !q.packed.ownsMemory
+        }
+    }
+
     /// A layer over a quantized base of shape [out, in] (shared, never modified except by merge,
     /// which replaces it).
     public init(quantized weight: QuantizedTensor, bias: UnsafeBufferPointer<Float>? = nil) throws(PSTError) {

@@ -65,7 +65,9 @@ public final class QuantizedTensor {
         }
     }
 
-    /// From an existing state (e.g. a bitsandbytes checkpoint); copies every buffer.
+    /// From an existing state (e.g. a bitsandbytes checkpoint); copies every buffer, or with
+    /// `borrowing` wraps them without a copy (bitsandbytes' `Params4bit` and `QuantState`
+    /// tensors used in place: the caller keeps them alive and unchanged while the tensor lives).
     ///
     /// Checks: shape dims >= 1; dtype float; blocksize one of `Quant4.blocksizes`;
     /// packed.count == (count+1)/2; code.count == 16; exactly one of absmax / nested; plain
@@ -76,7 +78,12 @@ public final class QuantizedTensor {
     public init(shape: [Int], dtype: DType, quantType: QuantType, blocksize: Int, packed: UnsafeBufferPointer<UInt8>,
                 code: UnsafeBufferPointer<Float>, absmax: UnsafeBufferPointer<Float>?,
                 nested: (offset: Float, q: UnsafeBufferPointer<UInt8>, absmax: UnsafeBufferPointer<Float>,
-                         code: UnsafeBufferPointer<Float>, blocksize: Int)?) throws(PSTError) {
+                         code: UnsafeBufferPointer<Float>, blocksize: Int)?, borrowing: Bool = false) throws(PSTError) {
+        func keep<T>(_ b: UnsafeBufferPointer<T>) throws(PSTError) -> AlignedBuffer<T> {
+            guard borrowing else { return try AlignedBuffer(copying: b) }
+            guard let base = b.baseAddress else { throw .invalidArgument("a borrowed state buffer is NULL") }
+            return AlignedBuffer(borrowing: UnsafeMutablePointer(mutating: base), count: b.count)
+        }
         let n = try QuantizedTensor.checkShape(shape)
         try Quant4.validate(count: n, blocksize: blocksize)
         try Quant4.validateFloat(dtype, "dtype")
@@ -98,7 +105,7 @@ public final class QuantizedTensor {
         case (let a?, nil):
             guard a.count == nb else { throw .shape("absmax has \(a.count) entries; \(n) elements in blocks of \(blocksize) need \(nb)") }
             try finite(a, "absmax")
-            self.absmax = try AlignedBuffer(copying: a)
+            self.absmax = try keep(a)
             self.nested = nil
         case (nil, let s?):
             guard s.blocksize >= 1 && s.blocksize <= Blockwise8.maxBlocksize else {
@@ -114,12 +121,12 @@ public final class QuantizedTensor {
             try finite(s.absmax, "nested absmax")
             try finite(s.code, "nested code")
             self.absmax = nil
-            self.nested = NestedState(offset: s.offset, q: try AlignedBuffer(copying: s.q), absmax: try AlignedBuffer(copying: s.absmax),
-                                      code: try AlignedBuffer(copying: s.code), blocksize: s.blocksize)
+            self.nested = NestedState(offset: s.offset, q: try keep(s.q), absmax: try keep(s.absmax),
+                                      code: try keep(s.code), blocksize: s.blocksize)
         }
         self.shape = shape; self.count = n; self.dtype = dtype; self.quantType = quantType; self.blocksize = blocksize
-        self.packed = try AlignedBuffer(copying: packed)
-        self.code = try AlignedBuffer(copying: code)
+        self.packed = try keep(packed)
+        self.code = try keep(code)
     }
 
     /// Block b's float32 scale (decoded from the nested state when double-quantized).

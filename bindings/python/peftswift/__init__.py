@@ -18,6 +18,8 @@ set_num_threads, do the arithmetic), so other Python threads keep running:
   PagedBuffer.acquire / pinned (each may write pages to, or read them from, the spill file);
 - files: save_file, load_file, load_metadata and SafeTensors(path) (opening and mapping),
   save_adapter, load_adapter, save_bnb_checkpoint, load_bnb_checkpoint;
+- peftswift.torch: convert (it borrows each base weight, checking it once), and every forward
+  and backward of a converted layer (the peftswift::lora_linear op);
 - language models (peftswift.llm): Model.load, tokenize, detokenize, chat_prompt, logits,
   loss, backward, zero_grad, add_adapter, delete_adapter, set_adapter, save_adapter,
   load_adapter, generate; Trainer(...), step, train, save_adapter, save_checkpoint;

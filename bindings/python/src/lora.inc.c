@@ -373,6 +373,123 @@ static PyObject *m_lora_base_weight(PyObject *self, PyObject *args, PyObject *kw
     Py_RETURN_NONE;
 }
 
+/* ---- borrowed memory and the layer as a function (peftswift.torch)
+ *
+ * These take ADDRESSES (Python ints, 0 for NULL) of memory the caller owns — PyTorch tensors'
+ * data_ptr() — rather than buffers, so that a tensor is used in place whatever its dtype
+ * support in the buffer protocol. The Python layer (peftswift/torch.py) checks device, dtype,
+ * contiguity and shapes before it calls, and keeps the tensors alive as long as the handle. */
+
+static inline const void *addr(unsigned long long a) { return (const void *)(uintptr_t)a; }
+
+/* quant_borrow_state(packed, packed_bytes, absmax, absmax_count, code, nested, nested_absmax,
+ *                    nested_absmax_count, nested_code, offset, shape, dtype, quant_type,
+ *                    blocksize, nested_blocksize) -> quant capsule over the caller's arrays */
+static PyObject *m_quant_borrow_state(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"packed", "packed_bytes", "absmax", "absmax_count", "code", "nested", "nested_absmax",
+                             "nested_absmax_count", "nested_code", "offset", "shape", "dtype", "quant_type", "blocksize",
+                             "nested_blocksize", NULL};
+    unsigned long long p, a, c, na, nc;
+    long long pb, ac, nac;
+    int nested, dtype, qt, bs, nbs;
+    double offset;
+    PyObject *oshape;
+    pst_quant *q = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KLKLKpKLKdOiiii", kwlist, &p, &pb, &a, &ac, &c, &nested, &na, &nac, &nc,
+                                     &offset, &oshape, &dtype, &qt, &bs, &nbs)) return NULL;
+    pst_quant_state s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    PyObject *seq = PySequence_Fast(oshape, "shape must be a sequence of ints");
+    if (!seq) return NULL;
+    Py_ssize_t nd = PySequence_Fast_GET_SIZE(seq);
+    if (nd < 1 || nd > PST_MAX_DIMS) { Py_DECREF(seq); PyErr_Format(PyExc_ValueError, "shape must have 1...%d dimensions", PST_MAX_DIMS); return NULL; }
+    s.ndim = (int32_t)nd;
+    for (Py_ssize_t i = 0; i < nd; i++) s.shape[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    if (PyErr_Occurred()) return NULL;
+    s.quant_type = qt; s.dtype = dtype; s.blocksize = bs;
+    s.packed = addr(p); s.packed_bytes = pb; s.code = addr(c);
+    s.absmax = addr(a); s.absmax_count = ac;
+    s.nested = nested; s.nested_blocksize = nbs; s.offset = (float)offset;
+    s.nested_absmax = addr(na); s.nested_absmax_count = nac; s.nested_code = addr(nc);
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_quant_borrow_state(&s, &q);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    return wrap_quant(q);
+}
+
+/* lora_create_dense_borrowed(weight, weight_count, out_features, in_features) -> lora capsule */
+static PyObject *m_lora_create_dense_borrowed(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"weight", "weight_count", "out_features", "in_features", NULL};
+    unsigned long long w;
+    long long wc, of, inf;
+    pst_lora *l = NULL;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KLLL", kwlist, &w, &wc, &of, &inf)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_lora_create_dense_borrowed(addr(w), wc, of, inf, &l);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    return wrap_lora(l);
+}
+
+static pst_status apply_args(pst_lora_apply_args *a, long long m, unsigned long long x, unsigned long long xl,
+                             unsigned long long la, unsigned long long lb, long long r, double scaling, unsigned long long bias) {
+    pst_status st = pst_lora_apply_args_init(a);
+    a->m = m; a->x = addr(x); a->x_lora = addr(xl); a->lora_a = addr(la); a->lora_b = addr(lb);
+    a->r = r; a->scaling = (float)scaling; a->bias = addr(bias);
+    return st;
+}
+
+/* lora_apply(layer, m, x, x_lora, lora_a, lora_b, r, scaling, bias, y, y_capacity, t) */
+static PyObject *m_lora_apply(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"layer", "m", "x", "x_lora", "lora_a", "lora_b", "r", "scaling", "bias", "y", "y_capacity",
+                             "t", NULL};
+    pst_lora *l;
+    long long m, r, yc;
+    unsigned long long x, xl, la, lb, bias, y, t;
+    double scaling;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&LKKKKLdKKLK", kwlist, lora_arg, &l, &m, &x, &xl, &la, &lb, &r, &scaling,
+                                     &bias, &y, &yc, &t)) return NULL;
+    pst_lora_apply_args a;
+    if (apply_args(&a, m, x, xl, la, lb, r, scaling, bias) != PST_OK) return raise_status(PST_ERR_INTERNAL);
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_lora_apply(l, &a, (float *)(uintptr_t)y, yc, (float *)(uintptr_t)t);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
+/* lora_apply_backward(layer, m, x, x_lora, lora_a, lora_b, r, scaling, dy, dy_count, t, dx, dx_lora,
+ *                     grad_a, grad_b, grad_bias) */
+static PyObject *m_lora_apply_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"layer", "m", "x", "x_lora", "lora_a", "lora_b", "r", "scaling", "dy", "dy_count", "t",
+                             "dx", "dx_lora", "grad_a", "grad_b", "grad_bias", NULL};
+    pst_lora *l;
+    long long m, r, dyc;
+    unsigned long long x, xl, la, lb, dy, t, dx, dxl, ga, gb, gbias;
+    double scaling;
+    pst_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&LKKKKLdKLKKKKKK", kwlist, lora_arg, &l, &m, &x, &xl, &la, &lb, &r,
+                                     &scaling, &dy, &dyc, &t, &dx, &dxl, &ga, &gb, &gbias)) return NULL;
+    pst_lora_apply_args a;
+    if (apply_args(&a, m, x, xl, la, lb, r, scaling, 0) != PST_OK) return raise_status(PST_ERR_INTERNAL);
+    Py_BEGIN_ALLOW_THREADS
+    st = pst_lora_apply_backward(l, &a, addr(dy), dyc, addr(t), (float *)(uintptr_t)dx, (float *)(uintptr_t)dxl,
+                                 (float *)(uintptr_t)ga, (float *)(uintptr_t)gb, (float *)(uintptr_t)gbias);
+    Py_END_ALLOW_THREADS
+    if (st != PST_OK) return raise_status(st);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods_lora[] = {
     KW_METHOD(quant_from_state, "packed, absmax, code, nested_absmax, nested_code, offset, shape, dtype, quant_type, "
               "blocksize, nested_blocksize", "pst_quant_from_state -> quant capsule."),
@@ -392,5 +509,14 @@ static PyMethodDef methods_lora[] = {
     KW_METHOD(lora_merge, "layer, names", "pst_lora_merge -> (max_abs_error, rms_error)."),
     KW_METHOD(lora_unmerge, "layer", "pst_lora_unmerge."),
     KW_METHOD(lora_base_weight, "layer, out", "pst_lora_base_weight."),
+    KW_METHOD(quant_borrow_state, "packed, packed_bytes, absmax, absmax_count, code, nested, nested_absmax, "
+              "nested_absmax_count, nested_code, offset, shape, dtype, quant_type, blocksize, nested_blocksize",
+              "pst_quant_borrow_state over caller-owned addresses -> quant capsule (the caller keeps the memory alive)."),
+    KW_METHOD(lora_create_dense_borrowed, "weight, weight_count, out_features, in_features",
+              "pst_lora_create_dense_borrowed over a caller-owned address -> lora capsule."),
+    KW_METHOD(lora_apply, "layer, m, x, x_lora, lora_a, lora_b, r, scaling, bias, y, y_capacity, t",
+              "pst_lora_apply on addresses (0 = NULL)."),
+    KW_METHOD(lora_apply_backward, "layer, m, x, x_lora, lora_a, lora_b, r, scaling, dy, dy_count, t, dx, dx_lora, "
+              "grad_a, grad_b, grad_bias", "pst_lora_apply_backward on addresses (0 = NULL)."),
     {NULL, NULL, 0, NULL},
 };

@@ -1,5 +1,6 @@
 // M = 1 inference straight from the packed nibbles.
 import _Builtin_intrinsics.intel
+import PeftSwiftAVX512
 
 @inline(__always) func _sum4(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>, _ d: SIMD8<Float>) -> SIMD4<Float> {
     QuantizedTensor._sum4Impl(a, b, c, d)
@@ -16,12 +17,13 @@ extension QuantizedTensor {
     /// (`matrixShape`, e.g. a Linear weight out×in). x: cols floats, y: rows floats (must not
     /// alias x). Reads the packed nibbles directly (no float32 W), AVX2, parallel over rows.
     /// Per block segment it accumulates Σ fl(code·scale)·x with FMAs, so it differs from the
-    /// reference twin (dequantize then a plain dot) by float32 rounding only.
-    public func matvec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    /// reference twin (dequantize then a plain dot) by float32 rounding only. `isa` (default: the
+    /// active path, read once) picks the kernel; every path gives bit-identical results.
+    public func matvec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, isa: ISA = ISA.active) {
         let (rows, cols) = matrixShape
         let bs = blocksize
         if cols % bs == 0 {
-            _matvecAligned(x, y, accumulate: accumulate, rows: rows, cols: cols)
+            _matvecAligned(x, y, accumulate: accumulate, rows: rows, cols: cols, isa: isa)
             return
         }
         let p = packed.baseAddress, codeP = code.baseAddress
@@ -50,18 +52,19 @@ extension QuantizedTensor {
 
     /// The common case: every row is a whole number of blocks (cols % blocksize == 0, so each
     /// row starts at a block and at a byte boundary), in parallel over rows.
-    func _matvecAligned(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, rows: Int, cols: Int) {
+    func _matvecAligned(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, rows: Int, cols: Int, isa: ISA) {
         parallelChunks(rows, grain: Swift.max(4, 16384 / Swift.max(cols, 1))) { r0, r1 in
-            _matvecRowsAligned(x, y, accumulate: accumulate, r0: r0, r1: r1, cols: cols)
+            _matvecRowsAligned(x, y, accumulate: accumulate, r0: r0, r1: r1, cols: cols, isa: isa)
         }
     }
 
     /// Rows r0..<r1 of `matvec` on the calling thread (y[r0..<r1] only): what a caller that
     /// splits the rows over its own threads (the decode step) runs per range.
-    func matvecRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, r0: Int, r1: Int) {
+    func matvecRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool, r0: Int, r1: Int,
+                    isa: ISA = ISA.active) {
         let (_, cols) = matrixShape
         if cols % blocksize == 0 {
-            _matvecRowsAligned(x, y, accumulate: accumulate, r0: r0, r1: r1, cols: cols)
+            _matvecRowsAligned(x, y, accumulate: accumulate, r0: r0, r1: r1, cols: cols, isa: isa)
             return
         }
         // rare (a row that splits a block): the general path's arithmetic, one row at a time
@@ -94,9 +97,11 @@ extension QuantizedTensor {
     /// in the same order in a pass of four or alone, so y does not depend on how the rows are
     /// split between threads); the block scales (double
     /// quant: bitsandbytes' fl(fl(code8[q]·absmax2) + offset)) are read inline, without a
-    /// division per block.
+    /// division per block. With `isa` >= .avx512 the pairs of rows go to the zmm kernel
+    /// (PeftSwiftAVX512/QuantMatvec512.swift: the same lanes, operations and order, so
+    /// bit-identical results) and only an odd last row stays here.
     func _matvecRowsAligned(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, accumulate: Bool,
-                            r0: Int, r1: Int, cols: Int) {
+                            r0: Int, r1: Int, cols: Int, isa: ISA) {
         let bs = blocksize
         let bpr = cols / bs
         let p = packed.baseAddress
@@ -119,6 +124,11 @@ extension QuantizedTensor {
             return _lookup16(lo, hi, SIMD8<UInt32>(repeating: w) &>> sh)
         }
         var o = r0
+        if isa >= .avx512 && bs % 16 == 0 && r1 - r0 >= 2 {
+            let cp = code.baseAddress
+            o += QuantMatvec512.rows(p, cp, x, y, accumulate, r0, r1, cols, bs, isNested, plain ?? cp,
+                                     nq ?? p, nc ?? cp, na ?? cp, nbs, off)
+        }
         while o + 4 <= r1 {
             var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
             var b0p = UnsafePointer(p + (o * cols) >> 1)

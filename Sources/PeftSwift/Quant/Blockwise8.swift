@@ -108,9 +108,10 @@ public enum Blockwise8 {
             for b in lo..<hi {
                 let s = b * blocksize, e = Swift.min(n, s + blocksize)
                 var i = s
-                var mv = SIMD8<Float>()
-                while i + 8 <= e { mv = pointwiseMax(mv, abs8(load8(x + i) - off)); i += 8 }
-                var a = mv.max()
+                // max |v| as bits: for non-negative floats the bit order is the value order
+                var mv = SIMD8<UInt32>()
+                while i + 8 <= e { mv = pointwiseMax(mv, unsafeBitCast(abs8(load8(x + i) - off), to: SIMD8<UInt32>.self)); i += 8 }
+                var a = Float(bitPattern: mv.max())
                 while i < e { a = Swift.max(a, Swift.abs(x[i] - offset)); i += 1 }
                 absmax[b] = a
                 if a == 0 { (q + s).initialize(repeating: 0, count: e - s); continue }
@@ -120,7 +121,7 @@ public enum Blockwise8 {
                 let one = SIMD8<Float>(repeating: 1)
                 @inline(__always) func index(_ v: SIMD8<Float>) -> SIMD8<Int32> {
                     let c = v - off
-                    return rank(pointwiseMin(pointwiseMax(divide ? c / scale : c * scale, -one), one))
+                    return rank(_mm256_min_ps(_mm256_max_ps(divide ? c / scale : c * scale, -one), one))
                 }
                 i = s
                 while i + 32 <= e {

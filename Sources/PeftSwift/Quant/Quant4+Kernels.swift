@@ -73,12 +73,12 @@ extension Quant4 {
     /// s and clamp(s) have the same rank (15 above 1, 0 below -1).
     @inline(__always)
     static func _encodeRun(_ x: UnsafePointer<Float>, _ len: Int, scale: Float, divide: Bool, _ t: Quant4Table.Search,
-                           _ out: UnsafeMutablePointer<UInt8>) {
+                           remap: Bool, _ out: UnsafeMutablePointer<UInt8>) {
         let sv = SIMD8<Float>(repeating: scale)
         @inline(__always) func code(_ p: UnsafePointer<Float>) -> SIMD8<Int32> {
             let v = load8(p)
             let c = t.rank(divide ? v / sv : v * sv)
-            return t.remap ? _lookup16(t.orderLo, t.orderHi, c) : c
+            return remap ? _lookup16(t.orderLo, t.orderHi, c) : c
         }
         var i = 0
         while i + 64 <= len {
@@ -146,7 +146,7 @@ extension Quant4 {
                 let d = Swift.max(m, minDivisor)
                 if len == bs {
                     absmax[b] = m
-                    _encodeRun(src, bs, scale: 1 / d, divide: false, search, packed + start / 2)
+                    _encodeRun(src, bs, scale: 1 / d, divide: false, search, remap: search.remap, packed + start / 2)
                 } else {
                     // the partial block divides (bitsandbytes' rule); zeros pad it to a multiple
                     // of 32 and quantize to the code of 0.0, the pad nibble of an odd length
@@ -154,7 +154,7 @@ extension Quant4 {
                     if src != UnsafePointer(scratch) { scratch.update(from: src, count: len) }
                     let padded = (len + 31) & ~31
                     for k in len..<padded { scratch[k] = 0 }
-                    _encodeRun(scratch, padded, scale: d, divide: true, search, tail)
+                    _encodeRun(scratch, padded, scale: d, divide: true, search, remap: search.remap, tail)
                     (packed + start / 2).update(from: tail, count: (len + 1) / 2)
                 }
             }

@@ -21,6 +21,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import _Builtin_intrinsics.intel
+import Synchronization
 
 /// Precomputed search data of a 4-bit codebook.
 struct Quant4Table {
@@ -118,7 +120,25 @@ public enum Quant4 {
             throw .nonFinite("x[\(bad)] is \(nonFiniteName(loadFloat(x, dtype, bad)))")
         }
         absmax.update(from: sa, count: nb)
-        parallelChunks(nbytes, grain: 1 << 20) { lo, hi in (packed + lo).update(from: sp + lo, count: hi - lo) }
+        parallelChunks(nbytes, grain: 1 << 20) { lo, hi in _copyOut(sp + lo, packed + lo, hi - lo) }
+    }
+
+    /// dst[0..<n] = src[0..<n]; above 256 KiB with non-temporal stores (the caller's codes are
+    /// not read back soon, and skipping the read-for-ownership saves a pass over them).
+    static func _copyOut(_ src: UnsafePointer<UInt8>, _ dst: UnsafeMutablePointer<UInt8>, _ n: Int) {
+        var i = 0
+        if n >= 1 << 18 {
+            while i < n && Int(bitPattern: dst + i) & 31 != 0 { dst[i] = src[i]; i += 1 }
+            while i + 128 <= n {
+                for k in stride(from: 0, to: 128, by: 32) {
+                    let v = UnsafeRawPointer(src + i + k).loadUnaligned(as: __m256i.self)
+                    _mm256_stream_si256(UnsafeMutableRawPointer(dst + i + k).assumingMemoryBound(to: __m256i.self), v)
+                }
+                i += 128
+            }
+            atomicMemoryFence(ordering: .sequentiallyConsistent)   // order the streamed stores (sfence)
+        }
+        (dst + i).update(from: src + i, count: n - i)
     }
 
     /// Dequantizes packed 4-bit codes: out[i] = code[nibble(i)] * absmax[i / blocksize],

@@ -49,8 +49,8 @@ struct Rank16 {
 ///
 /// Two levels of 16: the high nibble h = #{j : v > m_(16j+15)} (Rank16 over every 16th
 /// midpoint), then the low nibble = #{p < 15 : v > m_(16h+p)}, 15 compares against per-lane
-/// thresholds read from 16-entry tables indexed by h (two `vpermps` and a `vblendvps`: no
-/// gathers, no branches). Exact for non-decreasing midpoints: h counts a prefix of the
+/// thresholds read from 16-entry tables indexed by h (`vpermps` from each half of the table;
+/// no gathers, no branches). Exact for non-decreasing midpoints: h counts a prefix of the
 /// separators, so every m_k with k < 16h is below v and every m_k with k >= 16h+15 is not;
 /// the 15 in between are compared one by one.
 struct Rank256 {
@@ -69,14 +69,17 @@ struct Rank256 {
 
     @inline(__always) func callAsFunction(_ v: SIMD8<Float>) -> SIMD8<Int32> {
         let h = high(v)
-        let hiHalf = unsafeBitCast(h &<< 28, to: SIMD8<Float>.self)       // sign bit = bit 3 of h
-        var r = h &<< 4
+        // count against both halves' thresholds (vpermps reads bits 0-2 of h) and keep the
+        // count of the half that bit 3 of h names: one blend instead of one per threshold
+        var cLo = SIMD8<Int32>(), cHi = SIMD8<Int32>()
         low.withUnsafeBufferPointer { t in
             for p in 0..<15 {
-                let th = _mm256_blendv_ps(_permute8(t[p].0, h), _permute8(t[p].1, h), hiHalf)
-                r &-= _greater(v, th)
+                cLo &-= _greater(v, _permute8(t[p].0, h))
+                cHi &-= _greater(v, _permute8(t[p].1, h))
             }
         }
-        return r
+        let c = _mm256_blendv_ps(unsafeBitCast(cLo, to: SIMD8<Float>.self), unsafeBitCast(cHi, to: SIMD8<Float>.self),
+                                 unsafeBitCast(h &<< 28, to: SIMD8<Float>.self))   // sign bit = bit 3 of h
+        return (h &<< 4) &+ unsafeBitCast(c, to: SIMD8<Int32>.self)
     }
 }

@@ -84,6 +84,24 @@ import Testing
         }
     }
 
+    /// Large outputs leave through non-temporal stores: every byte arrives, whatever the
+    /// alignment and length (one tensor past the 256 KiB threshold, and the copy itself).
+    @Test func largeOutputsAreCopiedExactly() throws {
+        var rng = QuantRNG(13)
+        let n = 600_001
+        let x = (0..<n).map { _ in rng.normal() * 0.02 }
+        try expectQuantizeMatchesReference(x, bs: 64, type: .nf4)
+        let src = (0..<(1 << 18) + 300).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        for (offset, len) in [(0, 1 << 18), (1, (1 << 18) + 1), (13, (1 << 18) + 127), (31, (1 << 18) + 200), (5, 1000)] {
+            var dst = [UInt8](repeating: 0xEE, count: len + 64)
+            src.withUnsafeBufferPointer { s in
+                dst.withUnsafeMutableBufferPointer { d in Quant4._copyOut(s.baseAddress!, d.baseAddress! + offset, len) }
+            }
+            #expect(Array(dst[offset..<(offset + len)]) == Array(src[0..<len]), "offset \(offset) len \(len)")
+            #expect(dst[0..<offset].allSatisfy { $0 == 0xEE } && dst[(offset + len)...].allSatisfy { $0 == 0xEE })
+        }
+    }
+
     func expectQuantizeMatchesReference(_ x: [Float], bs: Int, type: QuantType) throws {
         let n = x.count
         let nb = Quant4.blockCount(n, blocksize: bs)

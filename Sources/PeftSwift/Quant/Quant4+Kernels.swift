@@ -5,7 +5,11 @@ import Synchronization
 
 /// Nibble shifts that turn a little-endian 4-byte word into the 8 codes in element order
 /// (element 2j is the HIGH nibble of byte j).
-@usableFromInline let _nibbleShifts = SIMD8<UInt32>(4, 0, 12, 8, 20, 16, 28, 24)
+/// (A computed constant: a global `let` is read through a swift_once call, which the compiler
+/// does not always hoist out of the decode loops.)
+@usableFromInline var _nibbleShifts: SIMD8<UInt32> {
+    @inline(__always) get { SIMD8<UInt32>(4, 0, 12, 8, 20, 16, 28, 24) }
+}
 
 /// 8 codes (element order) of the 4 packed bytes at `p`.
 @inline(__always) func _nibbles8(_ p: UnsafePointer<UInt8>) -> SIMD8<UInt32> {
@@ -123,6 +127,7 @@ extension Quant4 {
                           packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) -> Int? {
         let nb = blockCount(n, blocksize: bs)
         let search = table.search
+        let minD = minDivisor          // read once: a static let costs a swift_once call per read
         let firstBad = Atomic<Int>(Int.max)
         parallelChunks(nb, grain: max(1, 32768 / bs)) { lo, hi in
             // widened half-precision blocks and the zero-padded partial block; its codes
@@ -143,7 +148,7 @@ extension Quant4 {
                 let mb = _maxAbsBits(src, len)
                 if mb >= 0x7F80_0000 && bad == Int.max { bad = b }
                 let m = Float(bitPattern: mb)
-                let d = Swift.max(m, minDivisor)
+                let d = Swift.max(m, minD)
                 if len == bs {
                     absmax[b] = m
                     _encodeRun(src, bs, scale: 1 / d, divide: false, search, remap: search.remap, packed + start / 2)

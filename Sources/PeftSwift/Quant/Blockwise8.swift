@@ -15,6 +15,13 @@
 //    (bitsandbytes' result is undefined there);
 //  * dequantize: out[i] = fl(code[q[i]] * absmax[i / blocksize]).
 
+import _Builtin_intrinsics.intel
+
+/// |v| lane by lane (clears the sign bits).
+@inline(__always) func abs8(_ v: SIMD8<Float>) -> SIMD8<Float> {
+    unsafeBitCast(unsafeBitCast(v, to: SIMD8<UInt32>.self) & 0x7FFF_FFFF, to: SIMD8<Float>.self)
+}
+
 public enum Blockwise8 {
     /// Blocks (absmax values) for `n` elements: ceil(n / blocksize).
     @inlinable public static func blockCount(_ n: Int, blocksize: Int) -> Int {
@@ -79,37 +86,61 @@ public enum Blockwise8 {
         }
     }
 
-    /// Index of s: #{k : s > m_k} by a branch-free binary search over the 256 midpoints (the
-    /// last one +inf). Requires non-decreasing midpoints.
-    @inline(__always) static func _index(_ s: Float, _ m: UnsafePointer<Float>) -> Int {
-        var lo = 0
-        var step = 128
-        while step > 0 {
-            lo = s > m[lo + step - 1] ? lo + step : lo
-            step >>= 1
-        }
-        return lo
-    }
-
     @inline(__always) static func _scaled(_ v: Float, _ inv: Float, _ a: Float) -> Float {
         let s = inv.isFinite ? v * inv : v / a
         return Swift.min(Swift.max(s, -1), 1)
     }
 
+    /// Fast quantization of validated input, `offset` subtracted first: block b holds the
+    /// values fl(x[i] - offset) (offset 0 leaves finite x unchanged; DoubleQuant centers the
+    /// absmax this way without a centered copy). Parallel over blocks.
+    ///
+    /// Per block: a = max |v| (vectorized; exact, max is order-free), then 8 indices at a time:
+    /// s = clamp(v * fl(1/a), -1, 1) (v / a when fl(1/a) overflows), index = Rank256 over the
+    /// map's float32 midpoints, the same count the reference takes one midpoint at a time.
+    /// A value that overflows (|x - offset| = inf) gives an infinite absmax and unspecified
+    /// indices; callers with an offset check the absmax.
     static func _quantize(_ x: UnsafePointer<Float>, count n: Int, blocksize: Int, code: UnsafePointer<Float>,
-                          q: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) {
-        let mids = midpoints(code)
-        mids.withUnsafeBufferPointer { mb in
-            let m = mb.baseAddress!
-            parallelChunks(blockCount(n, blocksize: blocksize), grain: Swift.max(1, 16384 / blocksize)) { lo, hi in
-                for b in lo..<hi {
-                    let s = b * blocksize, e = Swift.min(n, s + blocksize)
-                    var a: Float = 0
-                    for i in s..<e { a = Swift.max(a, Swift.abs(x[i])) }
-                    absmax[b] = a
-                    if a == 0 { for i in s..<e { q[i] = 0 }; continue }
-                    let inv = 1 / a
-                    for i in s..<e { q[i] = UInt8(truncatingIfNeeded: _index(_scaled(x[i], inv, a), m)) }
+                          q: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>, minus offset: Float = 0) {
+        let rank = Rank256(midpoints: midpoints(code))
+        let off = SIMD8<Float>(repeating: offset)
+        parallelChunks(blockCount(n, blocksize: blocksize), grain: Swift.max(1, 16384 / blocksize)) { lo, hi in
+            for b in lo..<hi {
+                let s = b * blocksize, e = Swift.min(n, s + blocksize)
+                var i = s
+                // max |v| as bits: for non-negative floats the bit order is the value order
+                var mv = SIMD8<UInt32>()
+                while i + 8 <= e { mv = pointwiseMax(mv, unsafeBitCast(abs8(load8(x + i) - off), to: SIMD8<UInt32>.self)); i += 8 }
+                var a = Float(bitPattern: mv.max())
+                while i < e { a = Swift.max(a, Swift.abs(x[i] - offset)); i += 1 }
+                absmax[b] = a
+                if a == 0 { (q + s).initialize(repeating: 0, count: e - s); continue }
+                let inv = 1 / a
+                let divide = !inv.isFinite
+                let scale = SIMD8<Float>(repeating: divide ? a : inv)
+                let one = SIMD8<Float>(repeating: 1)
+                @inline(__always) func index(_ v: SIMD8<Float>) -> SIMD8<Int32> {
+                    let c = v - off
+                    return rank(_mm256_min_ps(_mm256_max_ps(divide ? c / scale : c * scale, -one), one))
+                }
+                i = s
+                while i + 32 <= e {
+                    let w01 = _mm256_packs_epi32(unsafeBitCast(index(load8(x + i)), to: __m256i.self),
+                                                 unsafeBitCast(index(load8(x + i + 8)), to: __m256i.self))
+                    let w23 = _mm256_packs_epi32(unsafeBitCast(index(load8(x + i + 16)), to: __m256i.self),
+                                                 unsafeBitCast(index(load8(x + i + 24)), to: __m256i.self))
+                    // bytes of indices 0-3, 8-11, 16-19, 24-27 | 4-7, ...: put the groups in order
+                    let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), _groupOrder)
+                    UnsafeMutableRawPointer(q + i).storeBytes(of: bytes, as: __m256i.self)
+                    i += 32
+                }
+                while i < e {
+                    let m = Swift.min(8, e - i)
+                    var v = SIMD8<Float>(repeating: offset)        // padding centers to 0
+                    for k in 0..<m { v[k] = x[i + k] }
+                    let r = index(v)
+                    for k in 0..<m { q[i + k] = UInt8(truncatingIfNeeded: r[k]) }
+                    i += m
                 }
             }
         }

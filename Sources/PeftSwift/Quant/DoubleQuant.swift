@@ -33,21 +33,37 @@ public struct NestedState {
     /// is reproduced.
     public init(compressing a: UnsafePointer<Float>, count: Int, torchThreads: Int = TorchMean.threads) throws(PSTError) {
         guard count >= 1 else { throw .invalidArgument("count (\(count)) must be >= 1") }
-        if let bad = firstNonFinite(a, .f32, count: count) { throw .nonFinite("absmax[\(bad)] is \(nonFiniteName(a[bad]))") }
         let bs = NestedState.defaultBlocksize
         let offset = TorchMean.mean(a, count: count, threads: torchThreads)
-        let centered = try AlignedBuffer<Float>(count: count)
-        for i in 0..<count { centered[i] = a[i] - offset }
+        // A finite sum means finite inputs (a NaN or an infinity would propagate), so the scan
+        // for the first bad value runs only when the mean is not finite.
+        if !offset.isFinite, let bad = firstNonFinite(a, .f32, count: count) {
+            throw .nonFinite("absmax[\(bad)] is \(nonFiniteName(a[bad]))")
+        }
         let q = try AlignedBuffer<UInt8>(count: count)
         let absmax2 = try AlignedBuffer<Float>(count: Blockwise8.blockCount(count, blocksize: bs))
         let code = try AlignedBuffer<Float>(Codebooks.dynamicSigned)
-        guard let bad = firstNonFinite(centered.baseAddress, .f32, count: count) else {
-            Blockwise8._quantize(centered.baseAddress, count: count, blocksize: bs, code: code.baseAddress,
-                                 q: q.baseAddress, absmax: absmax2.baseAddress)
-            self.init(offset: offset, q: q, absmax: absmax2, code: code, blocksize: bs)
-            return
+        Blockwise8._quantize(a, count: count, blocksize: bs, code: code.baseAddress, q: q.baseAddress,
+                             absmax: absmax2.baseAddress, minus: offset)
+        // absmax - offset overflowing somewhere shows as an infinite (or NaN) nested absmax
+        if let b = firstNonFinite(absmax2.baseAddress, .f32, count: absmax2.count) {
+            let bad = (b * bs..<Swift.min(count, (b + 1) * bs)).first { !(a[$0] - offset).isFinite } ?? b * bs
+            throw .nonFinite("absmax[\(bad)] - offset overflows")
         }
-        throw .nonFinite("absmax[\(bad)] - offset overflows")
+        self.init(offset: offset, q: q, absmax: absmax2, code: code, blocksize: bs)
+    }
+
+    /// Reference twin of `init(compressing:)` (finite input, count >= 1): torch's mean in its
+    /// reference order, a centered copy, then Blockwise8's reference quantizer.
+    public static func compressReference(_ a: UnsafePointer<Float>, count: Int, torchThreads: Int = TorchMean.threads)
+        -> (offset: Float, q: [UInt8], absmax: [Float]) {
+        let bs = defaultBlocksize
+        let offset = TorchMean.sumReference(a, count: count, threads: torchThreads) / Float(count)
+        let centered = (0..<count).map { a[$0] - offset }
+        var q = [UInt8](repeating: 0, count: count)
+        var absmax2 = [Float](repeating: 0, count: Blockwise8.blockCount(count, blocksize: bs))
+        Blockwise8.quantizeReference(centered, count: count, blocksize: bs, code: Codebooks.dynamicSigned, q: &q, absmax: &absmax2)
+        return (offset, q, absmax2)
     }
 
     /// Block b's scale: fl(fl(code[q[b]] * absmax[b / blocksize]) + offset).

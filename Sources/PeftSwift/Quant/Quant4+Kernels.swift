@@ -5,7 +5,11 @@ import Synchronization
 
 /// Nibble shifts that turn a little-endian 4-byte word into the 8 codes in element order
 /// (element 2j is the HIGH nibble of byte j).
-@usableFromInline let _nibbleShifts = SIMD8<UInt32>(4, 0, 12, 8, 20, 16, 28, 24)
+/// (A computed constant: a global `let` is read through a swift_once call, which the compiler
+/// does not always hoist out of the decode loops.)
+@usableFromInline var _nibbleShifts: SIMD8<UInt32> {
+    @inline(__always) get { SIMD8<UInt32>(4, 0, 12, 8, 20, 16, 28, 24) }
+}
 
 /// 8 codes (element order) of the 4 packed bytes at `p`.
 @inline(__always) func _nibbles8(_ p: UnsafePointer<UInt8>) -> SIMD8<UInt32> {
@@ -30,116 +34,142 @@ import Synchronization
 
 // 8-float loads and stores: load8/store8 (Core/SIMD+Memory.swift).
 
+/// `vpermd` index restoring element order of the 4-code groups after two packs.
+@inline(__always) var _groupOrder: __m256i { unsafeBitCast(SIMD8<Int32>(0, 4, 1, 5, 2, 6, 3, 7), to: __m256i.self) }
+/// `vpermd` index gathering the low 8 bytes of both 128-bit lanes, then the high 8 bytes.
+@inline(__always) var _laneOrder: __m256i { unsafeBitCast(SIMD8<Int32>(0, 1, 4, 5, 2, 3, 6, 7), to: __m256i.self) }
+/// Byte weights (16, 1, 16, 1, ...) for `vpmaddubsw`: c_2j * 16 + c_2j+1.
+@inline(__always) var _pairWeights: __m256i { unsafeBitCast(SIMD16<UInt16>(repeating: 0x0110), to: __m256i.self) }
+
 extension Quant4 {
-    /// Sorted rank #{k : s > m_k} of 8 scaled values: branch-free, 15 compares whose masks
-    /// (-1 where true) are subtracted; equality (a midpoint) counts as not greater.
+    /// Words p_j = c_2j * 16 + c_2j+1 (j = 0...15, element order) of 32 codes 0...15 given as 4
+    /// vectors of 8 in element order: pack to bytes (`vpackssdw`, `vpackuswb`: the lanes then
+    /// hold codes 0-3, 8-11, 16-19, 24-27 | 4-7, 12-15, 20-23, 28-31), restore the order of the
+    /// 4-code groups (`vpermd`), and fuse neighbours with one `vpmaddubsw` by (16, 1).
     @inline(__always)
-    static func _rank8(_ s: SIMD8<Float>, _ mids: UnsafePointer<Float>) -> SIMD8<Int32> {
-        var r = SIMD8<Int32>(repeating: 0)
-        for k in 0..<15 {
-            r &-= unsafeBitCast(s .> SIMD8<Float>(repeating: mids[k]), to: SIMD8<Int32>.self)
+    static func _pairWords(_ c0: SIMD8<Int32>, _ c1: SIMD8<Int32>, _ c2: SIMD8<Int32>, _ c3: SIMD8<Int32>) -> __m256i {
+        let w01 = _mm256_packs_epi32(unsafeBitCast(c0, to: __m256i.self), unsafeBitCast(c1, to: __m256i.self))
+        let w23 = _mm256_packs_epi32(unsafeBitCast(c2, to: __m256i.self), unsafeBitCast(c3, to: __m256i.self))
+        let b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), _groupOrder)
+        return _mm256_maddubs_epi16(b, _pairWeights)
+    }
+
+    /// Stores the 16 bytes of 32 codes (see `_pairWords`).
+    @inline(__always)
+    static func _store16(_ w: __m256i, _ out: UnsafeMutablePointer<UInt8>) {
+        let b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w, w), _laneOrder)
+        UnsafeMutableRawPointer(out).storeBytes(of: _mm256_castsi256_si128(b), as: __m128i.self)
+    }
+
+    /// Stores the 32 bytes of 64 codes given as the words of their two halves.
+    @inline(__always)
+    static func _store32(_ wa: __m256i, _ wb: __m256i, _ out: UnsafeMutablePointer<UInt8>) {
+        let b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(wa, wb), _laneOrder)
+        UnsafeMutableRawPointer(out).storeBytes(of: b, as: __m256i.self)
+    }
+
+    /// Encodes `len` (a multiple of 32) float32 values into len/2 bytes at `out`: s = x * scale
+    /// (or x / scale when `divide`), code = the sorted rank of s (Rank16 over the table's
+    /// midpoints), FP4 remapped rank -> bit code.
+    ///
+    /// No clamp to [-1, 1]: s leaves it only by rounding (|x| <= absmax, so |s| <= 1 + 2^-23),
+    /// and every midpoint of NF4 and FP4 lies strictly inside (-1, 1) (`Quant4Table` checks), so
+    /// s and clamp(s) have the same rank (15 above 1, 0 below -1).
+    @inline(__always)
+    static func _encodeRun(_ x: UnsafePointer<Float>, _ len: Int, scale: Float, divide: Bool, _ t: Quant4Table.Search,
+                           remap: Bool, _ out: UnsafeMutablePointer<UInt8>) {
+        let sv = SIMD8<Float>(repeating: scale)
+        @inline(__always) func code(_ p: UnsafePointer<Float>) -> SIMD8<Int32> {
+            let v = load8(p)
+            let c = t.rank(divide ? v / sv : v * sv)
+            return remap ? _lookup16(t.orderLo, t.orderHi, c) : c
         }
-        return r
-    }
-
-    /// Packs 8 codes (element order) into 4 bytes at `out`: byte j = c[2j] << 4 | c[2j+1].
-    @inline(__always)
-    static func _pack8(_ c: SIMD8<Int32>, _ out: UnsafeMutablePointer<UInt8>) {
-        let v = unsafeBitCast(c, to: SIMD4<UInt64>.self)   // lane j = c[2j] | c[2j+1] << 32
-        let b = ((v &<< 4) | (v &>> 32)) & 0xFF
-        let bytes = SIMD4<UInt8>(truncatingIfNeeded: b)
-        UnsafeMutableRawPointer(out).storeBytes(of: bytes, as: SIMD4<UInt8>.self)
-    }
-
-    /// Quantizes `len` (a multiple of 8, padded with zeros past the real elements) scaled
-    /// values: s = clamp(x * inv) or clamp(x / d), rank, FP4 remap, pack `len/2` bytes.
-    @inline(__always)
-    static func _quantizeRun(_ x: UnsafePointer<Float>, _ len: Int, divide: Bool, d: Float,
-                             _ mids: UnsafePointer<Float>, remap: Bool, _ olo: SIMD8<Int32>, _ ohi: SIMD8<Int32>,
-                             _ out: UnsafeMutablePointer<UInt8>) {
-        let inv = SIMD8<Float>(repeating: 1 / d)
-        let dv = SIMD8<Float>(repeating: d)
-        let one = SIMD8<Float>(repeating: 1), mone = SIMD8<Float>(repeating: -1)
         var i = 0
-        // 16 at a time: the two halves share each midpoint broadcast.
+        while i + 64 <= len {
+            let p = x + i
+            let wa = _pairWords(code(p), code(p + 8), code(p + 16), code(p + 24))
+            let wb = _pairWords(code(p + 32), code(p + 40), code(p + 48), code(p + 56))
+            _store32(wa, wb, out + i / 2)
+            i += 64
+        }
+        if i < len {
+            let p = x + i
+            _store16(_pairWords(code(p), code(p + 8), code(p + 16), code(p + 24)), out + i / 2)
+        }
+    }
+
+    /// max |x| over `len` float32 values as a bit pattern: for floats the order of |x|'s bit
+    /// patterns is the order of the values, so an unsigned max reduction does it; a result
+    /// >= 0x7F80_0000 means a NaN or an infinity in the block.
+    @inline(__always)
+    static func _maxAbsBits(_ x: UnsafePointer<Float>, _ len: Int) -> UInt32 {
+        let bits = UnsafeRawPointer(x).assumingMemoryBound(to: UInt32.self)
+        let mask = SIMD8<UInt32>(repeating: 0x7FFF_FFFF)
+        var m0 = SIMD8<UInt32>(), m1 = m0
+        var i = 0
         while i + 16 <= len {
-            var s0 = divide ? load8(x + i) / dv : load8(x + i) * inv
-            var s1 = divide ? load8(x + i + 8) / dv : load8(x + i + 8) * inv
-            s0 = s0.replacing(with: one, where: s0 .> one).replacing(with: mone, where: s0 .< mone)
-            s1 = s1.replacing(with: one, where: s1 .> one).replacing(with: mone, where: s1 .< mone)
-            var c0 = SIMD8<Int32>(repeating: 0), c1 = c0
-            for k in 0..<15 {
-                let m = SIMD8<Float>(repeating: mids[k])
-                c0 &-= unsafeBitCast(s0 .> m, to: SIMD8<Int32>.self)
-                c1 &-= unsafeBitCast(s1 .> m, to: SIMD8<Int32>.self)
-            }
-            if remap { c0 = _lookup16(olo, ohi, c0); c1 = _lookup16(olo, ohi, c1) }
-            _pack8(c0, out + i / 2)
-            _pack8(c1, out + i / 2 + 4)
+            m0 = pointwiseMax(m0, UnsafeRawPointer(bits + i).loadUnaligned(as: SIMD8<UInt32>.self) & mask)
+            m1 = pointwiseMax(m1, UnsafeRawPointer(bits + i + 8).loadUnaligned(as: SIMD8<UInt32>.self) & mask)
             i += 16
         }
-        while i < len {
-            let v = load8(x + i)
-            var s = divide ? v / dv : v * inv
-            s = s.replacing(with: one, where: s .> one).replacing(with: mone, where: s .< mone)
-            var c = _rank8(s, mids)
-            if remap { c = _lookup16(olo, ohi, c) }
-            _pack8(c, out + i / 2)
-            i += 8
-        }
+        if i + 8 <= len { m0 = pointwiseMax(m0, UnsafeRawPointer(bits + i).loadUnaligned(as: SIMD8<UInt32>.self) & mask); i += 8 }
+        var m = pointwiseMax(m0, m1).max()
+        while i < len { m = Swift.max(m, bits[i] & 0x7FFF_FFFF); i += 1 }
+        return m
     }
 
-    /// Fast 4-bit quantization of validated, finite input (see Quant4.swift for the rules).
+    /// Fast 4-bit quantization (see Quant4.swift for the rules) in one pass over x: per block
+    /// max |x|, then the codes. Returns the index of the first NaN/Inf element, or nil; when
+    /// one is found, packed and absmax hold unspecified values (callers that promise to write
+    /// nothing on error check finiteness first, or quantize into buffers they own).
+    @discardableResult
     static func _quantize(_ x: UnsafeRawPointer, dtype: DType, count n: Int, blocksize bs: Int, table: Quant4Table,
-                          packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) {
+                          packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) -> Int? {
         let nb = blockCount(n, blocksize: bs)
-        let remap = table.order != Array(0..<16).map { Int32($0) }
-        let olo = SIMD8<Int32>(table.order[0..<8]), ohi = SIMD8<Int32>(table.order[8..<16])
-        table.midpoints.withUnsafeBufferPointer { midsBuf in
-            let mids = midsBuf.baseAddress!
-            parallelChunks(nb, grain: max(1, 32768 / bs)) { lo, hi in
-                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: bs + 8)
-                defer { scratch.deallocate() }
-                for b in lo..<hi {
-                    let start = b * bs
-                    let len = min(bs, n - start)
-                    var src: UnsafePointer<Float>
-                    if dtype == .f32 {
-                        src = x.assumingMemoryBound(to: Float.self) + start
-                    } else {
-                        widen(x, dtype, start: start, count: len, into: scratch)
-                        src = UnsafePointer(scratch)
-                    }
-                    // absmax = max |x|: for finite floats the order of |x|'s bit patterns is the
-                    // order of the values, so an unsigned max reduction (auto-vectorized) does it.
-                    let bits = UnsafeRawPointer(src).assumingMemoryBound(to: UInt32.self)
-                    var mb: UInt32 = 0
-                    for i in 0..<len { mb = Swift.max(mb, bits[i] & 0x7FFF_FFFF) }
-                    let m = Float(bitPattern: mb)
-                    let d = Swift.max(m, minDivisor)
-                    if len == bs {
-                        absmax[b] = m
-                        _quantizeRun(src, bs, divide: false, d: d, mids, remap: remap, olo, ohi, packed + start / 2)
-                    } else {
-                        absmax[b] = d
-                        if src != UnsafePointer(scratch) { scratch.update(from: src, count: len) }
-                        let padded = (len + 7) & ~7
-                        for k in len..<padded { scratch[k] = 0 }
-                        var tmp = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))  // up to 8 bytes per 16 elements
-                        let full8 = len & ~7
-                        _quantizeRun(scratch, full8, divide: true, d: d, mids, remap: remap, olo, ohi, packed + start / 2)
-                        if padded > full8 {
-                            withUnsafeMutableBytes(of: &tmp) { t in
-                                let tp = t.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                                _quantizeRun(scratch + full8, 8, divide: true, d: d, mids, remap: remap, olo, ohi, tp)
-                                let rest = (len - full8 + 1) / 2
-                                (packed + (start + full8) / 2).update(from: tp, count: rest)
-                            }
-                        }
-                    }
+        let search = table.search
+        let minD = minDivisor          // read once: a static let costs a swift_once call per read
+        let firstBad = Atomic<Int>(Int.max)
+        parallelChunks(nb, grain: max(1, 32768 / bs)) { lo, hi in
+            // widened half-precision blocks and the zero-padded partial block; its codes
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: bs + 32)
+            let tail = UnsafeMutablePointer<UInt8>.allocate(capacity: bs / 2 + 16)
+            defer { scratch.deallocate(); tail.deallocate() }
+            var bad = Int.max
+            for b in lo..<hi {
+                let start = b * bs
+                let len = min(bs, n - start)
+                var src: UnsafePointer<Float>
+                if dtype == .f32 {
+                    src = x.assumingMemoryBound(to: Float.self) + start
+                } else {
+                    widen(x, dtype, start: start, count: len, into: scratch)
+                    src = UnsafePointer(scratch)
+                }
+                let mb = _maxAbsBits(src, len)
+                if mb >= 0x7F80_0000 && bad == Int.max { bad = b }
+                let m = Float(bitPattern: mb)
+                let d = Swift.max(m, minD)
+                if len == bs {
+                    absmax[b] = m
+                    _encodeRun(src, bs, scale: 1 / d, divide: false, search, remap: search.remap, packed + start / 2)
+                } else {
+                    // the partial block divides (bitsandbytes' rule); zeros pad it to a multiple
+                    // of 32 and quantize to the code of 0.0, the pad nibble of an odd length
+                    absmax[b] = d
+                    if src != UnsafePointer(scratch) { scratch.update(from: src, count: len) }
+                    let padded = (len + 31) & ~31
+                    for k in len..<padded { scratch[k] = 0 }
+                    _encodeRun(scratch, padded, scale: d, divide: true, search, remap: search.remap, tail)
+                    (packed + start / 2).update(from: tail, count: (len + 1) / 2)
                 }
             }
+            if bad != Int.max { firstBad.min(bad, ordering: .relaxed) }
         }
+        let b = firstBad.load(ordering: .relaxed)
+        guard b != Int.max else { return nil }
+        let s = b * bs, e = min(n, s + bs)
+        for i in s..<e where !loadFloat(x, dtype, i).isFinite { return i }
+        return s
     }
 
     /// Decodes elements [s, e) (all in one block) into out[0 ..< e-s] as float32 with the block's

@@ -18,6 +18,12 @@
 //  * dequantize: y = fl(code[nibble] * absmax[b]) in float32, then rounded to the output
 //    dtype (nearest even).
 
+#if canImport(Glibc)
+import Glibc
+#endif
+import _Builtin_intrinsics.intel
+import Synchronization
+
 /// Precomputed search data of a 4-bit codebook.
 struct Quant4Table {
     /// Code values, indexed by the 4-bit code.
@@ -29,6 +35,15 @@ struct Quant4Table {
     /// The code of 0.0 (used for padding odd lengths).
     let zeroCode: UInt8
 
+    /// What the fast encoder needs, in registers.
+    struct Search {
+        let rank: Rank16
+        /// Whether rank -> code is not the identity (FP4).
+        let remap: Bool
+        let orderLo: SIMD8<Int32>, orderHi: SIMD8<Int32>
+    }
+    let search: Search
+
     init(_ code: [Float]) {
         self.code = code
         let order = (0..<16).sorted { a, b in code[a] < code[b] || (code[a] == code[b] && a < b) }
@@ -37,6 +52,11 @@ struct Quant4Table {
         let mids = self.midpoints
         let rank = (0..<15).reduce(0) { $0 + (Float(0) > mids[$1] ? 1 : 0) }
         self.zeroCode = UInt8(order[rank])
+        // The encoder skips the clamp to [-1, 1], which is exact only when every midpoint lies
+        // strictly inside (-1, 1) (Quant4+Kernels.swift, _encodeRun).
+        precondition(mids.allSatisfy { $0 > -1 && $0 < 1 })
+        self.search = Search(rank: Rank16(mids), remap: self.order != (0..<16).map { Int32($0) },
+                             orderLo: SIMD8<Int32>(self.order[0..<8]), orderHi: SIMD8<Int32>(self.order[8..<16]))
     }
 
     static let nf4 = Quant4Table(Codebooks.nf4)
@@ -79,17 +99,46 @@ public enum Quant4 {
     ///
     /// - x: n elements, read only. packed: `packedByteCount(n)` bytes, absmax:
     ///   `blockCount(n, blocksize:)` floats; both written, must not alias `x`.
-    /// - Checks finiteness first: a NaN/±Inf throws `PST_ERR_NONFINITE` naming the first bad
-    ///   index, and nothing is written. Parallel over blocks (`Threads.count`); the result does
-    ///   not depend on the thread count.
+    /// - A NaN/±Inf throws `PST_ERR_NONFINITE` naming the first bad index, and nothing is
+    ///   written. Parallel over blocks (`Threads.count`); the result does not depend on the
+    ///   thread count.
+    ///
+    /// One pass over x: the codes go to a scratch copy of the outputs (1/7 of x's bytes for
+    /// float32) that is copied out once x has proved finite. A separate finiteness pass would
+    /// read all of x twice, and reading x is what this kernel's time is made of.
     public static func quantize(_ x: UnsafeRawPointer, dtype: DType, count n: Int, blocksize: Int, type: QuantType,
                                 packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>) throws(PSTError) {
         try validate(count: n, blocksize: blocksize)
         try validateFloat(dtype, "dtype")
-        if let bad = firstNonFinite(x, dtype, count: n) {
+        let nbytes = packedByteCount(n), nb = blockCount(n, blocksize: blocksize)
+        // not AlignedBuffer: zero-filling the scratch would cost another pass over it
+        guard let scratch = malloc(nbytes + 4 * nb + 64) else { throw .outOfMemory("cannot allocate \(nbytes + 4 * nb) bytes") }
+        defer { free(scratch) }
+        let sa = scratch.bindMemory(to: Float.self, capacity: nb)
+        let sp = (scratch + 4 * nb).bindMemory(to: UInt8.self, capacity: nbytes)
+        if let bad = _quantize(x, dtype: dtype, count: n, blocksize: blocksize, table: .of(type), packed: sp, absmax: sa) {
             throw .nonFinite("x[\(bad)] is \(nonFiniteName(loadFloat(x, dtype, bad)))")
         }
-        _quantize(x, dtype: dtype, count: n, blocksize: blocksize, table: .of(type), packed: packed, absmax: absmax)
+        absmax.update(from: sa, count: nb)
+        parallelChunks(nbytes, grain: 1 << 20) { lo, hi in _copyOut(sp + lo, packed + lo, hi - lo) }
+    }
+
+    /// dst[0..<n] = src[0..<n]; above 256 KiB with non-temporal stores (the caller's codes are
+    /// not read back soon, and skipping the read-for-ownership saves a pass over them).
+    static func _copyOut(_ src: UnsafePointer<UInt8>, _ dst: UnsafeMutablePointer<UInt8>, _ n: Int) {
+        var i = 0
+        if n >= 1 << 18 {
+            while i < n && Int(bitPattern: dst + i) & 31 != 0 { dst[i] = src[i]; i += 1 }
+            while i + 128 <= n {
+                for k in stride(from: 0, to: 128, by: 32) {
+                    let v = UnsafeRawPointer(src + i + k).loadUnaligned(as: __m256i.self)
+                    _mm256_stream_si256(UnsafeMutableRawPointer(dst + i + k).assumingMemoryBound(to: __m256i.self), v)
+                }
+                i += 128
+            }
+            atomicMemoryFence(ordering: .sequentiallyConsistent)   // order the streamed stores (sfence)
+        }
+        (dst + i).update(from: src + i, count: n - i)
     }
 
     /// Dequantizes packed 4-bit codes: out[i] = code[nibble(i)] * absmax[i / blocksize],

@@ -46,13 +46,13 @@ public final class QuantizedTensor {
         let n = try QuantizedTensor.checkShape(shape)
         try Quant4.validate(count: n, blocksize: blocksize)
         try Quant4.validateFloat(dtype, "dtype")
-        if let bad = firstNonFinite(x, dtype, count: n) {
-            throw .nonFinite("x[\(bad)] is \(nonFiniteName(loadFloat(x, dtype, bad)))")
-        }
         let packed = try AlignedBuffer<UInt8>(count: Quant4.packedByteCount(n))
         let absmax = try AlignedBuffer<Float>(count: Quant4.blockCount(n, blocksize: blocksize))
-        Quant4._quantize(x, dtype: dtype, count: n, blocksize: blocksize, table: .of(type),
-                         packed: packed.baseAddress, absmax: absmax.baseAddress)
+        // One pass: the buffers are ours, so a NaN/Inf found on the way just discards them.
+        if let bad = Quant4._quantize(x, dtype: dtype, count: n, blocksize: blocksize, table: .of(type),
+                                      packed: packed.baseAddress, absmax: absmax.baseAddress) {
+            throw .nonFinite("x[\(bad)] is \(nonFiniteName(loadFloat(x, dtype, bad)))")
+        }
         self.shape = shape; self.count = n; self.dtype = dtype; self.quantType = type; self.blocksize = blocksize
         self.packed = packed
         self.code = try AlignedBuffer<Float>(type.codebook)

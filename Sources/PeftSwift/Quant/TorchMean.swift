@@ -36,16 +36,23 @@ public enum TorchMean {
 
     /// `torch.sum(x)` (see the file comment for the order).
     public static func sum(_ x: UnsafePointer<Float>, count n: Int, threads: Int = TorchMean.threads) -> Float {
+        chunkedSum(x, count: n, threads: threads, innerSum)
+    }
+
+    /// two_pass_reduction over OpenMP chunks, each chunk summed by `inner`.
+    @inline(__always)
+    static func chunkedSum(_ x: UnsafePointer<Float>, count n: Int, threads: Int,
+                           _ inner: (UnsafePointer<Float>, Int) -> Float) -> Float {
         let grain = 32768
         let t = Swift.max(1, threads)
-        if n < grain || t == 1 { return 0 + innerSum(x, n) }
+        if n < grain || t == 1 { return 0 + inner(x, n) }
         let chunks = Swift.min(t, (n + grain - 1) / grain)
         let size = (n + chunks - 1) / chunks
         var buffer = [Float](repeating: 0, count: t)
         for c in 0..<chunks where c * size < n {
-            buffer[c] = 0 + innerSum(x + c * size, Swift.min(n, (c + 1) * size) - c * size)
+            buffer[c] = 0 + inner(x + c * size, Swift.min(n, (c + 1) * size) - c * size)
         }
-        return buffer.withUnsafeBufferPointer { 0 + innerSum($0.baseAddress!, t) }
+        return buffer.withUnsafeBufferPointer { 0 + inner($0.baseAddress!, t) }
     }
 
     /// The plain reference: the exact sum (float64 accumulation of float32 values is exact
@@ -63,47 +70,42 @@ public enum TorchMean {
         v <= 2 ? 1 : (Int.bitWidth - (v - 1).leadingZeroBitCount)
     }
 
-    /// multi_row_sum: `rows` rows of 4 accumulators (row r, accumulator k = load(r, k)).
-    @inline(__always)
-    static func multiRowSum<V>(rows: Int, zero: V, _ add: (V, V) -> V, _ load: (Int, Int) -> V) -> (V, V, V, V) {
-        let levels = 4
-        let power = Swift.max(4, ceilLog2(rows) / levels)
-        let step = 1 << power
-        let mask = step - 1
-        var acc = [[V]](repeating: [V](repeating: zero, count: 4), count: levels)
-        var i = 0
-        while i + step <= rows {
-            for _ in 0..<step {
-                for k in 0..<4 { acc[0][k] = add(acc[0][k], load(i, k)) }
-                i += 1
-            }
-            for j in 1..<levels {
-                for k in 0..<4 { acc[j][k] = add(acc[j][k], acc[j - 1][k]); acc[j - 1][k] = zero }
-                if i & (mask << (j * power)) != 0 { break }
-            }
+    /// Four SIMD8 accumulators (torch's 4 independent vector accumulators of one level).
+    struct Acc4 {
+        var a0 = F8(), a1 = F8(), a2 = F8(), a3 = F8()
+        @inline(__always) mutating func add(_ o: Acc4) { a0 = a0 + o.a0; a1 = a1 + o.a1; a2 = a2 + o.a2; a3 = a3 + o.a3 }
+        @inline(__always) mutating func addRow(_ p: UnsafePointer<Float>) {
+            a0 = a0 + load8(p); a1 = a1 + load8(p + 8); a2 = a2 + load8(p + 16); a3 = a3 + load8(p + 24)
         }
-        while i < rows {
-            for k in 0..<4 { acc[0][k] = add(acc[0][k], load(i, k)) }
-            i += 1
-        }
-        for j in 1..<levels { for k in 0..<4 { acc[0][k] = add(acc[0][k], acc[j][k]) } }
-        return (acc[0][0], acc[0][1], acc[0][2], acc[0][3])
     }
 
-    /// vectorized_inner_sum (n >= 8) / scalar row_sum (n < 8) of one contiguous row.
+    /// vectorized_inner_sum of one contiguous row (n >= 8; the scalar row_sum below 8): the
+    /// order of `innerSumReference` (TorchMean+Reference.swift) with the 4 levels of 4
+    /// accumulators in registers instead of arrays and closures. The same additions in the same
+    /// order, so the same bits (tested against the reference).
     static func innerSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-        if n < 8 {
-            let rows = n / 4
-            var p = multiRowSum(rows: rows, zero: Float(0), { $0 + $1 }) { r, k in x[4 * r + k] }
-            for i in (rows * 4)..<n { p.0 = p.0 + x[i] }
-            return ((p.0 + p.1) + p.2) + p.3
-        }
+        if n < 8 { return innerSumReference(x, n) }
         let vecs = n / 8
         let rows = vecs / 4
-        let v: (Int) -> SIMD8<Float> = { load8(x + 8 * $0) }
-        var p = multiRowSum(rows: rows, zero: SIMD8<Float>(), { $0 + $1 }) { r, k in v(4 * r + k) }
-        for k in (rows * 4)..<vecs { p.0 = p.0 + v(k) }
-        let s = ((p.0 + p.1) + p.2) + p.3
+        let power = Swift.max(4, ceilLog2(rows) / 4)
+        let step = 1 << power
+        let mask = step - 1
+        var l0 = Acc4(), l1 = Acc4(), l2 = Acc4(), l3 = Acc4()
+        var i = 0
+        while i + step <= rows {
+            for r in i..<(i + step) { l0.addRow(x + 32 * r) }
+            i += step
+            // carry up the levels; stop at the first level whose counter bits are non-zero
+            l1.add(l0); l0 = Acc4()
+            if i & (mask << power) == 0 {
+                l2.add(l1); l1 = Acc4()
+                if i & (mask << (2 * power)) == 0 { l3.add(l2); l2 = Acc4() }
+            }
+        }
+        while i < rows { l0.addRow(x + 32 * i); i += 1 }
+        l0.add(l1); l0.add(l2); l0.add(l3)
+        for k in (rows * 4)..<vecs { l0.a0 = l0.a0 + load8(x + 8 * k) }
+        let s = ((l0.a0 + l0.a1) + l0.a2) + l0.a3
         var acc: Float = 0
         for i in (vecs * 8)..<n { acc = acc + x[i] }
         for l in 0..<8 { acc = acc + s[l] }

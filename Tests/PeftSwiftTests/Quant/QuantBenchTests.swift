@@ -34,8 +34,13 @@ import Testing
             var y = [Float](repeating: 0, count: rows)
             let mv = best { t.matvec(x, &y, accumulate: false) }
             let chk = best { _ = w.withUnsafeBytes { firstNonFinite($0.baseAddress!, .f32, count: n) } }
-            let kq = best { w.withUnsafeBytes { Quant4._quantize($0.baseAddress!, dtype: .f32, count: n, blocksize: 64, table: .nf4, packed: &packed, absmax: &absmax) } }
+            let kq = best { w.withUnsafeBytes { _ = Quant4._quantize($0.baseAddress!, dtype: .f32, count: n, blocksize: 64, table: .nf4, packed: &packed, absmax: &absmax) } }
             print(String(format: "  finiteness pass %.2f ms, quantize kernel alone %.2f ms", chk, kq))
+            let nb = absmax.count
+            let tm = best { _ = absmax.withUnsafeBufferPointer { TorchMean.mean($0.baseAddress!, count: nb) } }
+            let dqs = best { _ = absmax.withUnsafeBufferPointer { try! NestedState(compressing: $0.baseAddress!, count: nb) } }
+            let qt = best { _ = try! QuantizedTensor(quantizing: w, dtype: .f32, shape: [rows, cols], blocksize: 64, type: .nf4, doubleQuant: true) }
+            print(String(format: "  double quant of %d absmax %.2f ms (torch mean %.3f ms); QuantizedTensor nf4+dq %.2f ms", nb, dqs, tm, qt))
             let qf = best { try! Quant4.quantize(w, dtype: .f32, count: n, blocksize: 64, type: .fp4, packed: &packed, absmax: &absmax) }
             print(String(format: "%dx%d nf4/64, %d threads: quantize %.2f ms (fp4 %.2f), dequantize %.2f ms (nested %.2f), memcpy of the fp32 output %.2f ms, matvec(nested) %.2f ms",
                          rows, cols, Threads.count, q, qf, d, dq, m, mv))

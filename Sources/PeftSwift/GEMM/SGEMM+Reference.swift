@@ -4,9 +4,12 @@
 extension GEMM {
     /// C[M,N] = alpha·op(A)[M,K]·op(B)[K,N] + beta·C[M,N] (same conventions as `sgemm`),
     /// accumulated in Double; beta == 0 never reads C, alpha == 0 or k == 0 never reads A, B.
+    /// `operand` maps every element of A and B before it is multiplied (the identity for fp32;
+    /// `roundBF16` for the bf16 twin).
     static func sgemmReference(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                                a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                               beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                               beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                               operand: (Float) -> Float = { $0 }) {
         for i in 0..<m {
             for j in 0..<n {
                 var s = 0.0
@@ -14,7 +17,7 @@ extension GEMM {
                     for p in 0..<k {
                         let av = transA ? a[p * lda + i] : a[i * lda + p]
                         let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
-                        s += Double(av) * Double(bv)
+                        s += Double(operand(av)) * Double(operand(bv))
                     }
                 }
                 let old = beta == 0 ? 0 : Double(beta) * Double(c[i * ldc + j])
@@ -40,19 +43,7 @@ extension GEMM {
     static func sgemmBF16Reference(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                                    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        for i in 0..<m {
-            for j in 0..<n {
-                var s = 0.0
-                if alpha != 0 {
-                    for p in 0..<k {
-                        let av = transA ? a[p * lda + i] : a[i * lda + p]
-                        let bv = transB ? b[j * ldb + p] : b[p * ldb + j]
-                        s += Double(roundBF16(av)) * Double(roundBF16(bv))
-                    }
-                }
-                let old = beta == 0 ? 0 : Double(beta) * Double(c[i * ldc + j])
-                c[i * ldc + j] = Float(Double(alpha) * s + old)
-            }
-        }
+        sgemmReference(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                       beta: beta, c: c, ldc: ldc, operand: roundBF16)
     }
 }

@@ -26,27 +26,9 @@ extension QuantizedTensor {
             _matvecAligned(x, y, accumulate: accumulate, rows: rows, cols: cols, isa: isa)
             return
         }
-        let p = packed.baseAddress, codeP = code.baseAddress
-        withScales { scale in
-            parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
-                var cs = (SIMD8<Float>(), SIMD8<Float>())
-                withUnsafeMutableBytes(of: &cs) { raw in
-                    let csp = raw.baseAddress!.assumingMemoryBound(to: Float.self)
-                    for o in lo..<hi {
-                        let rs = o * cols, re = rs + cols
-                        var total: Float = 0
-                        var i = rs
-                        while i < re {
-                            let b = i / bs
-                            let e = Swift.min(re, (b + 1) * bs)
-                            let (tlo, thi) = Quant4._scaledTables(codeP, scale(b), csp)
-                            total += QuantizedTensor._dotSegment(p, i, e, tlo, thi, csp, x + (i - rs))
-                            i = e
-                        }
-                        y[o] = accumulate ? y[o] + total : total
-                    }
-                }
-            }
+        // rows that split a block: matvecRows' general path, in parallel over rows
+        parallelChunks(rows, grain: Swift.max(1, 16384 / Swift.max(cols, 1))) { lo, hi in
+            matvecRows(x, y, accumulate: accumulate, r0: lo, r1: hi, isa: isa)
         }
     }
 
